@@ -1,0 +1,51 @@
+"""The command line every experiment shares: ``python -m experiments.<name>``.
+
+It runs one profile of one experiment and prints (or writes) the plain data
+that ``run`` returns. The runner calls exactly this in a subprocess, so what
+a reader runs by hand is what the handbook ran.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from types import ModuleType
+
+from experiments.lib.host import default_device
+
+
+def to_json(data: object) -> str:
+    """Serialise results, refusing NaN and infinity (they are not JSON)."""
+    return json.dumps(data, allow_nan=False, indent=1, sort_keys=False)
+
+
+def config_dict(cfg: object) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def main(module: ModuleType, argv: list[str] | None = None) -> int:
+    doc = (module.__doc__ or "").strip().splitlines()
+    parser = argparse.ArgumentParser(
+        prog=f"python -m experiments.{module.__name__.rsplit('.', 1)[-1]}",
+        description=doc[0] if doc else None,
+    )
+    parser.add_argument("--profile", choices=sorted(module.PROFILES), default=None,
+                        help="configuration size (default: full with CUDA, else quick)")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--out", default=None, help="write the JSON here instead of printing it")
+    # parse_known_args: inside Jupyter, argv carries the kernel's own flags.
+    args, _unknown = parser.parse_known_args(argv)
+    device = args.device or default_device()
+    profile = args.profile or ("full" if device.startswith("cuda") else "quick")
+    data = module.run(module.PROFILES[profile], device)
+    text = to_json(data)
+    if args.out:
+        tmp = f"{args.out}.tmp{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, args.out)
+    else:
+        sys.stdout.write(text + "\n")
+    return 0

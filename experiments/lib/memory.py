@@ -1,0 +1,144 @@
+"""Where the bytes are: live and peak memory by category, on any device.
+
+PyTorch's ``MemTracker`` (``torch.distributed._tools.mem_tracker``) follows
+every storage through a ``TorchDispatchMode`` and labels it as parameter,
+buffer, gradient, activation, temporary or optimizer state. It works on CPU as
+well as CUDA, which is why the handbook can measure on any host. It is a
+private API, so this module is the only place that imports it.
+On CUDA the allocator's own ``max_memory_allocated`` is recorded beside it.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Iterator
+
+import torch
+
+CATEGORIES = ("params", "buffers", "grads", "activations", "temporaries", "optimizer", "other")
+
+
+def _category_names() -> dict:
+    from torch.distributed._tools.mem_tracker import _MemRefType
+
+    return {
+        _MemRefType.PARAM: "params",
+        _MemRefType.BUFFER: "buffers",
+        _MemRefType.GRAD: "grads",
+        _MemRefType.ACT: "activations",
+        _MemRefType.TEMP: "temporaries",
+        _MemRefType.OPT: "optimizer",
+        _MemRefType.OTH: "other",
+    }
+
+
+@dataclass
+class Snapshot:
+    """Bytes per category on one device, and their total."""
+
+    by_category: dict[str, int] = field(default_factory=dict)
+    total: int = 0
+
+    def as_dict(self) -> dict:
+        return {**{f"{k}_bytes": v for k, v in self.by_category.items()}, "total_bytes": self.total}
+
+
+class MemoryTracker:
+    """Track live and peak bytes of everything torch allocates on ``device``.
+
+    Use as a context manager around the code to measure; register the model and
+    optimizer first with ``track`` so their tensors are labelled.
+    """
+
+    def __init__(self, device: str | torch.device) -> None:
+        from torch.distributed._tools.mem_tracker import MemTracker
+
+        self.device = torch.device(device)
+        self._tracker = MemTracker()
+        self._names = _category_names()
+        self.cuda_max_allocated_bytes: int | None = None
+
+    def track(self, *objects: object) -> "MemoryTracker":
+        """Label the tensors of modules and optimizers that exist before tracking starts."""
+        self._tracker.track_external(*objects)
+        return self
+
+    def __enter__(self) -> "MemoryTracker":
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._tracker.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._tracker.__exit__(*exc)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.cuda_max_allocated_bytes = int(torch.cuda.max_memory_allocated(self.device))
+
+    def reset_peak(self) -> None:
+        """Forget the peak so far (for example after a warm-up step)."""
+        self._tracker.reset_mod_stats()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+
+    def _snapshot(self, kind: str) -> Snapshot:
+        raw = self._tracker.get_tracker_snapshot(kind)
+        per_device = {}
+        for dev, cats in raw.items():
+            if torch.device(dev).type == self.device.type:
+                per_device = cats
+        out = Snapshot()
+        for ref, name in self._names.items():
+            out.by_category[name] = int(per_device.get(ref, 0))
+        out.total = int(per_device.get("Total", sum(out.by_category.values())))
+        return out
+
+    def peak(self) -> Snapshot:
+        return self._snapshot("peak")
+
+    def current(self) -> Snapshot:
+        return self._snapshot("current")
+
+
+@contextlib.contextmanager
+def tracked(device: str | torch.device, *objects: object) -> Iterator[MemoryTracker]:
+    """``with tracked(device, model, opt) as mt: ...`` then ``mt.peak()``."""
+    tracker = MemoryTracker(device).track(*objects)
+    with tracker:
+        yield tracker
+
+
+def tensor_bytes(tensors: object) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (each storage counted once).
+
+    Accepts a tensor, or any nesting of lists, tuples and dicts holding tensors.
+    """
+    seen: dict[tuple, int] = {}
+
+    def visit(obj: object) -> None:
+        if isinstance(obj, torch.Tensor):
+            storage = obj.untyped_storage()
+            seen[(obj.device.type, obj.device.index, storage.data_ptr(), storage.nbytes())] = storage.nbytes()
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                visit(v)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                visit(v)
+
+    visit(tensors)
+    return sum(seen.values())
+
+
+def param_bytes(module: torch.nn.Module) -> int:
+    return tensor_bytes(list(module.parameters()))
+
+
+def grad_bytes(module: torch.nn.Module) -> int:
+    return tensor_bytes([p.grad for p in module.parameters() if p.grad is not None])
+
+
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes held in ``optimizer.state``, including the small ``step`` tensors."""
+    return tensor_bytes([dict(s) for s in optimizer.state.values()])

@@ -1,0 +1,104 @@
+"""The ``handbook`` command (also ``python -m generator``).
+
+Subcommands: ``run`` (measure), ``build`` (measure, then the site and both
+PDFs), ``serve`` (the site with live reload), ``estimate`` (training memory of
+a model, no torch needed). ``run`` needs only the standard library and the
+experiments' torch; the others import the site dependencies when called.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from generator import runner
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--results", type=Path, default=runner.DEFAULT_RESULTS,
+                   help="results folder (default: %(default)s)")
+    p.add_argument("--only", action="append", metavar="NAME",
+                   help="run only this experiment (repeatable, or comma-separated)")
+    p.add_argument("--force", action="store_true", help="rerun even when the cached result is current")
+    p.add_argument("--profile", choices=("quick", "full"),
+                   help="experiment size (default: full when CUDA is present, else quick)")
+    p.add_argument("--device", help="torch device to measure on (default: cuda when available, else cpu)")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="per-experiment time limit (default: each experiment's TIMEOUT_S, else 600)")
+    p.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
+
+
+def _add_site_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="results host slug the prose uses (default: this machine's, when present)")
+    p.add_argument("--site-dir", type=Path, default=Path("site"), help="output folder (default: %(default)s)")
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="handbook",
+        description="The Training Memory Handbook: measure on this machine, then build the site and PDFs.",
+        epilog="Typical use: 'handbook build' (everything), 'handbook run --only optimizer_state --force', "
+               "'handbook serve', 'handbook estimate --model llama-2-7b --optimizer adamw'.",
+    )
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the experiments for this host (cached)",
+                       description="Run every experiment in its own subprocess and write "
+                                   "results/<host>/<name>.json. Unchanged inputs are skipped.")
+    _add_run_options(p)
+
+    p = sub.add_parser("build", help="run (cached), then build the site, the handbook PDF and the cheat sheet",
+                       description="Run the experiments (cached), build the site with mkdocs, and print "
+                                   "handbook.pdf and cheatsheet.pdf with Chromium.")
+    _add_run_options(p)
+    _add_site_options(p)
+    p.add_argument("--no-run", action="store_true", help="build from the results on disk without running")
+    p.add_argument("--no-pdf", action="store_true", help="skip the two PDFs")
+
+    p = sub.add_parser("serve", help="serve the site with live reload (rebuilds when results change)",
+                       description="Serve the site on localhost; pages rebuild when docs or results change.")
+    p.add_argument("--host", help="results host slug the prose uses")
+    p.add_argument("--results", type=Path, default=runner.DEFAULT_RESULTS, help="results folder")
+    p.add_argument("--addr", default="127.0.0.1:8000", help="address to serve on (default: %(default)s)")
+
+    p = sub.add_parser("estimate", help="estimate the training memory of a model (no torch needed)",
+                       add_help=False)
+    p.add_argument("args", nargs=argparse.REMAINDER)
+    return top
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    only = [n for item in (args.only or []) for n in item.split(",") if n]
+    outcomes = runner.run(results_dir=args.results, only=only or None, force=args.force, profile=args.profile,
+                          device=args.device, timeout_s=args.timeout, plain=args.plain)
+    failed = [o for o in outcomes if o.state == "failed"]
+    for o in failed:
+        print(f"\n{o.name} failed (recorded in {o.path}):\n{o.error}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["estimate"]:
+        from generator.estimate import main as estimate_main
+
+        return estimate_main(argv[1:])
+    args = parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "build":
+            from generator.build import build
+
+            status = 0 if args.no_run else cmd_run(args)
+            build(results_dir=args.results, host=args.host, site_dir=args.site_dir, pdf=not args.no_pdf)
+            return status
+        if args.command == "serve":
+            from generator.build import serve
+
+            serve(results_dir=args.results, host=args.host, addr=args.addr)
+            return 0
+    except runner.RunError as exc:
+        print(f"handbook: {exc}", file=sys.stderr)
+        return 2
+    return 2

@@ -1,0 +1,235 @@
+"""``handbook run``: discover the experiments, run each in its own subprocess, cache.
+
+An experiment is skipped when its inputs are unchanged: its source, the shared
+experiment library, its configuration, the torch version and the host. A
+failing experiment (exception, timeout, out of memory, killed) is recorded in
+``<name>.failed.json``; the previous good ``<name>.json`` stays on disk, the
+other experiments still run, and the command exits non-zero.
+
+Standard library only: torch is imported by the subprocesses, never here.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from generator import envelope
+from generator.progress import make_progress
+
+REPO = Path(__file__).resolve().parent.parent
+EXPERIMENTS_DIR = REPO / "experiments"
+DEFAULT_RESULTS = REPO / "results"
+THIS_HOST_FILE = ".this-host"  # in the results folder, not committed: the slug of this machine
+STDERR_TAIL = 2000
+
+
+class RunError(RuntimeError):
+    """The run could not start at all (not one experiment's failure)."""
+
+
+@dataclass
+class Outcome:
+    name: str
+    state: str  # ok | cached | failed
+    seconds: float
+    path: Path
+    error: str | None = None
+
+
+@dataclass
+class Plan:
+    device: str
+    host: dict
+    env: dict
+    experiments: dict[str, dict] = field(default_factory=dict)
+
+
+def child_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    env.setdefault("PYTHONHASHSEED", "0")
+    return env
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True,
+                             text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def describe(device: str | None, python: str) -> Plan:
+    """Ask a subprocess (which imports torch) for the host, versions and configs."""
+    cmd = [python, "-m", "experiments.lib.describe"] + (["--device", device] if device else [])
+    proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0:
+        raise RunError(f"could not describe the experiments ({' '.join(cmd)}):\n{proc.stderr[-STDERR_TAIL:]}")
+    info = json.loads(proc.stdout)
+    env = dict(info["env"], git_sha=git_sha())
+    return Plan(device=info["device"], host=info["host"], env=env, experiments=info["experiments"])
+
+
+def _sha_files(paths: list[Path]) -> str:
+    h = hashlib.sha256()
+    for p in sorted(paths):
+        h.update(str(p.relative_to(REPO)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def lib_files() -> list[Path]:
+    """The shared experiment code and data: any change here invalidates every cached result."""
+    return [p for p in (EXPERIMENTS_DIR / "lib").rglob("*") if p.is_file() and "__pycache__" not in p.parts] + \
+        [p for p in (EXPERIMENTS_DIR / "data").rglob("*") if p.is_file()] + [EXPERIMENTS_DIR / "__init__.py"]
+
+
+def cache_key(name: str, profile: str, config: dict, plan: Plan) -> str:
+    inputs = {
+        "schema_version": envelope.SCHEMA_VERSION,
+        "source": _sha_files([EXPERIMENTS_DIR / f"{name}.py"]),
+        "lib": _sha_files([p for p in lib_files() if p.exists()]),
+        "profile": profile,
+        "config": config,
+        "torch": plan.env["torch"],
+        "host": plan.host,
+        "device": plan.device,
+    }
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def cached_ok(path: Path, key: str) -> bool:
+    if not path.exists():
+        return False
+    try:
+        old = envelope.load(path)
+    except envelope.ResultError:
+        return False  # an unreadable old result is simply rerun (and replaced only on success)
+    return old["status"] == "ok" and old["cache_key"] == key
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = " (the kernel's out-of-memory killer sends SIGKILL)" if -code == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exited with status {code}"
+
+
+def run_one(name: str, profile: str, timeout_s: float, plan: Plan, python: str) -> tuple[dict | None, str | None]:
+    """Run one experiment in a fresh process; return (data, None) or (None, error)."""
+    with tempfile.TemporaryDirectory(prefix=f"handbook-{name}-") as tmp:
+        out = Path(tmp) / "data.json"
+        cmd = [python, "-m", f"experiments.{name}", "--profile", profile, "--device", plan.device, "--out", str(out)]
+        proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+        try:
+            _, stderr = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return None, f"timed out after {timeout_s:g} s and was killed"
+        if proc.returncode != 0:
+            tail = (stderr or "").strip()[-STDERR_TAIL:]
+            return None, f"{_describe_exit(proc.returncode)}" + (f":\n{tail}" if tail else "")
+        try:
+            data = json.loads(out.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            return None, f"wrote no readable result ({exc})"
+        if not isinstance(data, dict):
+            return None, f"run() returned {type(data).__name__}, not a dict"
+        return data, None
+
+
+def make_envelope(name: str, profile: str, config: dict, plan: Plan, key: str, started: dt.datetime,
+                  seconds: float, data: dict | None, error: str | None) -> dict:
+    return {
+        "schema_version": envelope.SCHEMA_VERSION,
+        "experiment": name,
+        "profile": profile,
+        "config": config,
+        "host": plan.host,
+        "env": plan.env,
+        "started_at": started.isoformat(timespec="seconds"),
+        "duration_s": round(seconds, 3),
+        "status": "failed" if error else "ok",
+        "error": error,
+        "data": None if error else data,
+        "cache_key": key,
+    }
+
+
+def default_profile(device: str) -> str:
+    return "full" if device.startswith("cuda") else "quick"
+
+
+def run(results_dir: Path = DEFAULT_RESULTS, only: list[str] | None = None, force: bool = False,
+        profile: str | None = None, device: str | None = None, timeout_s: float | None = None,
+        python: str = sys.executable, plain: bool = False) -> list[Outcome]:
+    """Run (or reuse) every selected experiment; return one outcome each."""
+    plan = describe(device, python)
+    names = sorted(plan.experiments)
+    if only:
+        unknown = sorted(set(only) - set(names))
+        if unknown:
+            raise RunError(f"unknown experiment(s): {', '.join(unknown)}; known: {', '.join(names) or 'none'}")
+        names = [n for n in names if n in only]
+    profile = profile or default_profile(plan.device)
+    results_dir = Path(results_dir)
+    slug = plan.host["slug"]
+    (results_dir / slug).mkdir(parents=True, exist_ok=True)
+    (results_dir / THIS_HOST_FILE).write_text(slug + "\n", encoding="utf-8")
+
+    progress = make_progress(names, plain=plain)
+    outcomes: list[Outcome] = []
+    try:
+        for name in names:
+            spec = plan.experiments[name]
+            good = envelope.result_path(results_dir, slug, name)
+            failed = envelope.result_path(results_dir, slug, name, failed=True)
+            progress.start(name)
+            started, t0 = dt.datetime.now(dt.timezone.utc), time.monotonic()
+            if spec["error"]:
+                config, key, data, error = {}, "import-error", None, spec["error"]
+            elif profile not in spec["profiles"]:
+                config, key, data, error = {}, "no-profile", None, f"experiments/{name}.py has no profile {profile!r}"
+            else:
+                config = spec["profiles"][profile]
+                key = cache_key(name, profile, config, plan)
+                if not force and cached_ok(good, key):
+                    progress.finish(name, "cached", 0.0)
+                    outcomes.append(Outcome(name, "cached", 0.0, good))
+                    continue
+                data, error = run_one(name, profile, timeout_s or spec["timeout_s"], plan, python)
+            seconds = time.monotonic() - t0
+            env = make_envelope(name, profile, config, plan, key, started, seconds, data, error)
+            if error is None:
+                try:
+                    envelope.write_atomic(good, env)
+                except envelope.ResultError as exc:
+                    error = f"returned data that is not a valid result: {exc}"
+                    env = make_envelope(name, profile, config, plan, key, started, seconds, None, error)
+            if error is None:
+                failed.unlink(missing_ok=True)
+                outcomes.append(Outcome(name, "ok", seconds, good))
+                progress.finish(name, "ok", seconds)
+            else:
+                envelope.write_atomic(failed, env)
+                outcomes.append(Outcome(name, "failed", seconds, failed, error))
+                progress.finish(name, "failed", seconds, error.splitlines()[0])
+    finally:
+        progress.close()
+    return outcomes
