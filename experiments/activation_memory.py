@@ -1,0 +1,354 @@
+# %% [markdown]
+"""Activation memory: what autograd keeps for backward in one GPT layer, next to the published formula.
+
+Question: how many bytes does one transformer decoder layer save for its
+backward pass, where do they come from, and how do they grow with sequence
+length and batch size? How close is the per-layer rule of Korthikanti et al.
+2022, ``s*b*h*(34 + 5*a*s/h)`` bytes for 16-bit activations?
+
+Method: build a plainly written GPT-style layer (``experiments.lib.gpt``) and
+run its forward pass under ``torch.autograd.graph.saved_tensors_hooks``
+(``experiments.lib.saved``), which sees every tensor autograd saves; count
+each storage once, leave out parameters and buffers, and attribute each byte
+to the submodule that saved it. Do it in bfloat16 and float32, with the
+attention written out (explicit softmax) and through
+``scaled_dot_product_attention``, across sequence lengths and batch sizes.
+Then put the activations beside the model state for a few model shapes.
+
+Run it: ``python -m experiments.activation_memory --profile quick``.
+"""
+
+# %%
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from experiments.lib.formulas import PRECISION_REGIMES, korthikanti_activation_bytes, korthikanti_activation_terms
+from experiments.lib.gpt import GPT, DecoderLayer, LayerShape, gpt_param_count
+from experiments.lib.memory import MemoryTracker
+from experiments.lib.saved import count_saved
+
+TIMEOUT_S = 600
+
+
+@dataclass(frozen=True)
+class Config:
+    hidden: int = 64
+    heads: int = 4
+    seq: int = 128                      # the base shape for the breakdown and the batch sweep
+    batch: int = 2
+    seq_lens: tuple = (32, 64, 128, 256, 512)
+    batches: tuple = (1, 2, 4, 8)
+    dropout: float = 0.1
+    # the measured share of activations: a small GPT trained for one step
+    share_layers: int = 2
+    share_vocab: int = 256
+    share_batches: tuple = (1, 4)
+    # the predicted share for model shapes: (name, layers, hidden, heads, vocab)
+    shapes: tuple = (("GPT-2 small", 12, 768, 12, 50257), ("GPT-2 XL", 48, 1600, 25, 50257),
+                     ("7B", 32, 4096, 32, 32000))
+    share_seqs: tuple = (512, 2048, 8192, 32768)
+    share_batch_list: tuple = (1, 8)
+
+
+PROFILES = {
+    "quick": Config(),
+    "full": Config(hidden=1024, heads=16, seq=1024, batch=4, seq_lens=(256, 512, 1024, 2048, 4096, 8192),
+                   batches=(1, 2, 4, 8, 16), share_layers=4, share_vocab=8192, share_batches=(1, 4, 16)),
+}
+
+# %% [markdown]
+# ## The paper's accounting, piece by piece
+#
+# Korthikanti et al. 2022 (section 4.1) count, per layer and in bytes for 16-bit
+# activations with 1-byte dropout masks: the LayerNorm inputs (2sbh each), the
+# QKV input (2sbh), Q and K (4sbh), the softmax output (2as²b), the
+# attention-dropout mask (as²b) and its output (2as²b), V (2sbh), the output
+# projection input (2sbh) and its dropout mask (sbh); in the MLP the two
+# projection inputs (2sbh, 8sbh), the GELU input (8sbh) and a dropout mask (sbh).
+# Below, each piece is tied to the submodule of our layer that saves it. The
+# coefficients are (elements per sbh, elements per as²b, kind).
+
+# %%
+PAPER_PIECES = {
+    # module: (sbh coefficient, a*s^2*b coefficient, "act" or "mask")
+    "ln1": (1, 0, "act"),
+    "qkv": (1, 0, "act"),
+    "core": (3, 2, "act"),            # Q, K, V and softmax output, dropout output
+    "core.attn_drop": (0, 1, "mask"),
+    "proj": (1, 0, "act"),
+    "drop1": (1, 0, "mask"),
+    "ln2": (1, 0, "act"),
+    "fc1": (1, 0, "act"),
+    "gelu": (4, 0, "act"),
+    "fc2": (4, 0, "act"),
+    "drop2": (1, 0, "mask"),
+}
+GROUP_OF = {"ln1": "norms", "ln2": "norms", "qkv": "attention", "core": "attention", "proj": "attention",
+            "fc1": "mlp", "gelu": "mlp", "fc2": "mlp",
+            "core.attn_drop": "dropout_masks", "drop1": "dropout_masks", "drop2": "dropout_masks"}
+GROUPS = ("attention", "mlp", "norms", "dropout_masks")
+
+
+def predicted_by_module(s: int, b: int, h: int, a: int, act_bytes: int = 2, mask_bytes: int = 1) -> dict:
+    out = {}
+    for mod, (c_lin, c_quad, kind) in PAPER_PIECES.items():
+        per = act_bytes if kind == "act" else mask_bytes
+        out[mod] = (c_lin * s * b * h + c_quad * a * s * s * b) * per
+    return out
+
+
+def by_group(by_module: dict) -> dict:
+    out = {g: 0 for g in GROUPS}
+    for mod, nbytes in by_module.items():
+        out[GROUP_OF.get(mod, "attention")] += nbytes
+    return out
+
+# %% [markdown]
+# ## Measuring one layer
+
+# %%
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+def measure_layer(cfg: Config, s: int, b: int, dtype: str, attention: str, device: str,
+                  attn_dropout: float | None = None, autocast: bool = False) -> dict:
+    """Saved bytes of one forward pass through one DecoderLayer, by submodule."""
+    torch.manual_seed(0)
+    shape = LayerShape(cfg.hidden, cfg.heads, dropout=cfg.dropout,
+                       attn_dropout=cfg.dropout if attn_dropout is None else attn_dropout)
+    layer = DecoderLayer(shape, attention, max_seq=s).to(device)
+    param_dtype = torch.float32 if autocast else DTYPES[dtype]
+    layer = layer.to(param_dtype)
+    x = torch.randn(b, s, cfg.hidden, device=device, dtype=param_dtype, requires_grad=True)
+    if autocast:
+        with torch.autocast(torch.device(device).type, dtype=DTYPES[dtype]):
+            out, res = count_saved(lambda: layer(x), exclude=[layer], attribute=layer)
+    else:
+        out, res = count_saved(lambda: layer(x), exclude=[layer], attribute=layer)
+    del out
+    return {"saved_bytes": res.total_bytes, "by_module_bytes": res.by_module,
+            "tensors": [{"module": e.module, "shape": list(e.shape), "dtype": e.dtype, "bytes": e.bytes}
+                        for e in res.entries]}
+
+
+def breakdown(cfg: Config, dtype: str, device: str, autocast: bool = False) -> dict:
+    s, b, h, a = cfg.seq, cfg.batch, cfg.hidden, cfg.heads
+    m = measure_layer(cfg, s, b, dtype, "math", device, autocast=autocast)
+    # Under autocast the 16-bit copies of the weights are saved too (they are not parameters).
+    weight_numel = {"qkv": 3 * h * h, "proj": h * h, "fc1": 4 * h * h, "fc2": 4 * h * h}
+    weight_casts = sum(t["bytes"] for t in m["tensors"] if t["module"] in weight_numel and len(t["shape"]) == 2
+                       and t["shape"][0] * t["shape"][1] == weight_numel[t["module"]]) if autocast else 0
+    act_bytes = 2 if dtype == "bf16" else 4
+    pred16 = predicted_by_module(s, b, h, a)                 # the paper: 16-bit, 1-byte masks
+    pred_dtype = predicted_by_module(s, b, h, a, act_bytes)  # the paper's pieces at this dtype's width
+    meas_g, p16_g, pdt_g = by_group(m["by_module_bytes"]), by_group(pred16), by_group(pred_dtype)
+    return {
+        **m,
+        "dtype": dtype,
+        "autocast": autocast,
+        "weight_cast_bytes": weight_casts,
+        "groups": {g: {"measured_bytes": meas_g[g], "paper_16bit_bytes": p16_g[g],
+                       "paper_at_dtype_bytes": pdt_g[g],
+                       "ratio": meas_g[g] / pdt_g[g]} for g in GROUPS},
+        "modules": {mod: {"measured_bytes": m["by_module_bytes"].get(mod, 0),
+                          "paper_at_dtype_bytes": pred_dtype[mod]} for mod in PAPER_PIECES},
+        "paper_16bit_total_bytes": sum(pred16.values()),
+        "paper_at_dtype_total_bytes": sum(pred_dtype.values()),
+        "ratio_to_paper_16bit": m["saved_bytes"] / sum(pred16.values()),
+        "ratio_to_paper_at_dtype": m["saved_bytes"] / sum(pred_dtype.values()),
+    }
+
+# %% [markdown]
+# ## Sweeps: sequence length (the s² term) and batch size
+
+# %%
+ATTENTION_VARIANTS = (
+    # label, attention, attention-dropout (None: the config's)
+    ("math", "math", None),
+    ("math_no_attn_dropout", "math", 0.0),
+    ("sdpa", "sdpa", 0.0),
+    ("sdpa_attn_dropout", "sdpa", None),
+)
+
+
+def seq_sweep(cfg: Config, device: str) -> dict:
+    b, h, a = cfg.batch, cfg.hidden, cfg.heads
+    rows = []
+    for s in cfg.seq_lens:
+        row = {"seq": s,
+               "paper_bytes": korthikanti_activation_bytes(s, b, h, a),
+               "paper_linear_bytes": 34 * s * b * h,
+               "paper_quadratic_bytes": 5 * a * s * s * b}
+        for label, attention, p in ATTENTION_VARIANTS:
+            row[f"{label}_bytes"] = measure_layer(cfg, s, b, "bf16", attention, device, attn_dropout=p)["saved_bytes"]
+        rows.append(row)
+    # Which SDPA variants kept the s^2 term: compare growth between the two longest sequences.
+    last, prev = rows[-1], rows[-2]
+    growth = {label: last[f"{label}_bytes"] / prev[f"{label}_bytes"] for label, _, _ in ATTENTION_VARIANTS}
+    return {"batch": b, "rows": rows, "growth_last_doubling": growth,
+            "seq_ratio_last_doubling": last["seq"] / prev["seq"]}
+
+
+def batch_sweep(cfg: Config, device: str) -> dict:
+    rows = []
+    for b in cfg.batches:
+        m = measure_layer(cfg, cfg.seq, b, "bf16", "math", device)["saved_bytes"]
+        rows.append({"batch": b, "saved_bytes": m, "saved_bytes_per_sample": m / b,
+                     "paper_bytes": korthikanti_activation_bytes(cfg.seq, b, cfg.hidden, cfg.heads)})
+    per = [r["saved_bytes_per_sample"] for r in rows]
+    return {"seq": cfg.seq, "rows": rows, "per_sample_spread_ratio": max(per) / min(per)}
+
+# %% [markdown]
+# ## The share of activations in training memory
+#
+# Measured: one AdamW step of a small GPT, with PyTorch's memory tracker,
+# which labels every live tensor. Predicted: for larger shapes, the model state
+# of mixed-precision Adam (16 bytes per parameter, Rajbhandari et al. 2020)
+# against L layers of the paper's activations, with and without the s² term
+# (a flash-attention kernel saves no s × s matrix).
+
+# %%
+def measured_share(cfg: Config, device: str) -> list:
+    rows = []
+    for b in cfg.share_batches:
+        torch.manual_seed(0)
+        shape = LayerShape(cfg.hidden, cfg.heads, dropout=cfg.dropout, attn_dropout=cfg.dropout)
+        model = GPT(cfg.share_vocab, cfg.seq, cfg.share_layers, shape).to(device)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+        idx = torch.randint(0, cfg.share_vocab, (b, cfg.seq), device=device)
+        # the saved bytes of the whole model, per decoder layer
+        loss, res = count_saved(lambda: model(idx, idx), exclude=[model], attribute=model)
+        per_layer = [sum(v for k, v in res.by_module.items() if k == f"layers.{i}" or k.startswith(f"layers.{i}."))
+                     for i in range(cfg.share_layers)]
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        tracker = MemoryTracker(device).track(model, opt)
+        with tracker:
+            loss = model(idx, idx)
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        peak = tracker.peak().as_dict()
+        transient = peak["activations_bytes"] + peak["temporaries_bytes"]
+        rows.append({"batch": b, "seq": cfg.seq, "layers": cfg.share_layers, "peak": peak,
+                     "params": sum(p.numel() for p in model.parameters()),
+                     "saved_bytes_total": res.total_bytes, "saved_bytes_per_layer": per_layer,
+                     "activation_share": transient / peak["total_bytes"]})
+    return rows
+
+
+def predicted_share(cfg: Config) -> list:
+    per_param = sum(PRECISION_REGIMES["mixed-master"])
+    rows = []
+    for name, layers, h, a, vocab in cfg.shapes:
+        for s in cfg.share_seqs:
+            params = gpt_param_count(vocab, s, layers, h)
+            for b in cfg.share_batch_list:
+                act = layers * korthikanti_activation_bytes(s, b, h, a)
+                act_flash = layers * 34 * s * b * h
+                state = params * per_param
+                rows.append({"model": name, "layers": layers, "hidden": h, "heads": a, "seq": s, "batch": b,
+                             "params": params, "state_bytes": state, "activation_bytes": act,
+                             "activation_flash_bytes": act_flash,
+                             "activation_share": act / (act + state),
+                             "activation_flash_share": act_flash / (act_flash + state)})
+    return rows
+
+# %% [markdown]
+# ## Run
+
+# %%
+def run(cfg: Config, device: str) -> dict:
+    torch.manual_seed(0)
+    bf16 = breakdown(cfg, "bf16", device)
+    fp32 = breakdown(cfg, "fp32", device)
+    amp = breakdown(cfg, "bf16", device, autocast=True)
+    s, b, h, a = cfg.seq, cfg.batch, cfg.hidden, cfg.heads
+    return {
+        "shape": {"seq": s, "batch": b, "hidden": h, "heads": a, "dropout": cfg.dropout,
+                  "sbh": s * b * h, "as_over_h": a * s / h},
+        "paper_terms_16bit_bytes": korthikanti_activation_terms(s, b, h, a),
+        "dropout_mask_dtype": next(t["dtype"] for t in bf16["tensors"] if t["module"] == "drop1"),
+        "layernorm_stats_bytes": sum(t["bytes"] for t in bf16["tensors"]
+                                     if t["module"] in ("ln1", "ln2") and t["shape"][-1] == 1),
+        "bf16": bf16,
+        "fp32": fp32,
+        "autocast_bf16": amp,
+        "seq_sweep": seq_sweep(cfg, device),
+        "batch_sweep": batch_sweep(cfg, device),
+        "measured_share": measured_share(cfg, device),
+        "predicted_share": predicted_share(cfg),
+    }
+
+# %% [markdown]
+# ## Figures
+
+# %%
+def plot(data: dict) -> dict:
+    import matplotlib.pyplot as plt
+
+    figs = {}
+    sw = data["seq_sweep"]
+    seqs = [r["seq"] for r in sw["rows"]]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for key, label, style in (("math", "explicit softmax (attention dropout)", "o-"),
+                              ("math_no_attn_dropout", "explicit softmax, no attention dropout", "s-"),
+                              ("sdpa", "scaled_dot_product_attention", "^-"),
+                              ("sdpa_attn_dropout", "SDPA with attention dropout", "v--")):
+        ax.plot(seqs, [r[f"{key}_bytes"] for r in sw["rows"]], style, label=f"measured: {label}")
+    ax.plot(seqs, [r["paper_bytes"] for r in sw["rows"]], "k-", lw=2, alpha=0.4, label="paper: sbh(34 + 5as/h)")
+    ax.plot(seqs, [r["paper_linear_bytes"] for r in sw["rows"]], "k:", label="paper linear part 34sbh")
+    ax.plot(seqs, [r["paper_quadratic_bytes"] for r in sw["rows"]], "k--", label="paper quadratic part 5as²b")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("sequence length s (tokens)")
+    ax.set_ylabel("bytes saved for backward, one layer")
+    ax.set_title(f"One decoder layer, bf16, batch {sw['batch']}")
+    ax.legend(fontsize=7)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    figs["seq_sweep"] = fig
+
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    groups = list(data["bf16"]["groups"])
+    width = 0.2
+    series = (("bf16", "measured_bytes", "measured bf16"), ("bf16", "paper_16bit_bytes", "paper (16-bit)"),
+              ("fp32", "measured_bytes", "measured fp32"), ("autocast_bf16", "measured_bytes", "measured autocast bf16"))
+    for i, (run_key, field, label) in enumerate(series):
+        vals = [data[run_key]["groups"][g][field] / 2**10 for g in groups]
+        ax.bar([j + (i - 1.5) * width for j in range(len(groups))], vals, width, label=label)
+    ax.set_xticks(range(len(groups)), [g.replace("_", " ") for g in groups])
+    ax.set_ylabel("KiB saved, one layer")
+    ax.set_title(f"Term by term: s={data['shape']['seq']}, b={data['shape']['batch']}, "
+                 f"h={data['shape']['hidden']}, a={data['shape']['heads']}")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    figs["breakdown"] = fig
+
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    rows = data["predicted_share"]
+    batches = sorted({r["batch"] for r in rows})
+    for name in dict.fromkeys(r["model"] for r in rows):
+        for b, style in zip(batches, ("-", "--", ":")):
+            sel = [r for r in rows if r["model"] == name and r["batch"] == b]
+            ax.plot([r["seq"] for r in sel], [100 * r["activation_share"] for r in sel], style, marker="o",
+                    label=f"{name}, batch {b}")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("sequence length (tokens)")
+    ax.set_ylabel("activations, % of training memory")
+    ax.set_title("Predicted share (mixed-precision Adam state, no checkpointing)")
+    ax.legend(fontsize=7)
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    figs["share"] = fig
+    return figs
+
+# %%
+if __name__ == "__main__":
+    from experiments.lib.cli import main
+    import sys
+    raise SystemExit(main(sys.modules[__name__]))
