@@ -13,9 +13,10 @@ The model, term by term (every number an integer count of bytes):
   bitsandbytes 8-bit layout for ``adamw-8bit``;
 * activations: the per-layer saved tensors of Korthikanti et al. 2022
   (section 4.1), generalised to the layer's MLP width, key/value heads,
-  activation dtype and dropout, plus the final norm and the logits; selective
+  activation dtype and dropout; selective
   checkpointing drops the attention-score terms (their section 5), full
-  checkpointing keeps each layer's input and one layer recomputed;
+  checkpointing keeps each layer's input and one layer recomputed; then the
+  embedding, the final norm and the loss's fp32 log-probabilities;
 * ZeRO (Rajbhandari et al. 2020): stage 1 divides optimizer state by the
   data-parallel degree, stage 2 also gradients, stage 3 also weights
   (``formulas.zero_bytes_per_device``), rounded up to whole bytes.
@@ -126,7 +127,7 @@ def optimizer_bytes(optimizer: str, shapes: Sequence[Sequence[int]], state_elem_
     return formulas.optimizer_state_bytes(key, shapes, bytes_per_elem=state_elem_bytes)
 
 
-def layer_activation_terms(m: ModelShape, s: int, b: int, e: int) -> dict[str, int]:
+def layer_activation_terms(m: ModelShape, s: int, b: int, e: int, mask_bytes: int = 1) -> dict[str, int]:
     """Bytes one transformer layer saves for backward (no checkpointing).
 
     Korthikanti et al. 2022, section 4.1, with 16-bit activations (e = 2),
@@ -143,6 +144,9 @@ def layer_activation_terms(m: ModelShape, s: int, b: int, e: int) -> dict[str, i
       (Llama) the gate output, its SiLU, the up projection and their product,
       4e*sbI;
     * dropout masks after the attention projection and the MLP: 2sbh.
+
+    ``mask_bytes`` is 1 on CUDA (a bool mask); torch's CPU dropout keeps its
+    mask in the activation dtype, so a CPU measurement passes ``e``.
     """
     h, a, I = m.hidden, m.heads, m.d_ff
     sbh, sbI, as2b = s * b * h, s * b * I, a * s * s * b
@@ -151,17 +155,24 @@ def layer_activation_terms(m: ModelShape, s: int, b: int, e: int) -> dict[str, i
     return {
         "norm_bytes": 4 * e * sbh,                          # two norms: input and output each
         "attention_bytes": qkv + e * s * b * a * m.d_head,  # Q, K, V and the attention output
-        "scores_bytes": e * as2b + d * (1 + e) * as2b,
+        "scores_bytes": e * as2b + d * (mask_bytes + e) * as2b,
         "mlp_bytes": (4 if m.family == "llama" else 2) * e * sbI,
-        "dropout_masks_bytes": d * 2 * sbh,
+        "dropout_masks_bytes": d * 2 * mask_bytes * sbh,
     }
 
 
-def activation_terms(m: ModelShape, setup: Setup) -> dict[str, int]:
-    """Per-device activation bytes saved for backward, by term."""
+def activation_terms(m: ModelShape, setup: Setup, mask_bytes: int = 1) -> dict[str, int]:
+    """Per-device activation bytes saved for backward, by term.
+
+    Beyond the layers: the embedding's dropout mask (and BERT's embedding
+    LayerNorm input), the final norm's input and output (for BERT: the last
+    hidden state and the output projection's input), and the fp32
+    log-probabilities that cross-entropy saves (4 bytes x s x b x vocab; the
+    logits themselves are freed unless the caller keeps them).
+    """
     e = PRECISIONS[setup.precision][3]
     s, b, h = setup.seq, setup.batch, m.hidden
-    layer = layer_activation_terms(m, s, b, e)
+    layer = layer_activation_terms(m, s, b, e, mask_bytes)
     per_layer = sum(layer.values())
     if setup.checkpointing == "none":
         layers = m.layers * per_layer
@@ -169,9 +180,9 @@ def activation_terms(m: ModelShape, setup: Setup) -> dict[str, int]:
         layers = m.layers * (per_layer - layer["scores_bytes"])
     else:  # full: each layer's input, plus one layer recomputed during backward
         layers = m.layers * e * s * b * h + per_layer
-    embedding = (1 if m.dropout else 0) * s * b * h + (2 * e * s * b * h if m.family == "bert" else 0)
-    head = 2 * e * s * b * h                     # final norm input and output
-    logits = (e + 4) * s * b * m.vocab           # logits, and the fp32 log-probabilities of the loss
+    embedding = (mask_bytes if m.dropout else 0) * s * b * h + (e * s * b * h if m.family == "bert" else 0)
+    head = 2 * e * s * b * h
+    logits = 4 * s * b * m.vocab
     return {"layers_bytes": layers, "embedding_bytes": embedding, "head_bytes": head, "logits_bytes": logits,
             "per_layer_bytes": per_layer, "total_bytes": layers + embedding + head + logits}
 

@@ -1,0 +1,337 @@
+"""The estimator and ``handbook estimate``: parameter counts against real architectures, terms
+against measurements, the CLI's output and its one-line errors, and its start-up time."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from experiments.lib import estimator, formulas
+from experiments.lib.model_shapes import BUILTIN, ModelShape, ShapeError, parameter_shapes, shape_from_config
+from generator.estimate import main as estimate_main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- reference architectures on the meta device (names as the Hugging Face classes) ---------------
+
+class Conv1D(nn.Module):
+    """GPT-2's projection: weight stored (in, out)."""
+
+    def __init__(self, nf: int, nx: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(nx, nf))
+        self.bias = nn.Parameter(torch.empty(nf))
+
+
+def gpt2_reference(m: ModelShape) -> nn.Module:
+    h, I = m.hidden, m.d_ff
+
+    def block() -> nn.Module:
+        b = nn.Module()
+        b.ln_1, b.ln_2 = nn.LayerNorm(h), nn.LayerNorm(h)
+        b.attn = nn.Module()
+        b.attn.c_attn, b.attn.c_proj = Conv1D(3 * h, h), Conv1D(h, h)
+        b.mlp = nn.Module()
+        b.mlp.c_fc, b.mlp.c_proj = Conv1D(I, h), Conv1D(h, I)
+        return b
+
+    model = nn.Module()
+    model.wte, model.wpe = nn.Embedding(m.vocab, h), nn.Embedding(m.positions, h)
+    model.h = nn.ModuleList(block() for _ in range(m.layers))
+    model.ln_f = nn.LayerNorm(h)
+    model.lm_head = nn.Linear(h, m.vocab, bias=False)
+    if m.tied_embeddings:
+        model.lm_head.weight = model.wte.weight
+    return model
+
+
+def bert_reference(m: ModelShape) -> nn.Module:
+    h, I = m.hidden, m.d_ff
+    model = nn.Module()
+    e = model.embeddings = nn.Module()
+    e.word_embeddings = nn.Embedding(m.vocab, h)
+    e.position_embeddings = nn.Embedding(m.positions, h)
+    e.token_type_embeddings = nn.Embedding(m.type_vocab, h)
+    e.LayerNorm = nn.LayerNorm(h)
+
+    def layer() -> nn.Module:
+        lay = nn.Module()
+        lay.attention = nn.Module()
+        lay.attention.self = nn.Module()
+        for name in ("query", "key", "value"):
+            setattr(lay.attention.self, name, nn.Linear(h, h))
+        lay.attention.output = nn.Module()
+        lay.attention.output.dense, lay.attention.output.LayerNorm = nn.Linear(h, h), nn.LayerNorm(h)
+        lay.intermediate = nn.Module()
+        lay.intermediate.dense = nn.Linear(h, I)
+        lay.output = nn.Module()
+        lay.output.dense, lay.output.LayerNorm = nn.Linear(I, h), nn.LayerNorm(h)
+        return lay
+
+    model.encoder = nn.Module()
+    model.encoder.layer = nn.ModuleList(layer() for _ in range(m.layers))
+    model.pooler = nn.Module()
+    model.pooler.dense = nn.Linear(h, h)
+    return model
+
+
+def llama_reference(m: ModelShape) -> nn.Module:
+    h, I, d = m.hidden, m.d_ff, m.d_head
+
+    def layer() -> nn.Module:
+        lay = nn.Module()
+        lay.self_attn = nn.Module()
+        lay.self_attn.q_proj = nn.Linear(h, m.heads * d, bias=False)
+        lay.self_attn.k_proj = nn.Linear(h, m.n_kv_heads * d, bias=False)
+        lay.self_attn.v_proj = nn.Linear(h, m.n_kv_heads * d, bias=False)
+        lay.self_attn.o_proj = nn.Linear(m.heads * d, h, bias=False)
+        lay.mlp = nn.Module()
+        lay.mlp.gate_proj, lay.mlp.up_proj = nn.Linear(h, I, bias=False), nn.Linear(h, I, bias=False)
+        lay.mlp.down_proj = nn.Linear(I, h, bias=False)
+        lay.input_layernorm, lay.post_attention_layernorm = nn.RMSNorm(h), nn.RMSNorm(h)
+        return lay
+
+    model = nn.Module()
+    model.model = nn.Module()
+    model.model.embed_tokens = nn.Embedding(m.vocab, h)
+    model.model.layers = nn.ModuleList(layer() for _ in range(m.layers))
+    model.model.norm = nn.RMSNorm(h)
+    model.lm_head = nn.Linear(h, m.vocab, bias=False)
+    if m.tied_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model
+
+
+REFERENCE = {"gpt2": gpt2_reference, "bert": bert_reference, "llama": llama_reference}
+
+
+def meta_params(m: ModelShape) -> dict[str, tuple[int, ...]]:
+    with torch.device("meta"):
+        model = REFERENCE[m.family](m)
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("name", list(BUILTIN))
+def test_builtin_parameter_tensors_match_meta_model(name: str) -> None:
+    m = BUILTIN[name]
+    ref = meta_params(m)
+    assert dict(parameter_shapes(m)) == ref
+    assert estimator.parameter_count(m) == sum(formulas.numel(s) for s in ref.values())
+
+
+def test_builtin_counts_are_the_published_ones() -> None:
+    # The model cards' / papers' parameter counts (exact figures as the HF classes give them).
+    published = {"bert-base": 109_482_240, "gpt2-xl": 1_557_611_200, "llama-2-7b": 6_738_415_616,
+                 "llama-2-70b": 68_976_648_192, "llama-3-8b": 8_030_261_248}
+    assert {k: estimator.parameter_count(BUILTIN[k]) for k in published} == published
+
+
+@pytest.mark.parametrize("cfg", [
+    {"model_type": "gpt2", "n_embd": 96, "n_layer": 3, "n_head": 4, "n_positions": 64, "vocab_size": 301,
+     "n_inner": None},
+    {"model_type": "gpt2", "n_embd": 96, "n_layer": 2, "n_head": 4, "n_positions": 64, "vocab_size": 301,
+     "n_inner": 200, "tie_word_embeddings": False},
+    {"model_type": "bert", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+     "intermediate_size": 100, "vocab_size": 97, "max_position_embeddings": 40, "type_vocab_size": 3},
+    {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 8,
+     "num_key_value_heads": 2, "intermediate_size": 172, "vocab_size": 111, "tie_word_embeddings": True},
+    {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+     "num_key_value_heads": 4, "intermediate_size": 172, "vocab_size": 111, "head_dim": 32},
+])
+def test_config_parameter_tensors_match_meta_model(cfg: dict) -> None:
+    m = shape_from_config(cfg)
+    assert dict(parameter_shapes(m)) == meta_params(m)
+
+
+def test_config_file_and_missing_field(tmp_path: Path) -> None:
+    good = tmp_path / "tiny" / "config.json"
+    good.parent.mkdir()
+    good.write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2,
+                                "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 100}))
+    from experiments.lib.model_shapes import load_config
+
+    m = load_config(good)
+    assert m.name == "tiny" and m.n_kv_heads == 4 and not m.tied_embeddings
+    with pytest.raises(ShapeError, match="missing field 'n_layer'"):
+        shape_from_config({"model_type": "gpt2", "n_embd": 8, "n_head": 2, "n_positions": 8, "vocab_size": 9})
+
+
+# --- the terms --------------------------------------------------------------------------------------
+
+def test_layer_terms_reduce_to_korthikanti() -> None:
+    # GPT-style layer, 4h MLP, MHA, dropout, 16-bit: sbh(34 + 5as/h) exactly (Korthikanti et al. 2022, 4.1).
+    for s, b, h, a in ((128, 2, 64, 4), (2048, 1, 4096, 32), (4096, 8, 1600, 25)):
+        m = ModelShape(family="gpt2", hidden=h, layers=1, heads=a, vocab=10, positions=s)
+        assert sum(estimator.layer_activation_terms(m, s, b, 2).values()) == formulas.korthikanti_activation_bytes(
+            s, b, h, a)
+        sel = estimator.activation_terms(m, estimator.Setup(seq=s, batch=b, checkpointing="selective"))
+        none = estimator.activation_terms(m, estimator.Setup(seq=s, batch=b))
+        assert none["layers_bytes"] - sel["layers_bytes"] == 5 * a * s * s * b  # selective drops 5as^2b
+
+
+def test_layer_terms_against_a_measured_gpt_layer() -> None:
+    """Saved bytes of the activation chapter's GPT layer (saved_tensors_hooks), against the per-layer terms.
+
+    Measured on CPU, where torch's dropout keeps its mask in the activation dtype (CUDA: 1 byte), so the
+    prediction uses mask_bytes = e here. Tolerance: the LayerNorm mean/rstd (at most 8 bytes per token per
+    norm, which the formula leaves out) -> within 3 %.
+    """
+    from experiments.lib.gpt import DecoderLayer, LayerShape
+    from experiments.lib.saved import count_saved
+
+    torch.manual_seed(0)
+    s, b, h, a = 32, 2, 32, 4
+    for dtype, e in ((torch.float32, 4), (torch.bfloat16, 2)):
+        layer = DecoderLayer(LayerShape(h, a, dropout=0.1, attn_dropout=0.1), "math", max_seq=s).to(dtype)
+        x = torch.randn(b, s, h, dtype=dtype, requires_grad=True)
+        _, res = count_saved(lambda: layer(x), exclude=[layer], attribute=layer)
+        m = ModelShape(family="gpt2", hidden=h, layers=1, heads=a, vocab=10, positions=s)
+        predicted = sum(estimator.layer_activation_terms(m, s, b, e, mask_bytes=e).values())
+        assert res.total_bytes >= predicted
+        assert res.total_bytes / predicted == pytest.approx(1.0, abs=0.03)
+        # the remainder is the two norms' mean/rstd: at most 8 bytes per token per norm
+        assert 0 < res.total_bytes - predicted <= 2 * 8 * s * b
+
+
+def test_against_activation_chapter_result() -> None:
+    """If the activation chapter has a result on disk, our per-layer terms must reproduce its paper column."""
+    files = sorted(ROOT.glob("results/*/activation_memory.json"))
+    if not files:
+        pytest.skip("no activation_memory result on disk")
+    env = json.loads(files[0].read_text())
+    if env.get("status") != "ok":
+        pytest.skip("activation_memory result is not ok")
+    d = env["data"]
+    sh = d["shape"]
+    m = ModelShape(family="gpt2", hidden=sh["hidden"], layers=1, heads=sh["heads"], vocab=10, positions=sh["seq"])
+    for key, e in (("bf16", 2), ("fp32", 4)):
+        terms = estimator.layer_activation_terms(m, sh["seq"], sh["batch"], e, mask_bytes=e)
+        measured = d[key]["saved_bytes"]
+        # Measured includes LayerNorm statistics (8 bytes per token per norm): within 3 %.
+        assert measured / sum(terms.values()) == pytest.approx(1.0, abs=0.03)
+
+
+def test_zero_sharding_and_precisions() -> None:
+    m = BUILTIN["llama-2-7b"]
+    n = estimator.parameter_count(m)
+    base = estimator.estimate(estimator.Setup(optimizer="adamw", precision="bf16-mixed"), shape=m)
+    full = base["unsharded_bytes"]
+    assert full == {"params": 4 * n, "grads": 4 * n, "optimizer": 8 * n + 4 * len(parameter_shapes(m))}
+    for stage in (0, 1, 2, 3):
+        r = estimator.estimate(estimator.Setup(zero=stage, gpus=8), shape=m)["per_device_bytes"]
+        ref = formulas.zero_bytes_per_device(1, stage, 8, weight_bytes=full["params"], grad_bytes=full["grads"],
+                                             optimizer_bytes=full["optimizer"])
+        assert r["params"] == -(-int(ref["params_bytes"] * 8) // 8) if stage >= 3 else r["params"] == full["params"]
+        assert abs(r["optimizer"] - ref["optimizer_bytes"]) < 1
+        assert r["total"] == r["params"] + r["grads"] + r["optimizer"] + r["activations"]
+    pure = estimator.estimate(estimator.Setup(precision="bf16"), shape=m)["per_device_bytes"]
+    assert pure["params"] == 2 * n and pure["grads"] == 2 * n
+    sgd = estimator.estimate(estimator.Setup(optimizer="sgd"), shape=m)["per_device_bytes"]
+    assert sgd["optimizer"] == 0
+    ams = estimator.estimate(estimator.Setup(optimizer="adam-amsgrad"), params=1000)["per_device_bytes"]
+    assert ams["optimizer"] == 12 * 1000 + 4
+    eight = estimator.estimate(estimator.Setup(optimizer="adamw-8bit"), params=10_000)["per_device_bytes"]
+    assert eight["optimizer"] == 2 * 10_000 + 2 * 4 * 40   # 40 blocks of 256
+    small = estimator.estimate(estimator.Setup(optimizer="adamw-8bit"), params=4095)["per_device_bytes"]
+    assert small["optimizer"] == 8 * 4095                  # under min_8bit_size: 32-bit states
+
+
+def test_checkpointing_orders_activations() -> None:
+    m = BUILTIN["gpt2-xl"]
+    acts = {c: estimator.estimate(estimator.Setup(checkpointing=c), shape=m)["per_device_bytes"]["activations"]
+            for c in estimator.CHECKPOINTING}
+    assert acts["full"] < acts["selective"] < acts["none"]
+
+
+def test_bad_inputs_raise_naming_the_field() -> None:
+    with pytest.raises(estimator.EstimateError, match="optimizer 'lion'"):
+        estimator.Setup(optimizer="lion")
+    with pytest.raises(estimator.EstimateError, match="batch"):
+        estimator.Setup(batch=-1)
+    with pytest.raises(estimator.EstimateError, match="zero"):
+        estimator.Setup(zero=4)
+    with pytest.raises(ShapeError, match="hidden"):
+        ModelShape(family="gpt2", hidden=-8, layers=1, heads=1, vocab=4, positions=4)
+    with pytest.raises(estimator.EstimateError, match="adafactor"):
+        estimator.estimate(estimator.Setup(optimizer="adafactor"), params=100)
+    with pytest.raises(estimator.EstimateError, match="learned positions"):
+        estimator.estimate(estimator.Setup(seq=1024), shape=BUILTIN["bert-base"])
+
+
+# --- the CLI ----------------------------------------------------------------------------------------
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = estimate_main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_cli_json_matches_library(capsys) -> None:
+    code, out, _ = run_cli(capsys, "--model", "llama-2-7b", "--optimizer", "adamw", "--precision", "bf16-mixed",
+                           "--batch", "2", "--seq", "4096", "--checkpointing", "full", "--zero", "3", "--gpus",
+                           "8", "--json")
+    assert code == 0
+    got = json.loads(out)
+    want = estimator.estimate(estimator.Setup("adamw", "bf16-mixed", 2, 4096, "full", 3, 8), shape=BUILTIN["llama-2-7b"])
+    assert got["parameters"] == 6_738_415_616
+    assert got["per_device_bytes"] == want["per_device_bytes"]
+    assert set(got["per_device_bytes"]) == {"params", "grads", "optimizer", "activations", "total"}
+    assert all(isinstance(v, int) for v in got["per_device_bytes"].values())
+
+
+def test_cli_table_and_config(capsys, tmp_path: Path) -> None:
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 128,
+                               "vocab_size": 500}))
+    code, out, _ = run_cli(capsys, "--config", str(cfg), "--optimizer", "sgd-momentum", "--precision", "fp32")
+    assert code == 0
+    n = estimator.parameter_count(shape_from_config(json.loads(cfg.read_text())))
+    assert f"{n:,} parameters" in out and "fits:" in out and "H100 80 GB" in out
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--model", "gpt5"], "unknown model 'gpt5'"),
+    (["--params", "1000", "--optimizer", "lion"], "unknown optimizer 'lion'"),
+    (["--params", "-5"], "--params"),
+    (["--model", "gpt2-xl", "--batch", "-1"], "--batch"),
+    (["--model", "gpt2-xl", "--seq", "0"], "--seq"),
+    (["--model", "gpt2-xl", "--zero", "5"], "zero"),
+    (["--model", "gpt2-xl", "--precision", "int4"], "precision 'int4'"),
+    (["--model", "gpt2-xl", "--checkpointing", "some"], "checkpointing 'some'"),
+    (["--config", "/nonexistent/config.json"], "/nonexistent/config.json"),
+    ([], "give exactly one of"),
+    (["--family", "llama", "--hidden", "64"], "--layers"),
+])
+def test_cli_bad_input_one_line(capsys, argv: list[str], needle: str) -> None:
+    code, out, err = run_cli(capsys, *argv)
+    assert code == 2 and out == ""
+    assert needle in err and err.count("\n") == 1 and err.startswith("handbook estimate: error:")
+
+
+def test_cli_missing_config_field(capsys, tmp_path: Path) -> None:
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"model_type": "bert", "hidden_size": 64, "num_hidden_layers": 2,
+                               "vocab_size": 100, "intermediate_size": 128, "max_position_embeddings": 64}))
+    code, _, err = run_cli(capsys, "--config", str(cfg))
+    assert code == 2 and "missing field 'num_attention_heads'" in err and err.count("\n") == 1
+
+
+def test_cli_answers_fast_without_torch() -> None:
+    """The benchmark: ``handbook estimate`` answers in under 0.3 s and never imports torch."""
+    code = ("import sys, time; t = time.perf_counter(); from generator.cli import main; "
+            "rc = main(['estimate', '--model', 'llama-2-70b', '--json']); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; sys.exit(rc)")
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+        best = min(best, time.perf_counter() - t0)
+        assert proc.returncode == 0, proc.stderr
+    assert best < 0.3, f"handbook estimate took {best:.3f} s"
