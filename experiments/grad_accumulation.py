@@ -1,0 +1,440 @@
+# %%
+"""Gradient accumulation: when do K micro-batches reproduce one big batch, and what does it save?
+
+The question: gradients add up in ``.grad`` across ``backward()`` calls, so K
+micro-batches of B/K, each loss divided by K, should give the gradient of one
+batch of B. How exact is that in fp32 and bf16, what breaks it, and what does
+it buy in peak memory and cost in time?
+
+The method, on small MLPs with random data:
+
+1. Correctness: the max absolute difference between the gradient of one batch
+   and the gradient accumulated by the canonical loop (``accumulation_step``,
+   below) for K = 1, 2, 4, 8, 16; and the same without dividing by K.
+2. What breaks equivalence: BatchNorm (statistics per micro-batch), dropout
+   (different masks), ``reduction="mean"`` over unequal micro-batches,
+   gradient clipping per micro-batch instead of once per cycle.
+3. The mixed-precision loop (``amp_accumulation_step``): autocast (bf16 on CPU,
+   fp16 + ``GradScaler`` on CUDA; the scaler path is also exercised on CPU
+   with fp16), one optimizer step per cycle, unscale before clipping.
+4. Why anyone does it: peak memory of one cycle and the time per effective
+   batch against micro-batch size at a fixed effective batch.
+
+Run it: ``python -m experiments.grad_accumulation --profile quick``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from experiments.lib.memory import MemoryTracker
+from experiments.lib.timing import time_fn
+
+
+# %%
+@dataclass(frozen=True)
+class Config:
+    batch: int = 64                      # effective batch B of the correctness runs
+    features: int = 64
+    hidden: int = 128
+    classes: int = 10
+    ks: tuple = (1, 2, 4, 8, 16)
+    unequal_sizes: tuple = (40, 16, 6, 2)  # micro-batch sizes that sum to B, for the mean-reduction trap
+    dropout: float = 0.1
+    clip_fraction: float = 0.5           # clip at this fraction of the batch gradient's norm
+    amp_cycles: int = 3
+    mem_batch: int = 1024                # effective batch of the memory and time runs
+    mem_width: int = 128
+    mem_depth: int = 4
+    mem_micro: tuple = (1024, 512, 256, 128, 64)
+    min_run_time_s: float = 0.05
+    seed: int = 0
+
+
+PROFILES = {
+    "quick": Config(),
+    "full": Config(batch=256, features=1024, hidden=4096, mem_batch=8192, mem_width=2048, mem_depth=8,
+                   mem_micro=(8192, 4096, 2048, 1024, 512, 256), min_run_time_s=0.5, unequal_sizes=(160, 64, 24, 8)),
+}
+TIMEOUT_S = 300
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# %% [markdown]
+# ## The canonical loops
+#
+# These two functions are what the handbook's page shows, and what this
+# experiment runs.
+
+# %%
+def accumulation_step(model, optimizer, micro_batches, loss_fn):
+    """One optimizer step from K micro-batches: divide each loss by K, step once."""
+    k = len(micro_batches)
+    for x, y in micro_batches:
+        loss = loss_fn(model(x), y) / k  # mean over the cycle, not the sum
+        loss.backward()                  # gradients add up in .grad
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def amp_accumulation_step(model, optimizer, micro_batches, loss_fn, amp_dtype, scaler=None, max_norm=1.0):
+    """Accumulation under autocast; with a GradScaler (fp16) step and update once per cycle."""
+    k = len(micro_batches)
+    device_type = next(model.parameters()).device.type
+    for x, y in micro_batches:
+        with torch.autocast(device_type, dtype=amp_dtype):
+            loss = loss_fn(model(x), y) / k
+        if scaler is not None:
+            scaler.scale(loss).backward()  # scaled, so small fp16 gradients do not flush to zero
+        else:
+            loss.backward()
+    if scaler is not None:
+        scaler.unscale_(optimizer)         # true gradients before clipping
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if scaler is not None:
+        scaler.step(optimizer)             # skipped if any gradient is inf or NaN
+        scaler.update()                    # once per cycle, not per micro-batch
+    else:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm
+
+
+# %%
+class GradSnapshot(torch.optim.Optimizer):
+    """An optimizer whose ``step`` only records the gradients it was given (and counts the steps)."""
+
+    def __init__(self, params) -> None:
+        super().__init__(params, {})
+        self.grads: list[torch.Tensor] = []
+        self.steps = 0
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        self.grads = [p.grad.detach().float().clone() for g in self.param_groups for p in g["params"]]
+        self.steps += 1
+
+
+def mlp(cfg: Config, norm: str = "none", dropout: float = 0.0) -> nn.Module:
+    layers: list[nn.Module] = [nn.Linear(cfg.features, cfg.hidden)]
+    if norm == "batchnorm":
+        layers.append(nn.BatchNorm1d(cfg.hidden))
+    layers += [nn.GELU()]
+    if dropout:
+        layers.append(nn.Dropout(dropout))
+    layers += [nn.Linear(cfg.hidden, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, cfg.classes)]
+    return nn.Sequential(*layers)
+
+
+def data(cfg: Config, device: str, n: int | None = None, dtype=torch.float32):
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
+    n = n or cfg.batch
+    x = torch.randn(n, cfg.features, generator=gen).to(device=device, dtype=dtype)
+    y = torch.randint(0, cfg.classes, (n,), generator=gen).to(device)
+    return x, y
+
+
+def split(x: torch.Tensor, y: torch.Tensor, sizes: list[int]) -> list[tuple]:
+    return list(zip(torch.split(x, sizes), torch.split(y, sizes)))
+
+
+def snapshot_grads(model, micro_batches, loss_fn, seed: int | None = None) -> list[torch.Tensor]:
+    """The gradients that the canonical loop hands to ``optimizer.step()``."""
+    rec = GradSnapshot(model.parameters())
+    if seed is not None:
+        torch.manual_seed(seed)
+    accumulation_step(model, rec, micro_batches, loss_fn)
+    return rec.grads
+
+
+def max_abs_diff(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    return max(float((x - y).abs().max()) for x, y in zip(a, b))
+
+
+def max_abs(a: list[torch.Tensor]) -> float:
+    return max(float(x.abs().max()) for x in a)
+
+
+def norm(a: list[torch.Tensor]) -> float:
+    return float(torch.sqrt(sum((x.double() ** 2).sum() for x in a)))
+
+
+# %% [markdown]
+# ## 1. Correctness against K
+
+# %%
+def correctness(cfg: Config, device: str) -> list[dict]:
+    rows = []
+    for dname in ("fp32", "bf16"):
+        dtype = DTYPES[dname]
+        torch.manual_seed(cfg.seed)
+        model = mlp(cfg).to(device=device, dtype=dtype)
+        x, y = data(cfg, device, dtype=dtype)
+        ref = snapshot_grads(model, [(x, y)], F.cross_entropy)
+        scale = max_abs(ref)
+        for k in cfg.ks:
+            mbs = split(x, y, [cfg.batch // k] * k)
+            acc = snapshot_grads(model, mbs, F.cross_entropy)
+            # the wrong loop: no division by K, so the gradient is the sum of K micro-batch means
+            for p in model.parameters():
+                p.grad = None
+            for xb, yb in mbs:
+                F.cross_entropy(model(xb), yb).backward()
+            wrong = [p.grad.detach().float().clone() for p in model.parameters()]
+            for p in model.parameters():
+                p.grad = None
+            rows.append({"dtype": dname, "k": k, "micro_batch": cfg.batch // k,
+                         "max_abs_diff": max_abs_diff(acc, ref), "max_abs_grad": scale,
+                         "rel_diff": max_abs_diff(acc, ref) / scale,
+                         "no_division_norm_ratio": norm(wrong) / norm(ref),
+                         "no_division_predicted_ratio": float(k),
+                         "no_division_rel_diff": max_abs_diff(wrong, ref) / scale})
+    return rows
+
+
+# %% [markdown]
+# ## 2. What breaks equivalence (fp32, K = 4 unless stated)
+
+# %%
+def breakers(cfg: Config, device: str) -> dict:
+    k = 4
+    x, y = data(cfg, device)
+    equal = [cfg.batch // k] * k
+    out = {"k": k}
+
+    # BatchNorm normalises each micro-batch with its own statistics.
+    torch.manual_seed(cfg.seed)
+    model = mlp(cfg, norm="batchnorm").to(device)
+    bn = model[1]
+    ref = snapshot_grads(model, [(x, y)], F.cross_entropy)
+    running_full = bn.running_mean.clone()
+    bn.reset_running_stats()
+    acc = snapshot_grads(model, split(x, y, equal), F.cross_entropy)
+    out["batchnorm"] = {"rel_diff": max_abs_diff(acc, ref) / max_abs(ref),
+                        "running_mean_max_abs_diff": float((bn.running_mean - running_full).abs().max()),
+                        "num_batches_tracked": int(bn.num_batches_tracked)}
+    # eval-mode BatchNorm uses running statistics: then accumulation is exact again
+    model.eval()
+    ref = snapshot_grads(model, [(x, y)], F.cross_entropy)
+    acc = snapshot_grads(model, split(x, y, equal), F.cross_entropy)
+    out["batchnorm_eval"] = {"rel_diff": max_abs_diff(acc, ref) / max_abs(ref)}
+
+    # Dropout: same seed, but K smaller masks are not one big mask.
+    torch.manual_seed(cfg.seed)
+    model = mlp(cfg, dropout=cfg.dropout).to(device)
+    ref = snapshot_grads(model, [(x, y)], F.cross_entropy, seed=cfg.seed)
+    acc = snapshot_grads(model, split(x, y, equal), F.cross_entropy, seed=cfg.seed)
+    ref2 = snapshot_grads(model, [(x, y)], F.cross_entropy, seed=cfg.seed + 1)
+    out["dropout"] = {"rel_diff": max_abs_diff(acc, ref) / max_abs(ref),
+                      "other_seed_rel_diff": max_abs_diff(ref2, ref) / max_abs(ref), "p": cfg.dropout}
+
+    # reduction="mean" over unequal micro-batches weights each sample by 1/(K * size of its micro-batch).
+    torch.manual_seed(cfg.seed)
+    model = mlp(cfg).to(device)
+    sizes = list(cfg.unequal_sizes)
+    if sum(sizes) != cfg.batch:
+        raise ValueError(f"unequal_sizes {sizes} must sum to batch {cfg.batch}")
+    ref = snapshot_grads(model, [(x, y)], F.cross_entropy)
+    acc_mean = snapshot_grads(model, split(x, y, sizes), F.cross_entropy)
+    n_total, kk = cfg.batch, len(sizes)
+
+    def sum_over_total(logits, target):  # the fix: sum, divided by the cycle's sample count (times K, undone by the loop)
+        return F.cross_entropy(logits, target, reduction="sum") * kk / n_total
+
+    acc_sum = snapshot_grads(model, split(x, y, sizes), sum_over_total)
+    out["unequal_mean"] = {"sizes": sizes, "rel_diff_mean": max_abs_diff(acc_mean, ref) / max_abs(ref),
+                           "rel_diff_sum_over_total": max_abs_diff(acc_sum, ref) / max_abs(ref)}
+
+    # Clipping: the norm of the summed gradient is not the sum of the micro-batch norms.
+    max_norm = cfg.clip_fraction * norm(ref)
+    for p in model.parameters():
+        p.grad = None
+    for xb, yb in [(x, y)]:
+        F.cross_entropy(model(xb), yb).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    clipped_once = [p.grad.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = None
+    micro_norms = []
+    for xb, yb in split(x, y, equal):
+        before = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
+        (F.cross_entropy(model(xb), yb) / k).backward()
+        # clip this micro-batch's contribution alone (the mistake: clipping inside the loop)
+        contrib = [p.grad - b for p, b in zip(model.parameters(), before)]
+        micro_norms.append(norm(contrib))
+        coef = min(1.0, max_norm / (micro_norms[-1] + 1e-6))
+        with torch.no_grad():
+            for p, b, c in zip(model.parameters(), before, contrib):
+                p.grad.copy_(b + c * coef)
+    clipped_each = [p.grad.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = None
+    out["clipping"] = {"max_norm": max_norm, "batch_grad_norm": norm(ref),
+                       "clipped_once_norm": norm(clipped_once), "clipped_per_micro_norm": norm(clipped_each),
+                       "micro_contribution_norms": micro_norms,
+                       "rel_diff": max_abs_diff(clipped_each, clipped_once) / max_abs(clipped_once)}
+    return out
+
+
+# %% [markdown]
+# ## 3. The mixed-precision loop, exercised
+
+# %%
+def amp_clip_before_unscale(model, optimizer, micro_batches, loss_fn, amp_dtype, scaler, max_norm=1.0):
+    """The mistake, for comparison: clipping the still-scaled gradients."""
+    k = len(micro_batches)
+    device_type = next(model.parameters()).device.type
+    for x, y in micro_batches:
+        with torch.autocast(device_type, dtype=amp_dtype):
+            loss = loss_fn(model(x), y) / k
+        scaler.scale(loss).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+
+def amp_checks(cfg: Config, device: str) -> list[dict]:
+    k = 4
+    x, y = data(cfg, device)
+    mbs = split(x, y, [cfg.batch // k] * k)
+    torch.manual_seed(cfg.seed)
+    model = mlp(cfg).to(device)
+    ref = snapshot_grads(model, [(x, y)], F.cross_entropy)
+    ref_norm = norm(ref)
+    max_norm = cfg.clip_fraction * ref_norm
+    ref_clipped = [g * (max_norm / (ref_norm + 1e-6)) for g in ref]
+    variants = [("bf16", False), ("fp16", True)] if device.startswith("cpu") else [("fp16", True), ("bf16", False)]
+    rows = []
+    for dname, use_scaler in variants:
+        dtype = DTYPES[dname]
+        device_type = torch.device(device).type
+        rec = GradSnapshot(model.parameters())
+        scaler = torch.amp.GradScaler(device_type) if use_scaler else None
+        norms = [float(amp_accumulation_step(model, rec, mbs, F.cross_entropy, dtype, scaler, max_norm))
+                 for _ in range(cfg.amp_cycles)]
+        row = {"amp_dtype": dname, "device_type": device_type, "scaler": use_scaler, "k": k,
+               "cycles": cfg.amp_cycles, "optimizer_steps": rec.steps,
+               "pre_clip_norm": norms[-1], "fp32_batch_norm": ref_norm, "max_norm": max_norm,
+               "clipped_rel_diff_vs_fp32": max_abs_diff(rec.grads, ref_clipped) / max_abs(ref_clipped),
+               "clipped_norm": norm(rec.grads)}
+        if scaler is not None:
+            row["scale_final"] = float(scaler.get_scale())
+            wrong = GradSnapshot(model.parameters())
+            amp_clip_before_unscale(model, wrong, mbs, F.cross_entropy, dtype,
+                                    torch.amp.GradScaler(device_type), max_norm)
+            row["clip_before_unscale_norm"] = norm(wrong.grads)
+            row["clip_before_unscale_shrink"] = norm(rec.grads) / max(norm(wrong.grads), 1e-30)
+        rows.append(row)
+    return rows
+
+
+# %% [markdown]
+# ## 4. Peak memory and time against micro-batch size, at a fixed effective batch
+
+# %%
+class IterationBoundaries(list):
+    """Micro-batches that tell the tracker where each forward/backward iteration ends.
+
+    PyTorch's MemTracker refuses a second forward of the same root module inside
+    one tracking context unless its per-module statistics are cleared first
+    (``MemTracker.reset_mod_stats``); the device-wide peak survives the reset.
+    """
+
+    def __init__(self, items: list, tracker: MemoryTracker) -> None:
+        super().__init__(items)
+        self.tracker = tracker
+
+    def __iter__(self):
+        for item in super().__iter__():
+            self.tracker._tracker.reset_mod_stats()
+            yield item
+
+
+def memory_and_time(cfg: Config, device: str) -> list[dict]:
+    torch.manual_seed(cfg.seed)
+    layers: list[nn.Module] = []
+    for _ in range(cfg.mem_depth):
+        layers += [nn.Linear(cfg.mem_width, cfg.mem_width), nn.GELU()]
+    model = nn.Sequential(*layers, nn.Linear(cfg.mem_width, cfg.classes)).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 2)
+    x = torch.randn(cfg.mem_batch, cfg.mem_width, generator=gen).to(device)
+    y = torch.randint(0, cfg.classes, (cfg.mem_batch,), generator=gen).to(device)
+    accumulation_step(model, opt, [(x, y)], F.cross_entropy)  # optimizer state exists from here on
+    rows = []
+    for micro in cfg.mem_micro:
+        k = cfg.mem_batch // micro
+        mbs = split(x, y, [micro] * k)
+        tracker = MemoryTracker(device).track(model, opt)
+        with tracker:
+            accumulation_step(model, opt, IterationBoundaries(mbs, tracker), F.cross_entropy)
+        peak = tracker.peak()
+        # saved for backward, per sample: the output of every Linear and of every GELU, and the logits (fp32)
+        predicted_acts = 4 * micro * (2 * cfg.mem_depth * cfg.mem_width + cfg.classes)
+        timing = time_fn(lambda: accumulation_step(model, opt, mbs, F.cross_entropy), cfg.min_run_time_s)
+        rows.append({"micro_batch": micro, "k": k, "peak_total_bytes": peak.total,
+                     "peak_activations_bytes": peak.by_category["activations"],
+                     "peak_grads_bytes": peak.by_category["grads"],
+                     "peak_params_bytes": peak.by_category["params"],
+                     "peak_optimizer_bytes": peak.by_category["optimizer"],
+                     "peak_temporaries_bytes": peak.by_category["temporaries"],
+                     "predicted_saved_activations_bytes": predicted_acts,
+                     "cuda_max_allocated_bytes": tracker.cuda_max_allocated_bytes,
+                     "step_time_ms": timing["median_ms"], "step_time_iqr_ms": timing["iqr_ms"]})
+    return rows
+
+
+# %%
+def run(cfg: Config, device: str) -> dict:
+    torch.manual_seed(cfg.seed)
+    return {
+        "batch": cfg.batch,
+        "correctness": correctness(cfg, device),
+        "breakers": breakers(cfg, device),
+        "amp": amp_checks(cfg, device),
+        "memory": memory_and_time(cfg, device),
+        "mem_batch": cfg.mem_batch,
+        "mem_model": {"width": cfg.mem_width, "depth": cfg.mem_depth},
+    }
+
+
+# %%
+def plot(data: dict):
+    import matplotlib.pyplot as plt
+
+    rows = data["memory"]
+    micro = [r["micro_batch"] for r in rows]
+    mib = 2 ** 20
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9.5, 3.8), constrained_layout=True)
+    bottom = [0.0] * len(rows)
+    for key, label in (("peak_params_bytes", "parameters"), ("peak_optimizer_bytes", "optimizer state"),
+                       ("peak_grads_bytes", "gradients"), ("peak_activations_bytes", "activations"),
+                       ("peak_temporaries_bytes", "temporaries")):
+        vals = [r[key] / mib for r in rows]
+        ax0.bar([str(m) for m in micro], vals, bottom=bottom, label=label)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax0.plot([str(m) for m in micro], [r["predicted_saved_activations_bytes"] / mib for r in rows], "k--",
+             marker="o", label="predicted saved activations")
+    ax0.set_xlabel(f"micro-batch size (effective batch {data['mem_batch']})")
+    ax0.set_ylabel("peak memory during one cycle (MiB)")
+    ax0.set_title("Peak memory by category")
+    ax0.legend(fontsize=7)
+    ax1.errorbar([str(m) for m in micro], [r["step_time_ms"] for r in rows],
+                 yerr=[r["step_time_iqr_ms"] / 2 for r in rows], marker="o", capsize=3)
+    ax1.set_xlabel(f"micro-batch size (effective batch {data['mem_batch']})")
+    ax1.set_ylabel("time per effective batch (ms, median)")
+    ax1.set_ylim(bottom=0)
+    ax1.set_title("Time per optimizer step")
+    return fig
+
+
+# %%
+if __name__ == "__main__":
+    from experiments.lib.cli import main
+    import sys
+    raise SystemExit(main(sys.modules[__name__]))
