@@ -1,0 +1,193 @@
+"""The hardware experiment: throughput, bandwidth, training-step accounting, on a tiny config."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from experiments import hardware
+from experiments.lib.cli import to_json
+
+REPO = Path(__file__).resolve().parent.parent
+
+TINY = hardware.Config(
+    shapes=((32, 32, 32), (16, 16, 16), (64, 48, 32)),
+    min_run_time_s=0.01,
+    max_call_s=0.5,
+    copy_sizes_bytes=(2**16, 2**12),
+    train_width=16,
+    train_blocks=2,
+    train_batch=8,
+)
+
+
+@pytest.fixture(scope="module")
+def data() -> dict:
+    return hardware.run(TINY, "cpu")
+
+
+def test_data_is_plain_json(data: dict) -> None:
+    assert json.loads(to_json(data)) == data  # to_json refuses NaN and infinity
+
+
+def test_tf32_is_not_applicable_on_cpu(data: dict) -> None:
+    assert data["device_type"] == "cpu"
+    assert data["matmul"]["tf32"] == {"status": "not_applicable", "points": [], "skipped_shapes": []}
+    assert data["cuda"] == {"measured": False}
+
+
+def test_matmul_sweep_is_ordered_by_flops_and_keeps_the_best(data: dict) -> None:
+    d = data["matmul"]["fp32"]
+    assert d["status"] == "measured"
+    assert [(p["m"], p["n"], p["k"]) for p in d["points"]] == [(16, 16, 16), (32, 32, 32), (64, 48, 32)]
+    for p in d["points"]:
+        assert p["flops"] == 2 * p["m"] * p["n"] * p["k"]
+        # throughput is the FLOPs over the median time, to float rounding
+        assert p["gflop_per_s"] == pytest.approx(p["flops"] / (p["median_ms"] * 1e-3) / 1e9, rel=1e-9)
+        assert p["tflop_per_s"] == pytest.approx(p["gflop_per_s"] / 1e3, rel=1e-12)
+    best = max(d["points"], key=lambda p: p["gflop_per_s"])
+    assert d["best_gflop_per_s"] == best["gflop_per_s"]
+    assert d["best_shape"] == [best["m"], best["n"], best["k"]]
+    assert data["matmul"]["speedup_vs_fp32"]["fp32"] == 1.0
+
+
+def test_flop_counter_agrees_with_2mnk(data: dict) -> None:
+    check = data["matmul"]["flop_count_check"]
+    assert check["counted_flops"] == check["predicted_flops"] == 2 * check["m"] * check["n"] * check["k"]
+
+
+def test_accuracy_follows_the_format(data: dict) -> None:
+    # Unit roundoff from torch.finfo: 2**-24 for fp32, 2**-8 for bf16, 2**-11 for fp16.
+    mm = data["matmul"]
+    assert mm["fp32"]["accuracy"]["unit_roundoff"] == 2.0**-24
+    assert mm["bf16"]["accuracy"]["unit_roundoff"] == 2.0**-8
+    # fp32 inputs are exact; only accumulation over k = 1024 errs: well under sqrt(k) unit roundoffs.
+    assert mm["fp32"]["accuracy"]["rel_error_over_unit_roundoff"] < 32
+    # 16-bit formats round every input and the output: the error is of the order of one unit
+    # roundoff (between a tenth and four), which also proves the product really ran in that format.
+    for name in ("bf16", "fp16"):
+        assert mm[name]["status"] == "measured"
+        assert 0.1 < mm[name]["accuracy"]["rel_error_over_unit_roundoff"] < 4, name
+
+
+def test_bandwidth_counts_read_and_write(data: dict) -> None:
+    bw = data["bandwidth"]
+    assert [p["bytes"] for p in bw["points"]] == [2**12, 2**16]
+    for p in bw["points"]:
+        assert p["moved_bytes"] == 2 * p["bytes"]
+        assert p["gb_per_s"] == pytest.approx(p["moved_bytes"] / (p["median_ms"] * 1e-3) / 1e9, rel=1e-9)
+    assert bw["largest_copy_bytes"] == 2**16
+    assert bw["gb_per_s"] == bw["points"][-1]["gb_per_s"]
+    assert bw["best_gb_per_s"] == max(p["gb_per_s"] for p in bw["points"])
+
+
+def test_train_step_state_matches_the_prediction_exactly(data: dict) -> None:
+    t = data["train_step"]
+    h, blocks = TINY.train_width, TINY.train_blocks
+    params = blocks * (h * 4 * h + 4 * h + 4 * h * h + h)
+    assert t["params"] == params
+    assert t["predicted"] == {"params_bytes": 4 * params, "grads_bytes": 4 * params,
+                              "optimizer_bytes": 8 * params + 4 * 4 * blocks}  # 2 moments + a step per tensor
+    assert t["params_bytes"] == t["predicted"]["params_bytes"]
+    assert t["grads_bytes"] == t["predicted"]["grads_bytes"]
+    assert t["optimizer_state_bytes"] == t["predicted"]["optimizer_bytes"]
+    assert t["measured_state_bytes"] == t["predicted_state_bytes"]
+    # The tracker labels the parameters exactly and its peak holds at least the persistent state.
+    assert t["tracker_peak"]["params_bytes"] == t["params_bytes"]
+    assert t["tracker_peak"]["total_bytes"] >= t["predicted_state_bytes"]
+
+
+def test_train_step_flops_match_the_closed_form(data: dict) -> None:
+    t = data["train_step"]
+    h, blocks, b = TINY.train_width, TINY.train_blocks, TINY.train_batch
+    weights = blocks * 8 * h * h
+    assert t["counted_flops"] == t["predicted_flops"] == 6 * weights * b - 2 * 4 * h * h * b
+    assert t["share_of_best_fp32"] == pytest.approx(
+        t["achieved_gflop_per_s"] / data["matmul"]["fp32"]["best_gflop_per_s"], rel=1e-12)
+    assert t["share_of_best_fp32"] > 0
+
+
+def test_a_dtype_over_the_call_limit_stops_its_sweep() -> None:
+    cfg = hardware.Config(shapes=((8, 8, 8), (16, 16, 16)), dtypes=("fp32",), min_run_time_s=0.01,
+                          max_call_s=0.0, copy_sizes_bytes=(4096,), train_width=8, train_blocks=1, train_batch=2)
+    d = hardware.run(cfg, "cpu")
+    # The smallest shape always runs; the next exceeds a zero-second limit (predicted and probed).
+    assert d["matmul"]["fp32"]["status"] == "measured"
+    assert [(p["m"], p["n"], p["k"]) for p in d["matmul"]["fp32"]["points"]] == [(8, 8, 8)]
+    assert d["matmul"]["fp32"]["skipped_shapes"] == [[16, 16, 16]]
+    json.loads(to_json(d))
+
+
+def test_unknown_dtype_is_refused() -> None:
+    with pytest.raises(ValueError, match="fp8"):
+        hardware.run(hardware.Config(shapes=((8, 8, 8),), dtypes=("fp8",)), "cpu")
+
+
+def test_plot_draws_two_labelled_figures(data: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs = hardware.plot(data)
+    try:
+        assert set(figs) == {"matmul", "bandwidth"}
+        ax = figs["matmul"].axes[0]
+        assert "GFLOP/s" in ax.get_ylabel() and ax.get_xlabel()
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert "fp32" in labels and "tf32: not applicable" in labels
+        assert "GB/s" in figs["bandwidth"].axes[0].get_ylabel()
+    finally:
+        for f in figs.values():
+            plt.close(f)
+
+
+def test_profiles_are_well_formed() -> None:
+    for name, cfg in hardware.PROFILES.items():
+        assert set(cfg.dtypes) <= set(hardware.DTYPES), name
+        assert all(len(s) == 3 and min(s) > 0 for s in cfg.shapes), name
+    assert hardware.PROFILES["quick"].train_width < hardware.PROFILES["full"].train_width
+
+
+def committed_results() -> list[Path]:
+    return sorted((REPO / "results").glob("*/hardware.json"))
+
+
+@pytest.mark.parametrize("path", committed_results(), ids=lambda p: p.parent.name)
+def test_committed_result_validates_and_plots(path: Path) -> None:
+    """A committed reference result passes the current envelope schema and still renders."""
+    from generator import envelope
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    env = envelope.load(path)
+    assert env["schema_version"] == envelope.SCHEMA_VERSION
+    assert env["status"] == "ok"
+    figs = hardware.plot(env["data"])
+    for f in figs.values():
+        plt.close(f)
+    for name in env["data"]["matmul"]["dtypes"]:
+        assert env["data"]["matmul"][name]["status"] in ("measured", "not_applicable", "unsupported")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_memory_figures() -> None:
+    d = hardware.run(TINY, "cuda")
+    c = d["cuda"]
+    assert c["measured"] is True
+    assert c["context_bytes"] > 0  # the driver holds memory that no tensor owns
+    alloc = d["train_step"]["allocator"]
+    assert alloc["reserved_bytes"] >= alloc["allocated_bytes"] > 0
+    agree = d["train_step"]["tracker_agreement"]
+    # The tracker rounds like the caching allocator; beyond the pre-existing baseline they agree within 10 %.
+    assert 0.9 < agree["ratio_without_baseline"] < 1.1
+    mm = d["matmul"]
+    if torch.cuda.get_device_capability()[0] >= 8:  # tf32 tensor cores from Ampere on
+        assert mm["tf32"]["status"] == "measured"
+        assert mm["tf32"]["accuracy"]["rel_error"] > 100 * mm["fp32"]["accuracy"]["rel_error"]
+    json.loads(to_json(d))
