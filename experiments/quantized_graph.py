@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from experiments.lib import quant as Q
+from experiments.lib.cpu import single_thread
 from experiments.lib.digits import PIXEL_MAX, load, load_arrays
 
 
@@ -163,6 +164,11 @@ def accumulator_sweep(cfg: Config, images: torch.Tensor) -> list[dict]:
 
 # %%
 def run(cfg: Config, device: str) -> dict:
+    with single_thread("cpu"):
+        return _run(cfg, device)
+
+
+def _run(cfg: Config, device: str) -> dict:
     # Integer emulation uses float64 and per-channel Python loops: run on CPU whatever the device.
     torch.manual_seed(cfg.seed)
     data = load("cpu", size=cfg.image_size, seed=cfg.seed)
