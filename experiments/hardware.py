@@ -136,7 +136,7 @@ def _by_flops(shapes: tuple[tuple[int, int, int], ...]) -> list[tuple[int, int, 
 # ## Matmul throughput over a sweep of shapes
 
 # %%
-def _one_shape(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device, cfg: Config,
+def _one_shape(m: int, n: int, k: int, name: str, device: torch.device, cfg: Config,
                best_gflop_per_s: float) -> dict | None:
     """Time ``a @ b`` into a preallocated output; None when one call would exceed ``max_call_s``.
 
@@ -145,6 +145,7 @@ def _one_shape(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device,
     the prediction, has the last word: on a busy CPU a small matmul can be
     slow for reasons that do not grow with its size (a preempted thread).
     """
+    dtype = TORCH_DTYPES[name]
     flops = 2 * m * n * k
     if best_gflop_per_s > 0 and flops / (best_gflop_per_s * 1e9) > 20 * cfg.max_call_s:
         return None
@@ -162,8 +163,10 @@ def _one_shape(m: int, n: int, k: int, dtype: torch.dtype, device: torch.device,
         return None  # the smallest shape always runs, so every measured dtype has a point
     t = time_fn(fn, min_run_time_s=cfg.min_run_time_s)
     gflop_per_s = flops / (t["median_ms"] * 1e-3) / 1e9
+    # Arithmetic intensity if each operand crossed memory once (the roofline's x axis).
+    min_bytes = (m * k + k * n + m * n) * DTYPE_BYTES[name]
     return {"m": m, "n": n, "k": k, "flops": flops, **t, "gflop_per_s": gflop_per_s,
-            "tflop_per_s": gflop_per_s / 1e3}
+            "tflop_per_s": gflop_per_s / 1e3, "flop_per_byte": flops / min_bytes}
 
 
 def _sweep_dtype(name: str, device: torch.device, cfg: Config) -> dict:
@@ -177,7 +180,7 @@ def _sweep_dtype(name: str, device: torch.device, cfg: Config) -> dict:
         for i, (m, n, k) in enumerate(shapes):
             best_rate = max((p["gflop_per_s"] for p in points), default=0.0)
             try:
-                point = _one_shape(m, n, k, dtype, device, cfg, best_rate)
+                point = _one_shape(m, n, k, name, device, cfg, best_rate)
             except (RuntimeError, NotImplementedError) as exc:  # e.g. bf16 on a GPU without it
                 if points:
                     raise
@@ -345,7 +348,7 @@ def measure_train_step(device: torch.device, cfg: Config, best_fp32_gflop_per_s:
     # The measured step: tracked from a clean state (grads freed, AdamW state present).
     if is_cuda:
         torch.cuda.synchronize(device)
-    with MemoryTracker(device).track(model, opt) as mt:
+    with MemoryTracker(device).track(model, opt, x, target) as mt:
         forward_backward()
         opt.step()
         grads_after = grad_bytes(model)  # before zero_grad: the step's gradients still exist
@@ -389,14 +392,13 @@ def measure_train_step(device: torch.device, cfg: Config, best_fp32_gflop_per_s:
 # ## CUDA only: the context's memory, before any tensor exists
 
 # %%
-def measure_cuda_context(device: torch.device) -> dict:
+def measure_cuda_context(device: torch.device, fresh: bool) -> dict:
     """Device memory in use right after CUDA initialises, minus the allocator's reservation.
 
     ``mem_get_info`` reports the whole device, so other processes on the GPU
-    would be counted too; ``fresh`` says whether this process had touched CUDA
-    before (the runner's subprocess has not).
+    would be counted too; ``fresh`` says whether this process had not touched
+    CUDA before (the runner's subprocess has not).
     """
-    fresh = not torch.cuda.is_initialized()
     torch.cuda.init()
     with torch.cuda.device(device):
         free, total = torch.cuda.mem_get_info(device)
@@ -437,14 +439,17 @@ def _cuda_settings() -> dict:
 
 
 def run(cfg: Config, device: str) -> dict:
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
-    torch.manual_seed(cfg.seed)
     unknown = sorted(set(cfg.dtypes) - set(DTYPES))
     if unknown:
         raise ValueError(f"unknown dtype(s) {unknown}; known: {list(DTYPES)}")
-    context = measure_cuda_context(dev) if dev.type == "cuda" else None  # first: before any tensor
+    dev = torch.device(device)
+    context = None
+    if dev.type == "cuda":  # first, before any tensor (and before current_device() initialises CUDA)
+        fresh = not torch.cuda.is_initialized()
+        if dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device())
+        context = measure_cuda_context(dev, fresh)
+    torch.manual_seed(cfg.seed)
 
     data: dict = {
         "device_type": dev.type,
@@ -454,6 +459,11 @@ def run(cfg: Config, device: str) -> dict:
     }
     fp32 = data["matmul"].get("fp32", {})
     best_fp32 = fp32.get("best_gflop_per_s") if fp32.get("status") == "measured" else None
+    # Roofline ridge point (Williams et al. 2009): below this many FLOPs per byte moved,
+    # an operation is bound by memory bandwidth rather than by matmul throughput.
+    bw = data["bandwidth"]["gb_per_s"]
+    data["roofline"] = {n: {"ridge_flop_per_byte": data["matmul"][n]["best_gflop_per_s"] / bw}
+                        for n in cfg.dtypes if data["matmul"][n]["status"] == "measured"}
     data["train_step"] = measure_train_step(dev, cfg, best_fp32)
     if dev.type == "cuda":
         assert context is not None

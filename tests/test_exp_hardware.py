@@ -47,6 +47,9 @@ def test_matmul_sweep_is_ordered_by_flops_and_keeps_the_best(data: dict) -> None
         # throughput is the FLOPs over the median time, to float rounding
         assert p["gflop_per_s"] == pytest.approx(p["flops"] / (p["median_ms"] * 1e-3) / 1e9, rel=1e-9)
         assert p["tflop_per_s"] == pytest.approx(p["gflop_per_s"] / 1e3, rel=1e-12)
+        # fp32: 4 bytes per element of a, b and c
+        elems = p["m"] * p["k"] + p["k"] * p["n"] + p["m"] * p["n"]
+        assert p["flop_per_byte"] == pytest.approx(p["flops"] / (4 * elems), rel=1e-12)
     best = max(d["points"], key=lambda p: p["gflop_per_s"])
     assert d["best_gflop_per_s"] == best["gflop_per_s"]
     assert d["best_shape"] == [best["m"], best["n"], best["k"]]
@@ -81,6 +84,9 @@ def test_bandwidth_counts_read_and_write(data: dict) -> None:
     assert bw["largest_copy_bytes"] == 2**16
     assert bw["gb_per_s"] == bw["points"][-1]["gb_per_s"]
     assert bw["best_gb_per_s"] == max(p["gb_per_s"] for p in bw["points"])
+    ridge = data["roofline"]["fp32"]["ridge_flop_per_byte"]
+    assert ridge == pytest.approx(data["matmul"]["fp32"]["best_gflop_per_s"] / bw["gb_per_s"], rel=1e-12)
+    assert "tf32" not in data["roofline"]
 
 
 def test_train_step_state_matches_the_prediction_exactly(data: dict) -> None:
