@@ -43,6 +43,34 @@ class Snapshot:
         return {**{f"{k}_bytes": v for k, v in self.by_category.items()}, "total_bytes": self.total}
 
 
+def _global_tracker():
+    """A ``MemTracker`` that keeps only global peaks, not per-module statistics.
+
+    Per-module statistics refuse a module that runs twice in one tracked region
+    (gradient accumulation, checkpoint recomputation) and cost a deep copy per
+    op. Without them, storages are still labelled: parameter, buffer, gradient
+    and optimizer state by registration and the optimizer hook; anything else
+    allocated in backward counts as a temporary (checkpoint recomputation
+    included), anything allocated outside backward as an activation.
+    """
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    class GlobalMemTracker(MemTracker):
+        def _pre_fw_hook(self, *args, **kwargs) -> None:
+            pass
+
+        def _post_fw_hook(self, *args, **kwargs) -> None:
+            pass
+
+        def _pre_bw_hook(self, *args, **kwargs) -> None:
+            pass
+
+        def _post_bw_hook(self, *args, **kwargs) -> None:
+            pass
+
+    return GlobalMemTracker()
+
+
 class MemoryTracker:
     """Track live and peak bytes of everything torch allocates on ``device``.
 
@@ -51,16 +79,16 @@ class MemoryTracker:
     """
 
     def __init__(self, device: str | torch.device) -> None:
-        from torch.distributed._tools.mem_tracker import MemTracker
-
         self.device = torch.device(device)
-        self._tracker = MemTracker()
+        self._tracker = _global_tracker()
         self._names = _category_names()
         self.cuda_max_allocated_bytes: int | None = None
+        self._modules: list[torch.nn.Module] = []
 
     def track(self, *objects: object) -> "MemoryTracker":
         """Label the tensors of modules and optimizers that exist before tracking starts."""
         self._tracker.track_external(*objects)
+        self._modules.extend(o for o in objects if isinstance(o, torch.nn.Module))
         return self
 
     def __enter__(self) -> "MemoryTracker":
@@ -68,6 +96,8 @@ class MemoryTracker:
             torch.cuda.synchronize(self.device)
             torch.cuda.reset_peak_memory_stats(self.device)
         self._tracker.__enter__()
+        for module in self._modules:  # label gradients as they are created (hooks removed on exit)
+            self._tracker._track_module_params_and_buffers(module, install_grad_hooks=True)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -77,8 +107,10 @@ class MemoryTracker:
             self.cuda_max_allocated_bytes = int(torch.cuda.max_memory_allocated(self.device))
 
     def reset_peak(self) -> None:
-        """Forget the peak so far (for example after a warm-up step)."""
-        self._tracker.reset_mod_stats()
+        """Forget the peak so far (for example after a warm-up step): the peak becomes what is live now."""
+        snap = self._tracker.get_tracker_snapshot()
+        self._tracker._peak_mem_snap = snap
+        self._tracker._peak_mem = {dev: cats["Total"] for dev, cats in snap.items()}
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 

@@ -1,0 +1,286 @@
+# %% [markdown]
+# # Where the memory goes: parameters, gradients, optimizer state, and the step itself
+#
+# **Question.** How many bytes does each `torch.optim` optimizer keep per parameter, what does
+# one training step peak at, and how much do the `foreach` and `fused` implementations add in
+# temporaries that the usual "bytes per parameter" tables leave out?
+#
+# **Method.** A small transformer language model with many parameter tensors of mixed shapes.
+# For each optimizer and implementation: one step to create the lazy state, then a second step
+# measured by PyTorch's `MemTracker` (every storage labelled as parameter, gradient, activation,
+# optimizer state or temporary). State bytes are read off `optimizer.state` and compared with the
+# exact prediction from the update rules (`experiments/lib/formulas.py`). Then
+# `zero_grad(set_to_none=...)`, and the bytes per parameter of four precision regimes, built for real.
+#
+# **Run.** `python -m experiments.optimizer_state --profile quick` prints the JSON.
+
+# %%
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from experiments.lib import formulas
+from experiments.lib.memory import MemoryTracker, grad_bytes, optimizer_state_bytes, param_bytes, tensor_bytes
+from experiments.lib.models import TinyTransformer, lm_batch, lm_loss
+
+
+@dataclass(frozen=True)
+class Config:
+    vocab: int = 512
+    d_model: int = 128
+    layers: int = 2
+    heads: int = 4
+    seq: int = 64
+    batch: int = 8
+    optimizers: tuple[str, ...] = ("sgd", "sgd-momentum", "sgd-nesterov", "adam", "adamw", "adam-amsgrad",
+                                   "adagrad", "rmsprop", "adafactor")
+    implementations: tuple[str, ...] = ("foreach", "for-loop", "fused")
+
+
+PROFILES = {
+    "quick": Config(),
+    "full": Config(vocab=32000, d_model=1024, layers=8, heads=16, seq=512, batch=8),
+}
+TIMEOUT_S = 900
+
+# %% [markdown]
+# ## The optimizers, as `torch.optim` builds them
+# `implementation` picks the kernel: `foreach` (multi-tensor ops over lists), `for-loop` (one
+# parameter at a time) or `fused` (one kernel; not every optimizer or device has it).
+
+# %%
+LR = 1e-3
+
+
+def make_optimizer(name: str, params, implementation: str) -> torch.optim.Optimizer:
+    impl = {"foreach": {"foreach": True}, "for-loop": {"foreach": False}, "fused": {"fused": True}}[implementation]
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=LR, **impl)
+    if name == "sgd-momentum":
+        return torch.optim.SGD(params, lr=LR, momentum=0.9, **impl)
+    if name == "sgd-nesterov":
+        return torch.optim.SGD(params, lr=LR, momentum=0.9, nesterov=True, **impl)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=LR, **impl)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=LR, weight_decay=0.01, **impl)
+    if name == "adam-amsgrad":
+        return torch.optim.Adam(params, lr=LR, amsgrad=True, **impl)
+    if name == "adagrad":
+        return torch.optim.Adagrad(params, lr=LR, **impl)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=LR, **impl)
+    if name == "adafactor":
+        return torch.optim.Adafactor(params, lr=LR, **impl)
+    raise ValueError(f"unknown optimizer {name!r}")
+
+
+def build(cfg: Config, device: str, dtype: torch.dtype = torch.float32) -> nn.Module:
+    torch.manual_seed(0)
+    return TinyTransformer(cfg.vocab, cfg.d_model, cfg.layers, cfg.heads, cfg.seq).to(device=device, dtype=dtype)
+
+
+# %% [markdown]
+# ## One optimizer, one implementation
+# Step 1 creates the state; step 2 is measured twice: the whole step (forward, backward,
+# `step`, `zero_grad`), and `optimizer.step()` alone, whose peak above the persistent terms is
+# the implementation's temporaries.
+
+# %%
+def measure_optimizer(cfg: Config, device: str, name: str, implementation: str) -> dict:
+    model = build(cfg, device)
+    try:
+        opt = make_optimizer(name, model.parameters(), implementation)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        return {"supported": False, "reason": str(exc).splitlines()[0]}
+    x, y = lm_batch(cfg.vocab, cfg.batch, cfg.seq, device)
+    try:
+        lm_loss(model, x, y).backward()
+        opt.step()
+    except (RuntimeError, ValueError, TypeError) as exc:
+        return {"supported": False, "reason": str(exc).splitlines()[0]}
+    opt.zero_grad(set_to_none=True)
+
+    whole = MemoryTracker(device).track(model, opt)
+    with whole:
+        lm_loss(model, x, y).backward()
+        grads = grad_bytes(model)
+        step_only = MemoryTracker(device).track(model, opt)
+        with step_only:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+    params, state = param_bytes(model), optimizer_state_bytes(opt)
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    predicted = formulas.optimizer_state_bytes(name, shapes)
+    peak = whole.peak()
+    step_peak = step_only.peak().total
+    return {
+        "supported": True,
+        "params_bytes": params,
+        "grads_bytes": grads,
+        "state_bytes": state,
+        "predicted_state_bytes": predicted,
+        "state_ratio": state / predicted if predicted else 1.0,
+        "step_tensor_bytes": tensor_bytes([s["step"] for s in opt.state.values() if "step" in s]),
+        "step_peak_bytes": step_peak,
+        "step_temporaries_bytes": max(step_peak - (params + grads + state), 0),
+        "peak_bytes": peak.total,
+        "peak_activations_bytes": peak.by_category["activations"],
+        "predicted_persistent_bytes": params + params + predicted,
+        "cuda_max_allocated_bytes": whole.cuda_max_allocated_bytes,
+    }
+
+
+# %% [markdown]
+# ## `zero_grad(set_to_none=True)` against `False`
+# A parameter that takes no part in a step: with `None` gradients the optimizer skips it; with
+# zero-filled gradients Adam still moves it (its moments are not zero), and the gradient
+# buffers stay allocated between steps.
+
+# %%
+def measure_zero_grad(cfg: Config, device: str) -> dict:
+    out = {}
+    for set_to_none in (True, False):
+        model = build(cfg, device)
+        extra = nn.Linear(cfg.d_model, cfg.d_model).to(device)  # used in step 1 only
+        params = list(model.parameters()) + list(extra.parameters())
+        opt = torch.optim.Adam(params, lr=LR)
+        x, y = lm_batch(cfg.vocab, cfg.batch, cfg.seq, device)
+        (lm_loss(model, x, y) + extra(model.embed(x)).pow(2).mean()).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=set_to_none)
+        held = tensor_bytes([p.grad for p in params if p.grad is not None])
+        before = extra.weight.detach().clone()
+        lm_loss(model, x, y).backward()
+        opt.step()
+        moved = float((extra.weight.detach() - before).abs().max())
+        out["none" if set_to_none else "zeros"] = {
+            "grad_bytes_between_steps": held,
+            "unused_param_max_change": moved,
+            "unused_param_updated": moved > 0.0,
+        }
+    return out
+
+
+# %% [markdown]
+# ## Bytes per parameter in four precision regimes, built for real
+# `fp32`: everything fp32. `amp-autocast`: `torch.autocast` over fp32 weights (the casts are
+# transient). `mixed-master`: 16-bit weights and gradients plus an fp32 master copy that the
+# optimizer updates (the 2 + 2 + 12 accounting). `pure-bf16`: weights, gradients and Adam moments
+# all bf16.
+
+# %%
+def measure_precision(cfg: Config, device: str) -> dict:
+    low = torch.bfloat16
+    x, y = lm_batch(cfg.vocab, cfg.batch, cfg.seq, device)
+    out = {}
+    for regime in formulas.PRECISION_REGIMES:
+        dtype = low if regime in ("mixed-master", "pure-bf16") else torch.float32
+        model = build(cfg, device, dtype)
+        n = sum(p.numel() for p in model.parameters())
+        master = [p.detach().float().requires_grad_(True) for p in model.parameters()] \
+            if regime == "mixed-master" else []
+        opt = torch.optim.AdamW(master or model.parameters(), lr=LR, foreach=True)
+        for _ in range(2):
+            if regime == "amp-autocast":
+                with torch.autocast(device_type=torch.device(device).type, dtype=low):
+                    loss = lm_loss(model, x, y)
+            else:
+                loss = lm_loss(model, x, y)
+            loss.backward()
+            if master:
+                for m, p in zip(master, model.parameters()):
+                    m.grad = p.grad.float()
+            opt.step()
+            if master:
+                with torch.no_grad():
+                    for m, p in zip(master, model.parameters()):
+                        p.copy_(m)
+                        m.grad = None
+        state = optimizer_state_bytes(opt) - tensor_bytes([s["step"] for s in opt.state.values()])
+        parts = {
+            "weights": param_bytes(model) / n,
+            "grads": grad_bytes(model) / n,
+            "master": tensor_bytes(master) / n,
+            "optimizer": state / n,
+        }
+        predicted = dict(zip(("weights", "grads", "master", "optimizer"), formulas.PRECISION_REGIMES[regime]))
+        total = sum(parts.values())
+        out[regime] = {
+            "measured_bytes_per_param": parts,
+            "predicted_bytes_per_param": predicted,
+            "total_bytes_per_param": total,
+            "predicted_total_bytes_per_param": sum(predicted.values()),
+            "ratio": total / sum(predicted.values()),
+            "grad_dtype": str(next(model.parameters()).grad.dtype).replace("torch.", ""),
+        }
+    return out
+
+
+# %%
+def run(cfg: Config, device: str) -> dict:
+    model = build(cfg, device)
+    optimizers = {name: {impl: measure_optimizer(cfg, device, name, impl) for impl in cfg.implementations}
+                  for name in cfg.optimizers}
+    return {
+        "model": {
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "parameter_tensors": len(list(model.parameters())),
+            "params_bytes": param_bytes(model),
+            "batch": cfg.batch, "seq": cfg.seq, "d_model": cfg.d_model, "layers": cfg.layers,
+        },
+        "optimizers": optimizers,
+        "zero_grad": measure_zero_grad(cfg, device),
+        "precision": measure_precision(cfg, device),
+    }
+
+
+# %% [markdown]
+# ## Figures
+
+# %%
+def plot(data: dict) -> dict:
+    import matplotlib.pyplot as plt
+
+    mib = 2**20
+    names = [n for n, v in data["optimizers"].items() if v["foreach"]["supported"]]
+    rows = [data["optimizers"][n]["foreach"] for n in names]
+    parts = [("params_bytes", "parameters"), ("grads_bytes", "gradients"), ("state_bytes", "optimizer state"),
+             ("step_temporaries_bytes", "step temporaries (foreach)")]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    bottom = [0.0] * len(rows)
+    for key, label in parts:
+        vals = [r[key] / mib for r in rows]
+        ax.bar(names, vals, bottom=bottom, label=label)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set_ylabel("MiB")
+    ax.set_title(f"Persistent memory and step temporaries, {data['model']['parameters']:,} parameters")
+    ax.tick_params(axis="x", rotation=30)
+    ax.legend(fontsize=8)
+
+    impls = ["for-loop", "foreach", "fused"]
+    fig2, ax2 = plt.subplots(figsize=(8, 3.6))
+    width = 0.27
+    for i, impl in enumerate(impls):
+        vals = [data["optimizers"][n][impl].get("step_temporaries_bytes", 0) / mib
+                if data["optimizers"][n][impl]["supported"] else 0 for n in names]
+        ax2.bar([j + (i - 1) * width for j in range(len(names))], vals, width, label=impl)
+    ax2.set_xticks(range(len(names)), names, rotation=30)
+    ax2.set_ylabel("MiB above params + grads + state")
+    ax2.set_title("Temporaries of optimizer.step() by implementation (0: none, or not supported)")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    fig2.tight_layout()
+    return {"breakdown": fig, "implementations": fig2}
+
+
+# %%
+if __name__ == "__main__":
+    import sys
+
+    from experiments.lib.cli import main
+
+    raise SystemExit(main(sys.modules[__name__]))
