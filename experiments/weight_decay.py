@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from experiments.lib.cpu import single_thread
+
 
 # %%
 @dataclass(frozen=True)
@@ -313,15 +315,16 @@ def parameter_groups(cfg: Config, device: str) -> dict:
 # %%
 def run(cfg: Config, device: str) -> dict:
     torch.manual_seed(cfg.seed)
-    return {
-        "decoupled_adam_available": has_decoupled_adam(),
-        "torch_version": torch.__version__.split("+")[0],
-        "hyper": {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "beta1": cfg.beta1, "beta2": cfg.beta2,
-                  "eps": cfg.eps, "steps": cfg.steps},
-        "one_step": one_step_proofs(cfg, device),
-        "trajectories": trajectories(cfg, device),
-        "groups": parameter_groups(cfg, device),
-    }
+    with single_thread(device):  # scalars and tiny tensors: one thread is faster on a small shared CPU
+        return {
+            "decoupled_adam_available": has_decoupled_adam(),
+            "torch_version": torch.__version__.split("+")[0],
+            "hyper": {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "beta1": cfg.beta1, "beta2": cfg.beta2,
+                      "eps": cfg.eps, "steps": cfg.steps},
+            "one_step": one_step_proofs(cfg, device),
+            "trajectories": trajectories(cfg, device),
+            "groups": parameter_groups(cfg, device),
+        }
 
 
 # %%
