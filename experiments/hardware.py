@@ -76,7 +76,7 @@ def _squares(*sizes: int) -> tuple[tuple[int, int, int], ...]:
 PROFILES = {
     "quick": Config(
         shapes=_squares(64, 128, 256, 500, 512, 1024),
-        min_run_time_s=0.05,
+        min_run_time_s=0.03,
         max_call_s=0.05,
         copy_sizes_bytes=(2**16, 2**20, 2**23, 2**26),
         train_width=128,
@@ -246,6 +246,8 @@ def measure_matmul(device: torch.device, cfg: Config) -> dict:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     measured = {n: out[n] for n in cfg.dtypes if out[n]["status"] == "measured"}
+    if measured:
+        out["best_dtype"] = max(measured, key=lambda n: measured[n]["best_gflop_per_s"])
     if "fp32" in measured:
         base = measured["fp32"]["best_gflop_per_s"]
         out["speedup_vs_fp32"] = {n: d["best_gflop_per_s"] / base for n, d in measured.items()}
@@ -367,6 +369,12 @@ def measure_train_step(device: torch.device, cfg: Config, best_fp32_gflop_per_s:
         "tracker_peak": peak.as_dict(),
         "predicted_flops": flops_predicted,
         "counted_flops": flops_counted,
+        "ratio": {  # measured over predicted
+            "params": params_b / predicted_state["params_bytes"],
+            "grads": grads_after / predicted_state["grads_bytes"],
+            "optimizer": optimizer_state_bytes(opt) / predicted_state["optimizer_bytes"],
+            "flops": flops_counted / flops_predicted,
+        },
         **{f"step_{k}": v for k, v in timing.items()},
         "achieved_gflop_per_s": achieved,
     }

@@ -54,6 +54,8 @@ def test_matmul_sweep_is_ordered_by_flops_and_keeps_the_best(data: dict) -> None
     assert d["best_gflop_per_s"] == best["gflop_per_s"]
     assert d["best_shape"] == [best["m"], best["n"], best["k"]]
     assert data["matmul"]["speedup_vs_fp32"]["fp32"] == 1.0
+    measured = [n for n in data["matmul"]["dtypes"] if data["matmul"][n]["status"] == "measured"]
+    assert data["matmul"]["best_dtype"] == max(measured, key=lambda n: data["matmul"][n]["best_gflop_per_s"])
 
 
 def test_flop_counter_agrees_with_2mnk(data: dict) -> None:
@@ -100,6 +102,7 @@ def test_train_step_state_matches_the_prediction_exactly(data: dict) -> None:
     assert t["grads_bytes"] == t["predicted"]["grads_bytes"]
     assert t["optimizer_state_bytes"] == t["predicted"]["optimizer_bytes"]
     assert t["measured_state_bytes"] == t["predicted_state_bytes"]
+    assert t["ratio"] == {"params": 1.0, "grads": 1.0, "optimizer": 1.0, "flops": 1.0}
     # The tracker labels the parameters exactly and its peak holds at least the persistent state.
     assert t["tracker_peak"]["params_bytes"] == t["params_bytes"]
     assert t["tracker_peak"]["total_bytes"] >= t["predicted_state_bytes"]
