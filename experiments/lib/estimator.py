@@ -187,6 +187,28 @@ def activation_terms(m: ModelShape, setup: Setup, mask_bytes: int = 1) -> dict[s
             "per_layer_bytes": per_layer, "total_bytes": layers + embedding + head + logits}
 
 
+def model_state_bytes(shapes: Sequence[Sequence[int]], optimizer: str, precision: str, zero: int,
+                      gpus: int) -> tuple[dict[str, int], dict[str, int]]:
+    """(unsharded, per-device) bytes of weights, gradients and optimizer state for tensors of ``shapes``.
+
+    Per device follows ZeRO (``formulas.zero_bytes_per_device``), each sharded
+    term rounded up to a whole byte.
+    """
+    n = sum(formulas.numel(s) for s in shapes)
+    w, g, o, _ = PRECISIONS[precision]
+    full = {"params": n * w, "grads": n * g, "optimizer": optimizer_bytes(optimizer, shapes, o)}
+    rule = formulas.zero_bytes_per_device(1, zero, gpus, weight_bytes=full["params"], grad_bytes=full["grads"],
+                                          optimizer_bytes=full["optimizer"])
+    per_device = {
+        "params": ceil_div(full["params"], gpus) if zero >= 3 else full["params"],
+        "grads": ceil_div(full["grads"], gpus) if zero >= 2 else full["grads"],
+        "optimizer": ceil_div(full["optimizer"], gpus) if zero >= 1 else full["optimizer"],
+    }
+    for key in per_device:  # the integer split is the published rule, rounded up
+        assert 0 <= per_device[key] - rule[f"{key}_bytes"] < 1 + 1e-9 * rule[f"{key}_bytes"], key
+    return full, per_device
+
+
 def fits(total_bytes: int) -> list[dict]:
     return [{"gpu": name, "capacity_bytes": cap, "fits": total_bytes <= cap} for name, cap, _ in GPUS]
 
@@ -213,19 +235,7 @@ def estimate(setup: Setup, shape: ModelShape | None = None, params: int | None =
             raise EstimateError("optimizer adafactor needs the tensor shapes: give a model or a config, not --params")
         shapes = [(params,)]
         n_params = params
-    w, g, o, _ = PRECISIONS[setup.precision]
-    full = {"params": n_params * w, "grads": n_params * g,
-            "optimizer": optimizer_bytes(setup.optimizer, shapes, o)}
-    sharded = formulas.zero_bytes_per_device(1, setup.zero, setup.gpus, weight_bytes=full["params"],
-                                             grad_bytes=full["grads"], optimizer_bytes=full["optimizer"])
-    per_device = {
-        "params": ceil_div(full["params"], setup.gpus) if setup.zero >= 3 else full["params"],
-        "grads": ceil_div(full["grads"], setup.gpus) if setup.zero >= 2 else full["grads"],
-        "optimizer": ceil_div(full["optimizer"], setup.gpus) if setup.zero >= 1 else full["optimizer"],
-    }
-    # zero_bytes_per_device is the published rule; the integer split above must agree with it.
-    for key, ref in (("params", "params_bytes"), ("grads", "grads_bytes"), ("optimizer", "optimizer_bytes")):
-        assert abs(per_device[key] - sharded[ref]) < 1 + 1e-9 * sharded[ref], (key, per_device[key], sharded[ref])
+    full, per_device = model_state_bytes(shapes, setup.optimizer, setup.precision, setup.zero, setup.gpus)
     acts = activation_terms(shape, setup) if shape is not None else None
     per_device["activations"] = acts["total_bytes"] if acts else 0
     per_device["total"] = sum(per_device.values())

@@ -1,0 +1,318 @@
+# %% [markdown]
+"""Sharding, measured: per-rank bytes under DDP, ZeroRedundancyOptimizer and FSDP2, beside the ZeRO rule.
+
+Question: ZeRO (Rajbhandari et al. 2020) says stage 1 divides the optimizer
+state by the data-parallel degree N, stage 2 also the gradients, stage 3 also
+the weights. What does each rank really hold when PyTorch does it, and what
+does a training step peak at?
+
+Method: real ``torch.distributed`` (gloo on CPU, NCCL on CUDA), one process
+per rank started with ``torch.multiprocessing``, world sizes 1, 2 and more
+where the host has the cores or GPUs. A small MLP whose three equal hidden
+layers make whole-tensor partitioning uneven, trained with AdamW in fp32
+under four wrappers: ``DistributedDataParallel`` (ZeRO-0),
+``ZeroRedundancyOptimizer`` (ZeRO-1), FSDP2 ``fully_shard`` with
+``reshard_after_forward=False`` (ZeRO-2-like) and ``True`` (ZeRO-3). Every
+rank reads its own parameters, gradients and optimizer state (local shards,
+each storage once) and tracks the second step with PyTorch's ``MemTracker``;
+the estimator (``experiments.lib.estimator``) predicts the per-rank bytes.
+
+Run it: ``python -m experiments.sharding --profile quick``.
+"""
+
+# %%
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from experiments.lib import estimator
+from experiments.lib.memory import MemoryTracker, tensor_bytes
+
+TIMEOUT_S = 600
+
+MODES = (
+    # name, ZeRO stage the estimator compares with, label
+    ("ddp", 0, "DDP"),
+    ("zero1", 1, "ZeroRedundancyOptimizer"),
+    ("fsdp2_keep", 2, "FSDP2 reshard_after_forward=False"),
+    ("fsdp2_reshard", 3, "FSDP2 reshard_after_forward=True"),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    width: int = 96           # hidden width of the three equal layers
+    inputs: int = 32
+    outputs: int = 5          # odd, so FSDP2 must pad dim 0 of the head
+    batch: int = 16
+    world_sizes: tuple = (1, 2)
+    lr: float = 1e-3
+
+
+PROFILES = {
+    "quick": Config(),
+    "full": Config(width=2048, inputs=1024, outputs=1001, batch=64, world_sizes=(1, 2, 4, 8)),
+}
+
+# %% [markdown]
+# ## The model and the four wrappers
+#
+# An MLP: ``inputs -> width``, three ``width x width`` layers, ``width -> outputs``.
+# ZeroRedundancyOptimizer gives each parameter whole to one rank (largest
+# first, to the rank with the fewest bytes so far), so three equal large
+# matrices split 2 : 1 over two ranks. FSDP2 splits every tensor along dim 0,
+# padding it to a multiple of the world size.
+
+# %%
+def build_model(cfg: Config) -> nn.Sequential:
+    layers = [nn.Linear(cfg.inputs, cfg.width), nn.ReLU()]
+    for _ in range(3):
+        layers += [nn.Linear(cfg.width, cfg.width), nn.ReLU()]
+    layers.append(nn.Linear(cfg.width, cfg.outputs))
+    return nn.Sequential(*layers)
+
+
+def tensor_shapes(cfg: Config) -> list[list[int]]:
+    return [list(p.shape) for p in build_model_meta(cfg).parameters()]
+
+
+def build_model_meta(cfg: Config) -> nn.Sequential:
+    with torch.device("meta"):
+        return build_model(cfg)
+
+
+def _fully_shard():
+    try:
+        from torch.distributed.fsdp import fully_shard  # torch >= 2.6
+        return fully_shard, "torch.distributed.fsdp"
+    except ImportError:
+        from torch.distributed._composable.fsdp import fully_shard  # torch 2.4, 2.5
+        return fully_shard, "torch.distributed._composable.fsdp"
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """The rank's own piece of a tensor (a DTensor's local shard, else the tensor)."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+def local_bytes(tensors) -> int:
+    return tensor_bytes([local(t) for t in tensors if t is not None])
+
+
+def wrap(mode: str, model: nn.Sequential, cfg: Config, dev: torch.device):
+    """(module to call, optimizer, optimizer whose .state this rank holds)."""
+    if mode in ("ddp", "zero1"):
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        # gradient_as_bucket_view: the gradients are views of DDP's buckets (the default keeps both).
+        ddp = DDP(model, device_ids=[dev.index] if dev.type == "cuda" else None, gradient_as_bucket_view=True)
+        if mode == "ddp":
+            opt = torch.optim.AdamW(ddp.parameters(), lr=cfg.lr)
+            return ddp, opt, opt
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+
+        opt = ZeroRedundancyOptimizer(ddp.parameters(), optimizer_class=torch.optim.AdamW, lr=cfg.lr)
+        return ddp, opt, opt.optim
+    fully_shard, _ = _fully_shard()
+    reshard = mode == "fsdp2_reshard"
+    for layer in model:
+        if isinstance(layer, nn.Linear):
+            fully_shard(layer, reshard_after_forward=reshard)
+    fully_shard(model, reshard_after_forward=reshard)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    return model, opt, opt
+
+# %% [markdown]
+# ## One rank
+#
+# A warm-up step creates the optimizer state. The second step is measured:
+# gradients after backward (before the step), parameters and optimizer state
+# at rest after it, the parameters registered on the module right after
+# forward (FSDP2 without resharding keeps them whole until backward), and the
+# peak of the whole step by category.
+
+# %%
+def measure_mode(mode: str, cfg: Config, dev: torch.device, rank: int) -> dict:
+    torch.manual_seed(0)
+    model = build_model(cfg).to(dev)
+    module, opt, holder = wrap(mode, model, cfg, dev)
+    g = torch.Generator().manual_seed(1 + rank)
+    x = torch.randn(cfg.batch, cfg.inputs, generator=g).to(dev)
+    y = torch.randint(0, cfg.outputs, (cfg.batch,), generator=g).to(dev)
+
+    def loss_fn() -> torch.Tensor:
+        return nn.functional.cross_entropy(module(x), y)
+
+    loss_fn().backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+    tracker = MemoryTracker(dev).track(module, opt if mode != "zero1" else holder)
+    with tracker:
+        loss = loss_fn()
+        after_forward = local_bytes(list(model.parameters()))
+        loss.backward()
+        grads = local_bytes([p.grad for p in model.parameters()])
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    peak = tracker.peak().as_dict()
+    state = [v for s in holder.state.values() for v in s.values() if isinstance(v, torch.Tensor)]
+    out = {
+        "rank": rank,
+        "params_bytes": local_bytes(list(model.parameters())),
+        "grads_bytes": grads,
+        "optimizer_bytes": local_bytes(state),
+        "params_after_forward_bytes": after_forward,
+        "peak": peak,
+        "loss": float(loss.detach()),
+    }
+    if tracker.cuda_max_allocated_bytes is not None:
+        out["cuda_max_allocated_bytes"] = tracker.cuda_max_allocated_bytes
+    if mode == "zero1":
+        mine = {id(p) for group in holder.param_groups for p in group["params"]}
+        out["owned_param_tensors"] = sum(1 for p in model.parameters() if id(p) in mine)
+        out["owned_params"] = sum(p.numel() for p in model.parameters() if id(p) in mine)
+    del module, opt, holder, model
+    return out
+
+
+def _worker(rank: int, world_size: int, port: int, cfg_dict: dict, device: str, out_dir: str) -> None:
+    """One rank: all four wrappers in turn, results to ``out_dir/rank<r>.json``."""
+    torch.set_num_threads(1)
+    cfg = Config(**cfg_dict)
+    dev = torch.device(f"cuda:{rank}") if device.startswith("cuda") else torch.device("cpu")
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    dist.init_process_group("nccl" if dev.type == "cuda" else "gloo", init_method=f"tcp://127.0.0.1:{port}",
+                            rank=rank, world_size=world_size)
+    try:
+        results = {}
+        for mode, _, _ in MODES:
+            results[mode] = measure_mode(mode, cfg, dev, rank)
+            dist.barrier()
+        with open(os.path.join(out_dir, f"rank{rank}.json"), "w", encoding="utf-8") as f:
+            json.dump(results, f)
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_world(cfg: Config, device: str, world_size: int) -> list[dict]:
+    """Start ``world_size`` ranks (spawned processes) and collect each rank's results."""
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory(prefix="sharding-") as out_dir:
+        mp.spawn(_worker, args=(world_size, free_port(), asdict(cfg), device, out_dir), nprocs=world_size,
+                 join=True)
+        ranks = []
+        for r in range(world_size):
+            with open(os.path.join(out_dir, f"rank{r}.json"), encoding="utf-8") as f:
+                ranks.append(json.load(f))
+    return ranks
+
+# %% [markdown]
+# ## Run: every world size, the measured ranks beside the prediction
+
+# %%
+def possible_world_sizes(cfg: Config, device: str) -> tuple[list[int], list[int]]:
+    if device.startswith("cuda"):
+        limit = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    else:
+        limit = max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    ok = [w for w in cfg.world_sizes if w <= limit]
+    return ok, [w for w in cfg.world_sizes if w > limit]
+
+
+def run(cfg: Config, device: str) -> dict:
+    torch.manual_seed(0)
+    shapes = tensor_shapes(cfg)
+    world_sizes, skipped = possible_world_sizes(cfg, device)
+    runs = []
+    for ws in world_sizes:
+        ranks = run_world(cfg, device, ws)
+        for mode, stage, label in MODES:
+            _, pred = estimator.model_state_bytes(shapes, "adamw", "fp32", stage, ws)
+            per_rank = [r[mode] for r in ranks]
+            row = {"mode": mode, "label": label, "zero_stage": stage, "world_size": ws, "ranks": per_rank,
+                   "predicted_per_rank": {f"{k}_bytes": v for k, v in pred.items()}}
+            for key in ("params", "grads", "optimizer"):
+                vals = [r[f"{key}_bytes"] for r in per_rank]
+                row[f"{key}_max_over_predicted_ratio"] = max(vals) / pred[key] if pred[key] else 1.0
+                row[f"{key}_rank_spread_ratio"] = max(vals) / min(vals) if min(vals) else 1.0
+            row["predicted_total_bytes"] = sum(pred.values())
+            row["peak_max_bytes"] = max(r["peak"]["total_bytes"] for r in per_rank)
+            row["peak_over_predicted_ratio"] = row["peak_max_bytes"] / row["predicted_total_bytes"]
+            runs.append(row)
+    _, fsdp_module = _fully_shard()
+    n = sum(estimator.formulas.numel(s) for s in shapes)
+    return {
+        "optimizer": "adamw",
+        "precision": "fp32",
+        "backend": "nccl" if device.startswith("cuda") else "gloo",
+        "fsdp_module": fsdp_module,
+        "tensor_shapes": shapes,
+        "parameters": n,
+        "param_bytes": 4 * n,
+        "world_sizes": world_sizes,
+        "skipped_world_sizes": skipped,
+        "runs": runs,
+    }
+
+# %% [markdown]
+# ## Figure: each rank's bytes against the rule
+
+# %%
+def plot(data: dict):
+    import matplotlib.pyplot as plt
+
+    ws = max(data["world_sizes"])
+    rows = [r for r in data["runs"] if r["world_size"] == ws]
+    fig, ax = plt.subplots(figsize=(7.2, 4.0))
+    colors = {"params": "#4c72b0", "grads": "#dd8452", "optimizer": "#55a868"}
+    labels, x = [], 0
+    for row in rows:
+        for col, (name, vals) in enumerate([(f"rank {r['rank']}", r) for r in row["ranks"]] +
+                                           [("rule", row["predicted_per_rank"])]):
+            bottom = 0
+            for key, color in colors.items():
+                v = vals[f"{key}_bytes"] / 2**10
+                ax.bar(x, v, 0.8, bottom=bottom, color=color, hatch="//" if name == "rule" else None,
+                       edgecolor="white", label=key if x == 0 else None)
+                bottom += v
+            if name != "rule":
+                ax.plot(x, vals["peak"]["total_bytes"] / 2**10, "k_", ms=14, mew=2,
+                        label="peak during the step" if x == 0 else None)
+            labels.append(f"{row['mode']}\n{name}")
+            x += 1
+        x += 0.6
+    ax.set_xticks([i for i in range(len(labels))], [])
+    pos, k = [], 0
+    for row in rows:
+        n = len(row["ranks"]) + 1
+        pos += [k + i for i in range(n)]
+        k += n + 0.6
+    ax.set_xticks(pos, labels, fontsize=7)
+    ax.set_ylabel("KiB per rank")
+    ax.set_title(f"AdamW fp32, world size {ws} ({data['backend']}): measured ranks and the ZeRO rule (hatched)")
+    ax.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+# %%
+if __name__ == "__main__":
+    from experiments.lib.cli import main
+    import sys
+    raise SystemExit(main(sys.modules[__name__]))
