@@ -1,0 +1,260 @@
+# %% [markdown]
+"""Named models: the training-memory breakdown of well-known models, and why to trust it.
+
+Question: how much memory per GPU does training BERT-base, GPT-2 XL, Llama-2
+7B and 70B or Llama-3 8B take, with fp32 AdamW, with bf16 mixed precision,
+with full activation checkpointing, and with ZeRO-3 over 8 GPUs? Which cards
+does each fit?
+
+Method: the estimator (``experiments.lib.estimator``, the model behind
+``handbook estimate``) on each model's published shape. Then the same
+estimator against a measurement on this host: a small GPT
+(``experiments.lib.gpt``) trained for a step with AdamW, with and without
+full checkpointing, every term read off PyTorch (parameters, gradients,
+optimizer state, the activations alive after forward, the peak of the step).
+The result also carries the shapes, precisions and card capacities that the
+site's interactive calculator uses, so it computes from the same numbers.
+
+Run it: ``python -m experiments.named_models --profile quick``.
+"""
+
+# %%
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.utils.checkpoint
+
+from experiments.lib import estimator
+from experiments.lib.gpt import GPT, LayerShape
+from experiments.lib.memory import MemoryTracker, grad_bytes, optimizer_state_bytes, param_bytes
+from experiments.lib.model_shapes import BUILTIN, ModelShape
+from experiments.lib.saved import count_saved
+
+TIMEOUT_S = 300
+
+
+@dataclass(frozen=True)
+class Config:
+    models: tuple = ("bert-base", "gpt2-xl", "llama-2-7b", "llama-3-8b", "llama-2-70b")
+    seq: int = 2048            # clipped to each model's context
+    batch: int = 1
+    zero_gpus: int = 8
+    # the small GPT measured on this host
+    vocab: int = 256
+    v_seq: int = 128
+    v_batch: int = 2
+    layers: int = 2
+    hidden: int = 64
+    heads: int = 4
+    dropout: float = 0.1
+
+
+PROFILES = {
+    "quick": Config(),
+    "full": Config(vocab=32000, v_seq=1024, v_batch=4, layers=8, hidden=1024, heads=16),
+}
+
+# The four set-ups of the breakdown, each adding one change to the one before.
+SETUPS = (
+    ("fp32", "fp32 AdamW", {"precision": "fp32"}),
+    ("bf16_mixed", "bf16-mixed AdamW", {"precision": "bf16-mixed"}),
+    ("checkpointing", "+ full checkpointing", {"precision": "bf16-mixed", "checkpointing": "full"}),
+    ("zero3", "+ ZeRO-3 over N GPUs", {"precision": "bf16-mixed", "checkpointing": "full", "zero": 3}),
+)
+
+# %% [markdown]
+# ## The named models, computed by the estimator
+
+# %%
+def breakdown(cfg: Config) -> list[dict]:
+    out = []
+    for name in cfg.models:
+        m = BUILTIN[name]
+        seq = min(cfg.seq, m.context) if m.context else cfg.seq
+        rows = []
+        for key, label, extra in SETUPS:
+            extra = dict(extra)
+            if key == "zero3":
+                extra["gpus"] = cfg.zero_gpus
+            setup = estimator.Setup(optimizer="adamw", batch=cfg.batch, seq=seq, **extra)
+            est = estimator.estimate(setup, shape=m)
+            fitting = [f for f in est["fits"] if f["fits"]]
+            rows.append({"key": key, "label": label.replace("N GPUs", f"{cfg.zero_gpus} GPUs"),
+                         "setup": est["setup"], "per_device_bytes": est["per_device_bytes"],
+                         "fits": est["fits"],
+                         "smallest_fit": min(fitting, key=lambda f: f["capacity_bytes"])["gpu"] if fitting else "",
+                         "bytes_per_param": est["per_device_bytes"]["total"] / est["parameters"]})
+        out.append({"name": name, "family": m.family, "parameters": estimator.parameter_count(m), "seq": seq,
+                    "batch": cfg.batch, "source": m.source, "setups": {r["key"]: r for r in rows},
+                    "setup_order": [r["key"] for r in rows]})
+    return out
+
+
+def calculator_inputs() -> dict:
+    """Everything the in-browser calculator needs, from the Python side (one source of truth)."""
+    return {
+        "shapes": {k: {**m.as_dict(), "parameters": estimator.parameter_count(m)} for k, m in BUILTIN.items()},
+        "precisions": {k: list(v) for k, v in estimator.PRECISIONS.items()},
+        "optimizers": list(estimator.OPTIMIZERS),
+        "checkpointing": list(estimator.CHECKPOINTING),
+        "state_tensors_per_param": {k: v for k, v in estimator.formulas.STATE_TENSORS_PER_PARAM.items()
+                                    if k in estimator.OPTIMIZERS},
+        "has_step_tensor": {k: estimator.formulas.HAS_STEP_TENSOR[k] for k in estimator.OPTIMIZERS
+                            if k in estimator.formulas.HAS_STEP_TENSOR},
+        "step_tensor_bytes": estimator.formulas.STEP_TENSOR_BYTES,
+        "bnb_min_8bit_size": estimator.BNB_MIN_8BIT_SIZE,
+        "bnb_block": estimator.BNB_BLOCK,
+        "gpus": [{"name": n, "capacity_bytes": c, "source": s} for n, c, s in estimator.GPUS],
+    }
+
+# %% [markdown]
+# ## The estimator against this host
+#
+# A small GPT in fp32 with AdamW. Weights, gradients and optimizer state must
+# match exactly. Activations: what is alive after forward (MemTracker) and what
+# autograd saved (saved-tensor hooks) against the estimator's activation terms;
+# with full checkpointing the estimator's extra "one layer recomputed" shows
+# only during backward, so after forward it is left out. On CPU torch's dropout
+# keeps its mask in the activation dtype (on CUDA one byte), and the prediction
+# uses the mask width of the device measured.
+
+# %%
+def measure(cfg: Config, device: str, checkpointing: str) -> dict:
+    torch.manual_seed(0)
+    model = GPT(cfg.vocab, cfg.v_seq, cfg.layers, LayerShape(cfg.hidden, cfg.heads, dropout=cfg.dropout,
+                                                             attn_dropout=cfg.dropout)).to(device)
+    if checkpointing == "full":
+        model.layer_wrapper = lambda i, layer, x: torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    idx = torch.randint(0, cfg.vocab, (cfg.v_batch, cfg.v_seq), device=device)
+    model(idx, idx).backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    saved_bytes = None
+    if checkpointing == "none":
+        loss, res = count_saved(lambda: model(idx, idx), exclude=[model])
+        saved_bytes = res.total_bytes
+        del loss, res
+    tracker = MemoryTracker(device).track(model, opt)
+    with tracker:
+        loss = model(idx, idx)
+        after_forward = tracker.current().as_dict()
+        loss.backward()
+        grads = grad_bytes(model)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    peak = tracker.peak().as_dict()
+
+    shape = ModelShape(family="gpt2", hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads, vocab=cfg.vocab,
+                       positions=cfg.v_seq, dropout=cfg.dropout > 0, name="small GPT")
+    setup = estimator.Setup(optimizer="adamw", precision="fp32", batch=cfg.v_batch, seq=cfg.v_seq,
+                            checkpointing=checkpointing)
+    est = estimator.estimate(setup, shape=shape)
+    mask_bytes = 1 if torch.device(device).type == "cuda" else estimator.PRECISIONS["fp32"][3]
+    acts = estimator.activation_terms(shape, setup, mask_bytes=mask_bytes)
+    recompute = acts["per_layer_bytes"] if checkpointing == "full" else 0
+    predicted = {**{k: est["per_device_bytes"][k] for k in ("params", "grads", "optimizer")},
+                 "activations": acts["total_bytes"] - recompute}
+    measured = {"params": param_bytes(model), "grads": grads, "optimizer": optimizer_state_bytes(opt),
+                "activations": after_forward["activations_bytes"]}
+    terms = {k: {"predicted_bytes": predicted[k], "measured_bytes": measured[k],
+                 "ratio": measured[k] / predicted[k]} for k in predicted}
+    total_pred = sum(predicted.values()) + recompute
+    return {
+        "checkpointing": checkpointing,
+        "parameters": est["parameters"],
+        "measured_parameters": sum(p.numel() for p in model.parameters()),
+        "mask_bytes": mask_bytes,
+        "terms": terms,
+        "saved_bytes": saved_bytes,
+        "recompute_bytes": recompute,
+        "predicted_total_bytes": total_pred,
+        "peak_total_bytes": peak["total_bytes"],
+        "peak_over_predicted_ratio": peak["total_bytes"] / total_pred,
+        "cuda_max_allocated_bytes": tracker.cuda_max_allocated_bytes,
+    }
+
+
+def run(cfg: Config, device: str) -> dict:
+    torch.manual_seed(0)
+    validation = {c: measure(cfg, device, c) for c in ("none", "full")}
+    return {
+        "models": breakdown(cfg),
+        "zero_gpus": cfg.zero_gpus,
+        "setups": [{"key": k, "label": label.replace("N GPUs", f"{cfg.zero_gpus} GPUs")} for k, label, _ in SETUPS],
+        "calculator": calculator_inputs(),
+        "validation": {"shape": {"vocab": cfg.vocab, "seq": cfg.v_seq, "batch": cfg.v_batch, "layers": cfg.layers,
+                                 "hidden": cfg.hidden, "heads": cfg.heads, "dropout": cfg.dropout},
+                       "device": device, **validation},
+    }
+
+# %% [markdown]
+# ## Figures: the breakdown against card capacities, and the check on this host
+
+# %%
+TERM_COLORS = (("params", "weights", "#4c72b0"), ("grads", "gradients", "#dd8452"),
+               ("optimizer", "optimizer state", "#55a868"), ("activations", "activations", "#c44e52"))
+LINE_GPUS = ("RTX 4090 24 GB", "A100 40 GB", "H100 80 GB", "H200 141 GB")
+
+
+def plot(data: dict) -> dict:
+    import matplotlib.pyplot as plt
+
+    figs = {}
+    models = data["models"]
+    gpus = {g["name"]: g["capacity_bytes"] for g in data["calculator"]["gpus"]}
+    fig, axes = plt.subplots(2, 3, figsize=(7.4, 6.2))
+    for ax, m in zip(axes.flat, models):
+        keys = m["setup_order"]
+        bottoms = [0.0] * len(keys)
+        for term, label, color in TERM_COLORS:
+            vals = [m["setups"][k]["per_device_bytes"][term] / 1e9 for k in keys]
+            ax.bar(range(len(keys)), vals, 0.7, bottom=bottoms, color=color, label=label)
+            bottoms = [b + v for b, v in zip(bottoms, vals)]
+        top = max(bottoms)
+        for name in LINE_GPUS:
+            cap = gpus[name] / 1e9
+            if cap < top * 1.15:
+                ax.axhline(cap, color="black", lw=0.8, ls="--")
+                ax.text(len(keys) - 0.45, cap, name, fontsize=6, va="bottom", ha="right")
+        ax.set_title(f"{m['name']} (s={m['seq']}, b={m['batch']})", fontsize=8)
+        ax.set_xticks(range(len(keys)), ["fp32", "bf16\nmixed", "+ ckpt", f"+ ZeRO-3\n×{data['zero_gpus']}"],
+                      fontsize=6)
+        ax.tick_params(axis="y", labelsize=7)
+        ax.set_ylabel("GB per GPU", fontsize=7)
+    last = axes.flat[len(models)] if len(models) < 6 else None
+    if last is not None:
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        last.axis("off")
+        last.legend(handles, labels, loc="center", fontsize=8, title="AdamW, per device", title_fontsize=8)
+    fig.suptitle("Training memory per GPU (estimator); dashed: card capacities (vendor datasheets)", fontsize=9)
+    fig.tight_layout()
+    figs["breakdown"] = fig
+
+    v = data["validation"]
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    terms = ("params", "grads", "optimizer", "activations")
+    width = 0.2
+    for i, (c, label) in enumerate((("none", "no checkpointing"), ("full", "full checkpointing"))):
+        for j, kind in enumerate(("predicted_bytes", "measured_bytes")):
+            vals = [v[c]["terms"][t][kind] / 2**10 for t in terms]
+            ax.bar([x + (2 * i + j - 1.5) * width for x in range(len(terms))], vals, width,
+                   label=f"{'estimator' if j == 0 else 'measured'}, {label}", hatch="//" if j == 0 else None,
+                   color=("#4c72b0", "#dd8452")[i], alpha=0.6 if j == 0 else 1.0, edgecolor="white")
+    ax.set_xticks(range(len(terms)), ["weights", "gradients", "optimizer state", "activations after forward"])
+    ax.set_ylabel("KiB")
+    sh = v["shape"]
+    ax.set_title(f"Small GPT on this host ({v['device']}): L={sh['layers']}, h={sh['hidden']}, s={sh['seq']}, "
+                 f"b={sh['batch']}, fp32 AdamW", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    figs["validation"] = fig
+    return figs
+
+# %%
+if __name__ == "__main__":
+    from experiments.lib.cli import main
+    import sys
+    raise SystemExit(main(sys.modules[__name__]))

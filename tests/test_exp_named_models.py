@@ -1,0 +1,47 @@
+"""The named-models experiment: estimator breakdown for the built-in models and its check on this host."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from experiments import named_models
+from experiments.lib import estimator
+from experiments.lib.cli import to_json
+from experiments.lib.model_shapes import BUILTIN
+
+TINY = named_models.Config(models=("bert-base", "llama-2-7b"), vocab=64, v_seq=32, v_batch=2, layers=2, hidden=32,
+                           heads=4)
+
+
+@pytest.fixture(scope="module")
+def data() -> dict:
+    return named_models.run(TINY, "cpu")
+
+
+def test_json_and_breakdown_is_the_estimator(data: dict) -> None:
+    assert json.loads(to_json(data)) == data
+    m = {x["name"]: x for x in data["models"]}
+    llama = m["llama-2-7b"]["setups"]
+    want = estimator.estimate(estimator.Setup("adamw", "bf16-mixed", 1, 2048, "full", 3, 8), shape=BUILTIN["llama-2-7b"])
+    assert llama["zero3"]["per_device_bytes"] == want["per_device_bytes"]
+    assert m["bert-base"]["seq"] == 512                       # clipped to BERT's 512 positions
+    totals = [llama[k]["per_device_bytes"]["total"] for k in m["llama-2-7b"]["setup_order"]]
+    assert totals == sorted(totals, reverse=True)             # each set-up saves memory
+    assert set(data["calculator"]["shapes"]) == set(BUILTIN)
+
+
+def test_validation_on_this_host(data: dict) -> None:
+    """Model state exactly; activations after forward within 3 % (LayerNorm statistics are not in the formula)."""
+    for c in ("none", "full"):
+        v = data["validation"][c]
+        assert v["parameters"] == v["measured_parameters"]
+        for term in ("params", "grads", "optimizer"):
+            assert v["terms"][term]["measured_bytes"] == v["terms"][term]["predicted_bytes"]
+        assert v["terms"]["activations"]["ratio"] == pytest.approx(1.0, abs=0.03)
+    none, full = data["validation"]["none"], data["validation"]["full"]
+    assert none["saved_bytes"] == pytest.approx(none["terms"]["activations"]["predicted_bytes"], rel=0.03)
+    assert full["terms"]["activations"]["measured_bytes"] < none["terms"]["activations"]["measured_bytes"] / 3
+    # the sum of the terms bounds the step's peak to within 10 %
+    for v in (none, full):
+        assert v["peak_over_predicted_ratio"] == pytest.approx(1.0, abs=0.1)
