@@ -399,6 +399,8 @@ def run(cfg: Config, device: str) -> dict:
     return {
         "batch": cfg.batch,
         "correctness": rows,
+        "summary": {f"{d}_max_rel_diff": max(r["rel_diff"] for r in rows if r["dtype"] == d)
+                    for d in ("fp32", "bf16")},
         "breakers": broken,
         "amp": amp,
         "memory": memory,

@@ -41,7 +41,7 @@ class Config:
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
-    grads: tuple = (0.0, 0.5)            # the gradient of the one-step scalar proofs
+    grad: float = 0.5                    # the non-zero gradient of the one-step scalar proofs (and 0)
     steps: int = 500                     # length of the trajectories
     noise_scales: tuple = (1e-3, 1e-2, 1e-1, 1.0)
     params_per_scale: int = 2048         # independent parameters averaged per noise scale
@@ -131,24 +131,25 @@ def optimizer_step(kind: str, opt: torch.optim.Optimizer, params: list, cfg: Con
 KINDS = ("sgd_l2", "sgd_decoupled", "adam_l2", "adam_decoupled", "adamw")
 
 
-def one_step_proofs(cfg: Config, device: str) -> list[dict]:
-    rows = []
-    for g in cfg.grads:
+def one_step_proofs(cfg: Config, device: str) -> dict:
+    """``{"zero_grad": {optimizer: row}, "nonzero_grad": {...}}``: θ after one step from θ = 1."""
+    out = {}
+    for label, g in (("zero_grad", 0.0), ("nonzero_grad", float(cfg.grad))):
+        rows = {}
         for kind in KINDS:
             theta = torch.ones((), device=device, requires_grad=True)
             opt = make_optimizer(kind, [theta], cfg)
             if opt is None:
-                rows.append({"optimizer": kind, "grad": float(g), "available": False})
+                rows[kind] = {"grad": g, "available": False}
                 continue
-            theta.grad = torch.full((), float(g), device=device)
+            theta.grad = torch.full((), g, device=device)
             optimizer_step(kind, opt, [theta], cfg)
             measured = float(theta.detach())
-            expected = by_hand(kind, 1.0, [float(g)], cfg)[-1]
-            rows.append({"optimizer": kind, "grad": float(g), "available": True,
-                         "theta_measured": measured, "theta_by_hand": expected,
-                         "abs_diff": abs(measured - expected),
-                         "shrink": 1.0 - measured})
-    return rows
+            expected = by_hand(kind, 1.0, [g], cfg)[-1]
+            rows[kind] = {"grad": g, "available": True, "theta_measured": measured, "theta_by_hand": expected,
+                          "abs_diff": abs(measured - expected), "shrink": 1.0 - measured}
+        out[label] = rows
+    return out
 
 
 # %% [markdown]

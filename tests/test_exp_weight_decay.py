@@ -32,21 +32,23 @@ def closed_form(kind: str, g: float, cfg: E.Config) -> float:
 
 
 def test_one_step_matches_closed_form(data):
-    rows = [r for r in data["one_step"] if r["available"]]
+    rows = [(kind, r) for label in ("zero_grad", "nonzero_grad") for kind, r in data["one_step"][label].items()
+            if r["available"]]
     assert len(rows) >= 2 * 4
-    for r in rows:
+    assert data["one_step"]["nonzero_grad"]["adamw"]["grad"] == TINY.grad
+    for kind, r in rows:
         # float32 parameters: agreement to 1e-6 absolute on a value near 1 (a few ulps of float32)
-        assert r["theta_measured"] == pytest.approx(closed_form(r["optimizer"], r["grad"], TINY), abs=1e-6)
+        assert r["theta_measured"] == pytest.approx(closed_form(kind, r["grad"], TINY), abs=1e-6)
         assert r["abs_diff"] < 1e-6
 
 
 def test_adam_l2_ignores_lambda_under_zero_gradient(data):
     """With g = 0, Adam's L2 step is η (normalised away), AdamW's is ηλ."""
-    by = {(r["optimizer"], r["grad"]): r for r in data["one_step"] if r["available"]}
+    by = data["one_step"]["zero_grad"]
     # shrink = 1 - θ₁ is a difference of float32 values near 1: absolute tolerance 1e-7 (~1 ulp at 1.0)
-    assert by[("adam_l2", 0.0)]["shrink"] == pytest.approx(TINY.lr, abs=1e-7)
-    assert by[("adamw", 0.0)]["shrink"] == pytest.approx(TINY.lr * TINY.weight_decay, abs=1e-7)
-    assert by[("adam_l2", 0.0)]["shrink"] > 9 * by[("adamw", 0.0)]["shrink"]
+    assert by["adam_l2"]["shrink"] == pytest.approx(TINY.lr, abs=1e-7)
+    assert by["adamw"]["shrink"] == pytest.approx(TINY.lr * TINY.weight_decay, abs=1e-7)
+    assert by["adam_l2"]["shrink"] > 9 * by["adamw"]["shrink"]
 
 
 def test_decoupled_adam_detected():
