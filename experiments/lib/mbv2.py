@@ -13,6 +13,13 @@ makes its bias trainable and/or the first ``weight_fraction`` of its output
 channels. A partial weight update computes the trainable channels with their
 own small convolution, so autograd keeps only what those channels need:
 for a depthwise convolution, only their input channels.
+
+PyTorch's convolution saves its input for backward whenever anything about
+it requires a gradient, even when only the input gradient (to reach earlier
+layers) or the bias gradient is needed; neither needs the input. With
+``sparse_backward=True`` a frozen-weight convolution goes through
+``FrozenWeightConv2d`` instead, which keeps only the weight (already
+resident), as the sparse backward of Lin et al. 2022 assumes.
 """
 from __future__ import annotations
 
@@ -22,10 +29,36 @@ import torch
 import torch.nn.functional as F
 
 
+class FrozenWeightConv2d(torch.autograd.Function):
+    """conv2d whose backward gives the input and bias gradients only, so it saves no activation."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, groups):  # noqa: D401
+        ctx.save_for_backward(weight)
+        ctx.conf = (x.shape, stride, padding, groups, bias is not None)
+        return F.conv2d(x, weight, bias, stride, padding, groups=groups)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (weight,) = ctx.saved_tensors
+        shape, stride, padding, groups, has_bias = ctx.conf
+        gx = torch.nn.grad.conv2d_input(shape, weight, grad, stride, padding, groups=groups) \
+            if ctx.needs_input_grad[0] else None
+        gb = grad.sum(dim=(0, 2, 3)) if has_bias and ctx.needs_input_grad[2] else None
+        return gx, None, gb, None, None, None
+
+
+def conv2d(x, weight, bias, stride, padding, groups, sparse_backward: bool):
+    if sparse_backward and not weight.requires_grad:
+        return FrozenWeightConv2d.apply(x, weight, bias, stride, padding, groups)
+    return F.conv2d(x, weight, bias, stride, padding, groups=groups)
+
+
 class ConvUnit(torch.nn.Module):
     def __init__(self, c_in: int, c_out: int, kernel: int, stride: int = 1, depthwise: bool = False,
                  act: bool = True) -> None:
         super().__init__()
+        self.sparse_backward = True
         self.conv = torch.nn.Conv2d(c_in, c_out, kernel, stride, kernel // 2, groups=c_in if depthwise else 1)
         # ReLU6 is hardtanh(0, 6): its backward keeps its input (the conv output).
         self.act = torch.nn.ReLU6() if act else None
@@ -63,17 +96,18 @@ class ConvUnit(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = self.conv
+        sb = self.sparse_backward
         if self.weight_head is None:
-            y = F.conv2d(x, c.weight, c.bias, c.stride, c.padding, groups=c.groups)
+            y = conv2d(x, c.weight, c.bias, c.stride, c.padding, c.groups, sb)
         else:
             k = self.weight_head.shape[0]
             if self.depthwise:
                 # Channel i of a depthwise conv reads only input channel i: keep a copy of just those.
                 head = F.conv2d(x[:, :k].contiguous(), self.weight_head, None, c.stride, c.padding, groups=k)
-                tail = F.conv2d(x[:, k:], c.weight[k:], None, c.stride, c.padding, groups=c.groups - k)
+                tail = conv2d(x[:, k:], c.weight[k:], None, c.stride, c.padding, c.groups - k, sb)
             else:
                 head = F.conv2d(x, self.weight_head, None, c.stride, c.padding)
-                tail = F.conv2d(x, c.weight[k:], None, c.stride, c.padding)
+                tail = conv2d(x, c.weight[k:], None, c.stride, c.padding, 1, sb)
             y = torch.cat([head, tail], dim=1) + c.bias.view(1, -1, 1, 1)
         return self.act(y) if self.act is not None else y
 
@@ -116,6 +150,10 @@ class TinyMobileNetV2(torch.nn.Module):
                 out.append((f"b{i + 1}.{kind}", unit))
         out.append(("head", self.head))
         return out
+
+    def set_sparse_backward(self, on: bool) -> None:
+        for _, unit in self.units():
+            unit.sparse_backward = on
 
     def freeze_all(self) -> None:
         for _, unit in self.units():

@@ -1,0 +1,372 @@
+# %% [markdown]
+"""Sparse update under a memory budget: which layers, biases and channels to train.
+
+Question: when fine-tuning must fit a small memory budget, which parts of a
+network should be updated? Lin et al. 2022 ("On-Device Training Under 256KB
+Memory", section 2.2) update only some biases and some weight channels,
+chosen by a contribution analysis and a search under the budget. What does
+each choice cost, what does it buy, and how close does the searched update
+come to a full update for a fraction of its memory?
+
+Method: a small MobileNetV2-like CNN (``experiments/lib/mbv2.py``; its
+frozen-weight convolutions keep no activation for backward, unlike
+PyTorch's own, which the run also measures) is trained on digits 0-4 of the shipped
+UCI digits, then fine-tuned on digits 5-9 with a new classifier (always
+trained). Costs are measured on that network: for each layer and each choice
+(bias; bias and a fraction of the output channels' weights) the bytes it
+adds to training, from autograd's saved tensors (``saved_tensors_hooks``,
+distinct storages), the gradients and the Adam state, and the
+bytes that running backward *through* each layer keeps. Benefits are
+measured by short fine-tuning runs, one per choice (contribution analysis).
+Then the best configuration under each budget is found by an exact dynamic
+program over the whole network, checked equal to exhaustive search on the
+last layers, and every configuration on the accuracy-memory frontier (full
+update, last-k layers, bias only, searched) is fine-tuned and measured.
+
+Run: ``python -m experiments.sparse_update --profile quick``
+"""
+
+# %%
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from experiments.lib import budget_search as B
+from experiments.lib.cpu import single_thread
+from experiments.lib.digits import load
+from experiments.lib.mbv2 import Arch, TinyMobileNetV2
+from experiments.lib.memory import optimizer_state_bytes, tensor_bytes
+
+
+@dataclass(frozen=True)
+class Config:
+    arch: Arch = Arch()
+    pretrain_steps: int = 150
+    finetune_steps: int = 25
+    batch: int = 64
+    lr: float = 0.01                                # Adam, for pre-training and fine-tuning
+    weight_fractions: tuple = (0.5, 1.0)            # fractions of output channels whose weights may train
+    budget_fractions: tuple = (0.1, 0.2, 0.35, 0.6)   # budgets as fractions of the full update's bytes
+    last_k: tuple = (1, 2, 4)
+    exhaustive_units: int = 5                       # exhaustive search over this many last layers
+    seeds: tuple = (0,)                             # fine-tuning seeds averaged per benefit
+    seed: int = 0
+
+
+PROFILES = {
+    "quick": Config(),
+    "full": Config(arch=Arch(stem=32, blocks=((1, 16, 1), (6, 24, 2), (6, 24, 1), (6, 32, 1)), head=128),
+                   pretrain_steps=600, finetune_steps=120, weight_fractions=(0.25, 0.5, 1.0),
+                   budget_fractions=(0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8), last_k=(1, 2, 3, 4, 6, 8),
+                   exhaustive_units=6, seeds=(0, 1, 2)),
+}
+TIMEOUT_S = 900
+
+
+# %% [markdown]
+# ## Measuring what a configuration costs
+# A configuration says, per unit, "none", "bias" or "bias + weights of a
+# fraction of the output channels"; the new classifier always trains.
+
+# %%
+def apply(model: TinyMobileNetV2, choice: dict) -> list[torch.nn.Parameter]:
+    """Set what trains; ``choice`` maps unit name -> (bias, weight_fraction). Returns trainable params."""
+    model.freeze_all()
+    for name, unit in model.units():
+        bias, frac = choice.get(name, (False, 0.0))
+        unit.set_update(bias, frac)
+    for p in model.classifier.parameters():
+        p.requires_grad_(True)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def measure_step(model: TinyMobileNetV2, choice: dict, x: torch.Tensor, y: torch.Tensor, cfg: Config,
+                 input_grad: bool = False) -> dict:
+    """One training step; bytes saved for backward per unit, gradients and optimizer state per unit."""
+    params = apply(model, choice)
+    owner = {}
+    for name, unit in model.units():
+        for p in unit.parameters():
+            owner[id(p)] = name
+    for p in model.classifier.parameters():
+        owner[id(p)] = "classifier"
+    excluded = {_key(p) for p in model.parameters()} | {_key(x)}
+    current = ["other"]
+    saved: dict[tuple, tuple[int, str]] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        k = _key(t)
+        if k not in excluded and k not in saved:
+            saved[k] = (t.untyped_storage().nbytes(), current[0])
+        return t
+
+    handles = []
+    for name, mod in [*model.units(), ("classifier", model.classifier)]:
+        handles.append(mod.register_forward_pre_hook(lambda m, a, n=name: current.__setitem__(0, n)))
+    inp = x.detach().clone().requires_grad_(input_grad)
+    excluded.add(_key(inp))
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = F.cross_entropy(model(inp), y)
+    finally:
+        for h in handles:
+            h.remove()
+    loss.backward()
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    opt.step()
+    per_unit: dict[str, dict] = {}
+    for nbytes, name in saved.values():
+        per_unit.setdefault(name, _zero())["saved_bytes"] += nbytes
+    for p in params:
+        row = per_unit.setdefault(owner[id(p)], _zero())
+        row["grad_bytes"] += tensor_bytes(p.grad)
+        row["optimizer_bytes"] += tensor_bytes([dict(opt.state[p])])
+    total = {k: sum(r[k] for r in per_unit.values()) for k in ("saved_bytes", "grad_bytes", "optimizer_bytes")}
+    assert total["optimizer_bytes"] == optimizer_state_bytes(opt)
+    model.zero_grad(set_to_none=True)
+    return {"per_unit": per_unit, **total, "total_bytes": sum(total.values())}
+
+
+def _zero() -> dict:
+    return {"saved_bytes": 0, "grad_bytes": 0, "optimizer_bytes": 0}
+
+
+def _key(t: torch.Tensor) -> tuple:
+    s = t.untyped_storage()
+    return (t.device.type, s.data_ptr(), s.nbytes())
+
+
+# %% [markdown]
+# ## Measuring what a configuration buys: short fine-tuning runs
+
+# %%
+def finetune(pretrained: TinyMobileNetV2, choice: dict, data: dict, cfg: Config, seed: int) -> float:
+    model = copy.deepcopy(pretrained)
+    torch.manual_seed(1000 + seed)
+    model.classifier.reset_parameters()
+    params = apply(model, choice)
+    opt = torch.optim.Adam(params, lr=cfg.lr)
+    gen = torch.Generator().manual_seed(seed)
+    x, y = data["xt_train"], data["yt_train"]
+    for _ in range(cfg.finetune_steps):
+        idx = torch.randint(0, x.shape[0], (cfg.batch,), generator=gen).to(x.device)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        return float((model(data["xt_test"]).argmax(1) == data["yt_test"]).double().mean())
+
+
+def mean_accuracy(pretrained, choice, data, cfg) -> float:
+    return sum(finetune(pretrained, choice, data, cfg, s) for s in cfg.seeds) / len(cfg.seeds)
+
+
+# %%
+def split(cfg: Config, device: str) -> dict:
+    """Source task: digits 0-4; target task: digits 5-9 (labels 0-4)."""
+    d = load(device, size=8, seed=cfg.seed)
+    out = {}
+    for part in ("train", "test"):
+        x, y = d[f"x_{part}"], d[f"y_{part}"]
+        src, tgt = y < 5, y >= 5
+        out[f"xs_{part}"], out[f"ys_{part}"] = x[src], y[src]
+        out[f"xt_{part}"], out[f"yt_{part}"] = x[tgt], y[tgt] - 5
+    return out
+
+
+def pretrain(cfg: Config, data: dict, device: str) -> tuple[TinyMobileNetV2, float]:
+    torch.manual_seed(cfg.seed)
+    model = TinyMobileNetV2(Arch(**{**cfg.arch.__dict__, "classes": 5})).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x, y = data["xs_train"], data["ys_train"]
+    for _ in range(cfg.pretrain_steps):
+        idx = torch.randint(0, x.shape[0], (cfg.batch,), generator=gen).to(device)
+        loss = F.cross_entropy(model(x[idx]), y[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        acc = float((model(data["xs_test"]).argmax(1) == data["ys_test"]).double().mean())
+    return model, acc
+
+
+def option_list(cfg: Config) -> list[tuple[str, tuple[bool, float]]]:
+    return [("bias", (True, 0.0))] + [(f"weight_{f:g}", (True, f)) for f in cfg.weight_fractions]
+
+
+# %%
+def run(cfg: Config, device: str) -> dict:
+    with single_thread(device):
+        return _run(cfg, device)
+
+
+def _run(cfg: Config, device: str) -> dict:
+    data = split(cfg, device)
+    pretrained, source_acc = pretrain(cfg, data, device)
+    units = [n for n, _ in pretrained.units()]
+    xb, yb = data["xt_train"][: cfg.batch], data["yt_train"][: cfg.batch]
+    probe = copy.deepcopy(pretrained)
+    probe.classifier = torch.nn.Linear(probe.classifier.in_features, 5).to(device)
+
+    # Costs. Path: backward through every unit (input requires grad, no unit trained).
+    path_run = measure_step(probe, {}, xb, yb, cfg, input_grad=True)
+    path = {n: path_run["per_unit"].get(n, _zero())["saved_bytes"] for n in units}
+    base_run = measure_step(probe, {}, xb, yb, cfg)
+    base_bytes = base_run["total_bytes"]                 # the classifier alone
+    opts = option_list(cfg)
+    layers = []
+    for name in units:
+        row = {"name": name, "path_bytes": path[name], "options": []}
+        for label, choice in opts:
+            m = measure_step(probe, {name: choice}, xb, yb, cfg)
+            own = m["per_unit"][name]
+            later = sum(path[n] for n in units[units.index(name):])
+            row["options"].append({
+                "option": label,
+                "saved_bytes": own["saved_bytes"] - path[name],
+                "grad_bytes": own["grad_bytes"],
+                "optimizer_bytes": own["optimizer_bytes"],
+                "cost_bytes": own["saved_bytes"] - path[name] + own["grad_bytes"] + own["optimizer_bytes"],
+                # The whole step measured, against base + own cost + path from here to the output.
+                "measured_total_bytes": m["total_bytes"],
+                "predicted_total_bytes": base_bytes + own["saved_bytes"] - path[name] + own["grad_bytes"]
+                + own["optimizer_bytes"] + later,
+            })
+        layers.append(row)
+
+    # Benefits: contribution analysis, one short fine-tuning run per choice.
+    base_acc = mean_accuracy(pretrained, {}, data, cfg)
+    for name, row in zip(units, layers):
+        for opt_row, (label, choice) in zip(row["options"], opts):
+            opt_row["accuracy"] = mean_accuracy(pretrained, {name: choice}, data, cfg)
+            opt_row["benefit"] = opt_row["accuracy"] - base_acc
+
+    options = [[(0, 0.0)] + [(o["cost_bytes"], o["benefit"]) for o in row["options"]] for row in layers]
+    path_list = [path[n] for n in units]
+    choice_of = lambda sol: {units[i]: opts[c - 1][1] for i, c in enumerate(sol.choice) if c}  # noqa: E731
+    labels_of = lambda sol: [opts[c - 1][0] if c else "none" for c in sol.choice]  # noqa: E731
+
+    def measured_point(kind: str, choice: dict, extra: dict | None = None) -> dict:
+        m = measure_step(probe, choice, xb, yb, cfg)
+        idx = [tuple(choice.get(n, (False, 0.0))) for n in units]
+        sol_choice = tuple(0 if c == (False, 0.0) else 1 + [o[1] for o in opts].index(c) for c in idx)
+        predicted = base_bytes + B.config_cost(options, path_list, sol_choice)
+        return {"kind": kind, **(extra or {}), "measured_bytes": m["total_bytes"], "predicted_bytes": predicted,
+                "saved_bytes": m["saved_bytes"], "grad_bytes": m["grad_bytes"], "optimizer_bytes": m["optimizer_bytes"],
+                "predicted_benefit": B.config_benefit(options, sol_choice),
+                "accuracy": mean_accuracy(pretrained, choice, data, cfg)}
+
+    full_choice = {n: (True, 1.0) for n in units}
+    points = [measured_point("classifier only", {}),
+              measured_point("full update", full_choice),
+              measured_point("bias only", {n: (True, 0.0) for n in units})]
+    for k in cfg.last_k:
+        if k <= len(units):
+            points.append(measured_point("last-k", {n: (True, 1.0) for n in units[-k:]}, {"k": k}))
+    full_cost = points[1]["predicted_bytes"] - base_bytes
+
+    # The same bias-only and full updates with PyTorch's own convolution backward, which keeps
+    # every convolution's input once anything about it needs a gradient.
+    probe.set_sparse_backward(False)
+    stock = {"bias_only_bytes": measure_step(probe, {n: (True, 0.0) for n in units}, xb, yb, cfg)["total_bytes"],
+             "full_update_bytes": measure_step(probe, full_choice, xb, yb, cfg)["total_bytes"],
+             "bias_only_last_unit_bytes": measure_step(probe, {units[-1]: (True, 0.0)}, xb, yb, cfg)["total_bytes"]}
+    probe.set_sparse_backward(True)
+    stock["sparse_bias_only_bytes"] = points[2]["measured_bytes"]
+    stock["sparse_bias_only_last_unit_bytes"] = measure_step(probe, {units[-1]: (True, 0.0)}, xb, yb, cfg)["total_bytes"]
+
+    searches = []
+    tail = cfg.exhaustive_units
+    for frac in cfg.budget_fractions:
+        budget = int(frac * full_cost)
+        dp = B.dynamic_program(options, path_list, budget)
+        # Exhaustive over the last ``tail`` layers (earlier ones not updated), and the DP on the same problem.
+        ex_tail = B.exhaustive(options[-tail:], path_list[-tail:], budget)
+        dp_tail = B.dynamic_program(options[-tail:], path_list[-tail:], budget)
+        point = measured_point("searched", choice_of(dp), {"budget_bytes": budget + base_bytes,
+                                                            "budget_fraction": frac})
+        searches.append({
+            "budget_fraction": frac, "budget_bytes": budget + base_bytes,
+            "choice": labels_of(dp), "cost_bytes": dp.cost + base_bytes, "predicted_benefit": dp.benefit,
+            "exhaustive_tail_benefit": ex_tail.benefit, "dp_tail_benefit": dp_tail.benefit,
+            "dp_equals_exhaustive": abs(ex_tail.benefit - dp_tail.benefit) < 1e-12,
+            "accuracy": point["accuracy"], "measured_bytes": point["measured_bytes"],
+        })
+        points.append(point)
+
+    full_acc = points[1]["accuracy"]
+    best = max((p for p in points if p["kind"] == "searched" and p["accuracy"] >= full_acc - 0.02),
+               key=lambda p: -p["measured_bytes"], default=None)
+    return {
+        "units": units,
+        "source_test_accuracy": source_acc,
+        "classifier_only_accuracy": base_acc,
+        "base_bytes": base_bytes,
+        "full_update_bytes": points[1]["measured_bytes"],
+        "full_update_accuracy": full_acc,
+        "layers": layers,
+        "searches": searches,
+        "frontier": points,
+        "all_dp_equal_exhaustive": all(s["dp_equals_exhaustive"] for s in searches),
+        "cost_model_max_rel_error": max(abs(p["measured_bytes"] / p["predicted_bytes"] - 1) for p in points),
+        "smallest_searched_near_full": best,
+        "stock_torch_conv": stock,
+        "finetune_steps": cfg.finetune_steps,
+        "exhaustive_units": tail,
+    }
+
+
+# %%
+def plot(data: dict):
+    import matplotlib.pyplot as plt
+
+    layers = data["layers"]
+    names = [l["name"] for l in layers]
+    labels = [o["option"] for o in layers[0]["options"]]
+    fig, ax = plt.subplots(figsize=(7.5, 3.8))
+    width = 0.8 / (len(labels) + 1)
+    pick = data["searches"][len(data["searches"]) // 2]
+    for j, label in enumerate(labels):
+        vals = [l["options"][j]["cost_bytes"] / 1024 for l in layers]
+        xs = [i + (j - len(labels) / 2) * width for i in range(len(layers))]
+        ax.bar(xs, vals, width, label=f"update {label.replace('_', ' ')}")
+        for i, x in enumerate(xs):
+            if pick["choice"][i] == label:
+                ax.plot(x, vals[i] * 1.15, "v", color="black", ms=6)
+    xs = [i + (len(labels) / 2) * width for i in range(len(layers))]
+    ax.bar(xs, [max(l["path_bytes"], 1) / 1024 for l in layers], width, color="grey", label="backward through it")
+    ax.set_yscale("log")
+    ax.set_xticks(range(len(layers)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("memory added to training (KiB)")
+    ax.set_title(f"Per-layer cost; ▼ = chosen at a budget of {pick['budget_bytes'] / 1024:.0f} KiB")
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+
+    fig2, ax2 = plt.subplots(figsize=(7, 3.8))
+    styles = {"classifier only": "k*", "full update": "rs", "bias only": "g^"}
+    for kind, style in styles.items():
+        p = [q for q in data["frontier"] if q["kind"] == kind]
+        ax2.plot([q["measured_bytes"] / 1024 for q in p], [100 * q["accuracy"] for q in p], style, ms=9, label=kind)
+    for kind, style in (("last-k", "o--"), ("searched", "D-")):
+        p = sorted((q for q in data["frontier"] if q["kind"] == kind), key=lambda q: q["measured_bytes"])
+        ax2.plot([q["measured_bytes"] / 1024 for q in p], [100 * q["accuracy"] for q in p], style,
+                 label=kind + (" layers" if kind == "last-k" else " sparse update"))
+    ax2.set_xscale("log")
+    ax2.set_xlabel("training memory beyond inference (KiB, measured)")
+    ax2.set_ylabel("test accuracy after fine-tuning (%)")
+    ax2.legend(fontsize=8)
+    fig2.tight_layout()
+    return {"costs": fig, "frontier": fig2}
+
+
+# %%
+if __name__ == "__main__":
+    from experiments.lib.cli import main
+    import sys
+    raise SystemExit(main(sys.modules[__name__]))
