@@ -243,7 +243,8 @@ def breakers(cfg: Config, device: str) -> dict:
     acc_mean = snapshot_grads(model, split(x, y, sizes), F.cross_entropy)
     n_total, kk = cfg.batch, len(sizes)
 
-    def sum_over_total(logits, target):  # the fix: sum, divided by the cycle's sample count (times K, undone by the loop)
+    # the fix: sum over the micro-batch, divided by the cycle's sample count (times K, which the loop divides out)
+    def sum_over_total(logits, target):
         return F.cross_entropy(logits, target, reduction="sum") * kk / n_total
 
     acc_sum = snapshot_grads(model, split(x, y, sizes), sum_over_total)

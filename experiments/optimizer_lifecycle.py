@@ -229,7 +229,7 @@ def grad_none_semantics(cfg: Config, device: str) -> list[dict]:
             step = opt.state[target].get("step") if target in opt.state else None
             second[mode] = {
                 "max_abs_update": float((target.detach() - w_before).abs().max()),
-                "step_count": float(step) if isinstance(step, torch.Tensor) else (None if step is None else float(step)),
+                "step_count": None if step is None else float(step),
                 "trained_layer_step_count": (float(opt.state[model[0].weight]["step"])
                                              if "step" in opt.state[model[0].weight] else None),
             }

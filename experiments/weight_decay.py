@@ -252,23 +252,27 @@ class TinyTransformer(nn.Module):
         self.head = nn.Linear(cfg.d_model, cfg.vocab, bias=False)
 
 
-DECAY_TYPES = (nn.Linear,)
-NO_DECAY_TYPES = (nn.LayerNorm, nn.Embedding, nn.BatchNorm1d, nn.BatchNorm2d, nn.GroupNorm)
-
-
 def decay_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     """Split parameters into decay / no-decay groups by the type of the module that owns them."""
+    # Per module type: which of the module's own parameters decay. A parameter not listed raises.
+    rules = {
+        nn.Linear: {"weight": True, "bias": False},
+        nn.MultiheadAttention: {"in_proj_weight": True, "q_proj_weight": True, "k_proj_weight": True,
+                                "v_proj_weight": True, "in_proj_bias": False, "bias_k": False, "bias_v": False},
+        nn.Embedding: {"weight": False},
+        nn.LayerNorm: {"weight": False, "bias": False},
+        nn.RMSNorm: {"weight": False},
+        nn.GroupNorm: {"weight": False, "bias": False},
+        nn.modules.batchnorm._BatchNorm: {"weight": False, "bias": False},
+    }
     decay, no_decay = {}, {}
     for module_name, module in model.named_modules():
+        rule = next((r for kind, r in rules.items() if isinstance(module, kind)), {})
         for pname, p in module.named_parameters(recurse=False):
             full = f"{module_name}.{pname}" if module_name else pname
-            if pname.endswith("bias") or isinstance(module, NO_DECAY_TYPES):
-                no_decay[full] = p
-            elif isinstance(module, DECAY_TYPES) or (isinstance(module, nn.MultiheadAttention)
-                                                     and pname == "in_proj_weight"):
-                decay[full] = p
-            else:
-                raise TypeError(f"no decay rule for {type(module).__name__}.{pname}: add its type to a group")
+            if pname not in rule:
+                raise TypeError(f"no decay rule for {type(module).__name__}.{pname}: add it to the rules")
+            (decay if rule[pname] else no_decay)[full] = p
     return [{"params": list(decay.values()), "weight_decay": weight_decay, "names": sorted(decay)},
             {"params": list(no_decay.values()), "weight_decay": 0.0, "names": sorted(no_decay)}]
 

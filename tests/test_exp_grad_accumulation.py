@@ -99,3 +99,20 @@ def test_amp_loop_cuda():
     assert any(r["scaler"] and r["amp_dtype"] == "fp16" for r in rows)
     for r in rows:
         assert r["optimizer_steps"] == r["cycles"]
+
+
+def test_cheatsheet_loop_is_the_experiments_loop():
+    """Every statement of the cheat sheet's loop occurs, in order, in amp_accumulation_step."""
+    import inspect
+    import re
+    from pathlib import Path
+
+    sheet = (Path(__file__).resolve().parents[1] / "docs" / "_cheatsheet" / "02-optimizer-semantics.md").read_text()
+    block = re.search(r"```python\n(.*?)```", sheet, re.S).group(1)
+    statements = [ln.split("  #")[0].strip() for ln in block.splitlines() if ln.strip()]
+    source = [ln.strip() for ln in inspect.getsource(E.amp_accumulation_step).splitlines()]
+    at = 0
+    for st in statements:
+        hits = [i for i in range(at, len(source)) if st in source[i]]
+        assert hits, f"cheat-sheet line {st!r} is not in amp_accumulation_step (after line {at})"
+        at = hits[0] + 1

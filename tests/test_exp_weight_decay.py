@@ -90,3 +90,9 @@ def test_groups_by_module_type(data):
     assert g["zero_grad_step_no_decay_group_max_abs_change"] == 0.0
     assert "ln_f.weight" in g["substring_rule_disagreements"]      # a LayerNorm without "norm" in its name
     assert g["ndim2_rule_disagreements"] == ["tok.weight"]         # nanoGPT's rule decays the embedding
+
+
+def test_groups_refuse_an_unknown_module_type():
+    import torch
+    with pytest.raises(TypeError, match="Conv2d.weight"):
+        E.decay_groups(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1)), 0.1)
