@@ -37,9 +37,11 @@ the GPU.
 from __future__ import annotations
 
 import gc
+import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -130,6 +132,61 @@ class _matmul_precision:
 
 def _by_flops(shapes: tuple[tuple[int, int, int], ...]) -> list[tuple[int, int, int]]:
     return sorted({tuple(int(x) for x in s) for s in shapes}, key=lambda s: (s[0] * s[1] * s[2], s))
+
+
+class _LoadSampler:
+    """Counts the tasks competing for the CPU while the measurements run.
+
+    A throughput measured on a busy machine is a lower bound, and on a shared
+    CPU an OpenMP kernel whose worker thread is descheduled can be slower by
+    orders of magnitude. A background thread reads the kernel's count of
+    runnable tasks (``/proc/loadavg``, Linux only) every ``period_s``; this
+    process's own compute threads and the sampler are subtracted.
+    """
+
+    def __init__(self, period_s: float = 0.05) -> None:
+        self.period_s = period_s
+        self.samples: list[int] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._path = Path("/proc/loadavg")
+
+    def _read(self) -> int | None:
+        try:
+            return int(self._path.read_text(encoding="ascii").split()[3].split("/")[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            n = self._read()
+            if n is None:
+                return
+            self.samples.append(n)
+            self._stop.wait(self.period_s)
+
+    def __enter__(self) -> "_LoadSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self, threads: int) -> dict:
+        if not self.samples:
+            return {"measured": False}
+        own = threads + 1  # this process's compute threads and the sampler itself
+        competing = [max(0, n - own) for n in self.samples]
+        mean = sum(competing) / len(competing)
+        return {
+            "measured": True,
+            "samples": len(self.samples),
+            "runnable_mean": sum(self.samples) / len(self.samples),
+            "runnable_max": max(self.samples),
+            "competing_tasks_mean": mean,  # at least this many other tasks wanted a core, on average
+            "busy": mean >= 1.0,
+        }
 
 
 # %% [markdown]
@@ -459,20 +516,22 @@ def run(cfg: Config, device: str) -> dict:
         context = measure_cuda_context(dev, fresh)
     torch.manual_seed(cfg.seed)
 
-    data: dict = {
-        "device_type": dev.type,
-        "threads": torch.get_num_threads(),
-        "matmul": measure_matmul(dev, cfg),
-        "bandwidth": measure_bandwidth(dev, cfg),
-    }
-    fp32 = data["matmul"].get("fp32", {})
-    best_fp32 = fp32.get("best_gflop_per_s") if fp32.get("status") == "measured" else None
+    with _LoadSampler() as load:
+        data: dict = {
+            "device_type": dev.type,
+            "threads": torch.get_num_threads(),
+            "matmul": measure_matmul(dev, cfg),
+            "bandwidth": measure_bandwidth(dev, cfg),
+        }
+        fp32 = data["matmul"].get("fp32", {})
+        best_fp32 = fp32.get("best_gflop_per_s") if fp32.get("status") == "measured" else None
+        data["train_step"] = measure_train_step(dev, cfg, best_fp32)
     # Roofline ridge point (Williams et al. 2009): below this many FLOPs per byte moved,
     # an operation is bound by memory bandwidth rather than by matmul throughput.
     bw = data["bandwidth"]["gb_per_s"]
     data["roofline"] = {n: {"ridge_flop_per_byte": data["matmul"][n]["best_gflop_per_s"] / bw}
                         for n in cfg.dtypes if data["matmul"][n]["status"] == "measured"}
-    data["train_step"] = measure_train_step(dev, cfg, best_fp32)
+    data["cpu_load"] = load.summary(data["threads"])
     if dev.type == "cuda":
         assert context is not None
         data["cuda"] = {"measured": True, **context, **measure_cuda_after(dev, context), **_cuda_settings(),

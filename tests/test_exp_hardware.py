@@ -200,3 +200,22 @@ def test_cuda_memory_figures() -> None:
         assert mm["tf32"]["status"] == "measured"
         assert mm["tf32"]["accuracy"]["rel_error"] > 100 * mm["fp32"]["accuracy"]["rel_error"]
     json.loads(to_json(d))
+
+
+def test_load_sampler_subtracts_this_process() -> None:
+    s = hardware._LoadSampler()
+    s.samples = [5, 3, 1]  # runnable tasks; this process accounts for threads + 1 (the sampler)
+    out = s.summary(threads=2)
+    assert out["competing_tasks_mean"] == pytest.approx((2 + 0 + 0) / 3)
+    assert out["runnable_max"] == 5 and out["busy"] is False
+    s.samples = [6, 4]
+    assert s.summary(threads=2)["busy"] is True  # (3 + 1) / 2 = 2 competing tasks
+    assert hardware._LoadSampler().summary(threads=2) == {"measured": False}
+
+
+@pytest.mark.skipif(not Path("/proc/loadavg").exists(), reason="needs Linux /proc/loadavg")
+def test_run_records_the_cpu_load(data: dict) -> None:
+    load = data["cpu_load"]
+    assert load["measured"] is True and load["samples"] >= 1
+    assert load["competing_tasks_mean"] >= 0
+    assert load["busy"] == (load["competing_tasks_mean"] >= 1.0)
