@@ -420,14 +420,18 @@ def plot(data: dict):
     mib = 2 ** 20
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9.5, 3.8), constrained_layout=True)
     bottom = [0.0] * len(rows)
+    under_activations = bottom
     for key, label in (("peak_params_bytes", "parameters"), ("peak_optimizer_bytes", "optimizer state"),
                        ("peak_grads_bytes", "gradients"), ("peak_activations_bytes", "activations"),
                        ("peak_temporaries_bytes", "temporaries")):
+        if key == "peak_activations_bytes":
+            under_activations = bottom
         vals = [r[key] / mib for r in rows]
         ax0.bar([str(m) for m in micro], vals, bottom=bottom, label=label)
         bottom = [b + v for b, v in zip(bottom, vals)]
-    ax0.plot([str(m) for m in micro], [r["predicted_saved_activations_bytes"] / mib for r in rows], "k--",
-             marker="o", label="predicted saved activations")
+    ax0.plot([str(m) for m in micro],
+             [u + r["predicted_saved_activations_bytes"] / mib for u, r in zip(under_activations, rows)], "k--",
+             marker="o", label="top of predicted activations")
     ax0.set_xlabel(f"micro-batch size (effective batch {data['mem_batch']})")
     ax0.set_ylabel("peak memory during one cycle (MiB)")
     ax0.set_title("Peak memory by category")

@@ -352,11 +352,13 @@ def plot(data: dict):
     ax0.set_ylabel("θ (started at 1, gradient 0)")
     ax0.set_title("Zero gradient: decay alone")
     ax0.legend(fontsize=8)
+    markers = {"adam_l2": dict(marker="o", markersize=7), "adamw": dict(marker="s", markersize=11, fillstyle="none"),
+               "sgd_l2": dict(marker="x", markersize=7)}
     for kind in ("adam_l2", "adamw", "sgd_l2"):
         rows = [r for r in tr["noisy"][kind]["rows"] if r["effective_over_nominal"] is not None]
         color, ls = STYLES[kind]
-        ax1.plot([r["noise_scale"] for r in rows], [r["effective_over_nominal"] for r in rows], "o",
-                 color=color, label=f"{LABELS[kind]}: measured")
+        ax1.plot([r["noise_scale"] for r in rows], [r["effective_over_nominal"] for r in rows], linestyle="none",
+                 color=color, label=f"{LABELS[kind]}: measured", **markers[kind])
         ax1.plot([r["noise_scale"] for r in rows], [r["predicted_effective_over_nominal"] for r in rows],
                  color=color, linestyle="--", linewidth=1, label=f"{LABELS[kind]}: predicted")
     ax1.set_xscale("log")
