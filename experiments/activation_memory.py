@@ -29,6 +29,7 @@ from experiments.lib.formulas import PRECISION_REGIMES, korthikanti_activation_b
 from experiments.lib.gpt import GPT, DecoderLayer, LayerShape, gpt_param_count
 from experiments.lib.memory import MemoryTracker
 from experiments.lib.saved import count_saved
+from experiments.lib.threads import cpu_threads
 
 TIMEOUT_S = 600
 
@@ -51,6 +52,7 @@ class Config:
                      ("7B", 32, 4096, 32, 32000))
     share_seqs: tuple = (512, 2048, 8192, 32768)
     share_batch_list: tuple = (1, 8)
+    cpu_threads: int = 1                # see experiments.lib.threads; 0 leaves torch's default
 
 
 PROFILES = {
@@ -123,14 +125,23 @@ def measure_layer(cfg: Config, s: int, b: int, dtype: str, attention: str, devic
     param_dtype = torch.float32 if autocast else DTYPES[dtype]
     layer = layer.to(param_dtype)
     x = torch.randn(b, s, cfg.hidden, device=device, dtype=param_dtype, requires_grad=True)
+    weights = [p for p in layer.parameters() if p.dim() == 2]
+
+    def classify(t: torch.Tensor) -> str:
+        # autocast saves the 16-bit copy of a weight (transposed) for the matmul's backward
+        for w in weights:
+            if t.dim() == 2 and t.dtype != w.dtype and t.shape == w.t().shape and torch.equal(t, w.t().to(t.dtype)):
+                return "weight_cast"
+        return "activation"
+
     if autocast:
         with torch.autocast(torch.device(device).type, dtype=DTYPES[dtype]):
-            out, res = count_saved(lambda: layer(x), exclude=[layer], attribute=layer)
+            out, res = count_saved(lambda: layer(x), exclude=[layer], attribute=layer, classify=classify)
     else:
         out, res = count_saved(lambda: layer(x), exclude=[layer], attribute=layer)
     del out
     return {"saved_bytes": res.total_bytes, "by_module_bytes": res.by_module,
-            "tensors": [{"module": e.module, "shape": list(e.shape), "dtype": e.dtype, "bytes": e.bytes}
+            "tensors": [{"module": e.module, "shape": list(e.shape), "dtype": e.dtype, "bytes": e.bytes, "kind": e.kind}
                         for e in res.entries]}
 
 
@@ -138,9 +149,7 @@ def breakdown(cfg: Config, dtype: str, device: str, autocast: bool = False) -> d
     s, b, h, a = cfg.seq, cfg.batch, cfg.hidden, cfg.heads
     m = measure_layer(cfg, s, b, dtype, "math", device, autocast=autocast)
     # Under autocast the 16-bit copies of the weights are saved too (they are not parameters).
-    weight_numel = {"qkv": 3 * h * h, "proj": h * h, "fc1": 4 * h * h, "fc2": 4 * h * h}
-    weight_casts = sum(t["bytes"] for t in m["tensors"] if t["module"] in weight_numel and len(t["shape"]) == 2
-                       and t["shape"][0] * t["shape"][1] == weight_numel[t["module"]]) if autocast else 0
+    weight_casts = sum(t["bytes"] for t in m["tensors"] if t["kind"] == "weight_cast")
     act_bytes = 2 if dtype == "bf16" else 4
     pred16 = predicted_by_module(s, b, h, a)                 # the paper: 16-bit, 1-byte masks
     pred_dtype = predicted_by_module(s, b, h, a, act_bytes)  # the paper's pieces at this dtype's width
@@ -263,6 +272,11 @@ def predicted_share(cfg: Config) -> list:
 
 # %%
 def run(cfg: Config, device: str) -> dict:
+    with cpu_threads(cfg.cpu_threads, device):
+        return _run(cfg, device)
+
+
+def _run(cfg: Config, device: str) -> dict:
     torch.manual_seed(0)
     bf16 = breakdown(cfg, "bf16", device)
     fp32 = breakdown(cfg, "fp32", device)
