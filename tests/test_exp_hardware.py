@@ -193,8 +193,9 @@ def test_cuda_memory_figures() -> None:
     alloc = d["train_step"]["allocator"]
     assert alloc["reserved_bytes"] >= alloc["allocated_bytes"] > 0
     agree = d["train_step"]["tracker_agreement"]
-    # The tracker rounds like the caching allocator; beyond the pre-existing baseline they agree within 10 %.
-    assert 0.9 < agree["ratio_without_baseline"] < 1.1
+    # The tracker rounds like the caching allocator; beyond what it cannot see (cuBLAS workspaces)
+    # the two peaks agree within 10 %.
+    assert 0.9 < agree["ratio_without_untracked"] < 1.1
     mm = d["matmul"]
     if torch.cuda.get_device_capability()[0] >= 8:  # tf32 tensor cores from Ampere on
         assert mm["tf32"]["status"] == "measured"
