@@ -1,0 +1,74 @@
+"""The chapter page and cheat-sheet part of weight_decay, grad_accumulation and optimizer_lifecycle render
+this host's numbers: a mini site built with ``--strict`` from canned results of tiny runs."""
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, build_site, make_envelope, site_text, write_result
+from experiments import grad_accumulation, optimizer_lifecycle, weight_decay
+from generator.site.formatting import bytes_, grouped, num, ratio, sci
+
+TINY = {
+    "weight_decay": weight_decay.Config(steps=100, params_per_scale=256, trajectory_points=11, vocab=64, d_model=16,
+                                        n_heads=2, d_ff=32, n_layers=1),
+    "grad_accumulation": grad_accumulation.Config(batch=32, features=16, hidden=32, ks=(1, 2, 4),
+                                                  unequal_sizes=(20, 8, 3, 1), amp_cycles=1, mem_batch=64,
+                                                  mem_width=32, mem_depth=2, mem_micro=(64, 16),
+                                                  min_run_time_s=0.01),
+    "optimizer_lifecycle": optimizer_lifecycle.Config(in_features=8, hidden=16, out_features=4, batch=4),
+}
+MODULES = {"weight_decay": weight_decay, "grad_accumulation": grad_accumulation,
+           "optimizer_lifecycle": optimizer_lifecycle}
+PAGE = "02-optimizer-semantics.md"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chapter2")
+    data = {name: MODULES[name].run(cfg, "cpu") for name, cfg in TINY.items()}
+    for name, d in data.items():
+        write_result(root / "results", make_envelope(name, d))
+    docs_dir = REPO / "docs"
+    docs = {
+        "index.md": "# Mini\n",
+        PAGE: (docs_dir / PAGE).read_text(encoding="utf-8"),
+        "01-where-the-memory-goes.md": "# Where the memory goes\n",
+        "cheatsheet.md": (docs_dir / "cheatsheet.md").read_text(encoding="utf-8"),
+        "_cheatsheet/02-optimizer-semantics.md": (docs_dir / "_cheatsheet" / PAGE).read_text(encoding="utf-8"),
+        **{f"experiments/{name}.py": "# the notebook link target\n" for name in MODULES},
+    }
+    proc = build_site(root / "out", root / "results", docs=docs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "out" / "site", data
+
+
+def test_page_renders_the_numbers(site):
+    out, data = site
+    text = site_text(out, "02-optimizer-semantics/index.html")
+    wd, ga, ol = data["weight_decay"], data["grad_accumulation"], data["optimizer_lifecycle"]
+    z = wd["one_step"]["zero_grad"]
+    for expected in (
+        num(z["adam_l2"]["shrink"]), num(z["adamw"]["shrink"]),
+        num(z["adamw"]["theta_measured"], 8),
+        grouped(wd["groups"]["total_params"]), grouped(wd["groups"]["decay_params"]),
+        sci(ga["summary"]["fp32_max_rel_diff"]), sci(ga["breakers"]["batchnorm"]["rel_diff"]),
+        bytes_(ga["memory"][0]["peak_total_bytes"]), bytes_(ga["memory"][-1]["peak_total_bytes"]),
+        ratio(ga["correctness"][-1]["no_division_norm_ratio"], 4),
+        bytes_(ol["state"][2]["saved_state_dict_bytes"]), bytes_(ol["state"][2]["state_bytes"]),
+    ):
+        assert expected in text, expected
+    # the canonical loops are the experiment's own source (compared without whitespace: highlighting splits tokens)
+    squeezed = "".join(text.split())
+    for code in ("def accumulation_step(model, optimizer, micro_batches, loss_fn):", "scaler.unscale_(optimizer)",
+                 "def amp_accumulation_step(", "def decay_groups(model: nn.Module, weight_decay: float)"):
+        assert "".join(code.split()) in squeezed, code
+    assert "Traceback" not in text and "No result for" not in text
+
+
+def test_cheatsheet_part_renders(site):
+    out, data = site
+    text = site_text(out, "cheatsheet/index.html")
+    ga = data["grad_accumulation"]
+    assert "Gradient accumulation" in text
+    assert sci(ga["summary"]["bf16_max_rel_diff"]) in text
+    assert bytes_(ga["memory"][-1]["peak_total_bytes"]) in text
