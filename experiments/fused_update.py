@@ -1,0 +1,385 @@
+# %% [markdown]
+"""Fused and in-place updates: what stepping inside backward and in-place activations save, and what they break.
+
+Question: a vanilla training step keeps every gradient alive until
+``optimizer.step()``. Stepping each parameter as soon as its gradient is
+accumulated (``Tensor.register_post_accumulate_grad_hook``, one optimizer
+per parameter, the gradient freed at once; PyTorch tutorial "How to save
+memory by fusing the optimizer step into the backward pass") should keep
+about one gradient at a time. How much does that save on one model, layer by
+layer, and are the weights the same afterwards? And what do in-place
+activations save, and break?
+
+Method: an MLP on the shipped UCI digits, trained with Adam and with plain
+SGD. The same steps run vanilla and fused from the same initial weights; ``MemoryTracker``
+(torch's ``MemTracker``) gives the peak by category, and a hook on every
+parameter records the live gradient bytes as backward proceeds. Then the
+MLP with ``ReLU`` / ``ReLU6`` out of place and in place: bytes autograd
+saves (``saved_tensors_hooks``), peaks, gradients compared; the extra bytes
+of an SGD weight update written out of place and in place; and small
+programs where an in-place operation makes autograd or checkpointing fail.
+
+Run: ``python -m experiments.fused_update --profile quick``
+"""
+
+# %%
+from __future__ import annotations
+
+import copy
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from experiments.lib.cpu import single_thread
+from experiments.lib.digits import load
+from experiments.lib.memory import MemoryTracker, param_bytes, tensor_bytes
+
+
+@dataclass(frozen=True)
+class Config:
+    widths: tuple = (64, 512, 512, 512, 10)   # MLP layer widths (input 8x8 = 64 pixels)
+    batch: int = 64
+    steps: int = 3                            # steps compared for identical weights
+    lr: float = 1e-3
+    optimizers: tuple = ("adam", "sgd")
+    seed: int = 0
+
+
+PROFILES = {
+    "quick": Config(),
+    "full": Config(widths=(64, 4096, 4096, 4096, 4096, 10), batch=256, steps=10),
+}
+TIMEOUT_S = 300
+
+
+# %%
+def make_mlp(cfg: Config, act: str = "relu", inplace: bool = False) -> torch.nn.Sequential:
+    layers: list[torch.nn.Module] = []
+    for i, (a, b) in enumerate(zip(cfg.widths[:-1], cfg.widths[1:])):
+        layers.append(torch.nn.Linear(a, b))
+        if i < len(cfg.widths) - 2:
+            layers.append(torch.nn.ReLU(inplace=inplace) if act == "relu" else torch.nn.ReLU6(inplace=inplace))
+    return torch.nn.Sequential(*layers)
+
+
+def layer_names(model: torch.nn.Module) -> dict[int, str]:
+    """Parameter id -> name of its Linear layer ("fc1", "fc2", ...)."""
+    out, k = {}, 0
+    for m in model:
+        if isinstance(m, torch.nn.Linear):
+            k += 1
+            for p in m.parameters():
+                out[id(p)] = f"fc{k}"
+    return out
+
+
+# %% [markdown]
+# ## Vanilla against fused: the same step, two memory profiles
+
+# %%
+def make_optimizer(name: str, params: list, lr: float) -> torch.optim.Optimizer:
+    # foreach=False: the same per-tensor arithmetic in both modes, so the weights can match bit for bit.
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, foreach=False)
+    return torch.optim.SGD(params, lr=lr, foreach=False)
+
+
+class Step:
+    """One training step, vanilla or fused, that records live gradient bytes during backward."""
+
+    def __init__(self, model: torch.nn.Module, fused: bool, lr: float, optimizer: str) -> None:
+        self.model, self.fused = model, fused
+        self.params = list(model.parameters())
+        self.names = layer_names(model)
+        self.events: list[dict] = []
+        if fused:
+            self.optimizers = {p: make_optimizer(optimizer, [p], lr) for p in self.params}
+            for p in self.params:
+                p.register_post_accumulate_grad_hook(self._fused_hook)
+        else:
+            self.optimizer = make_optimizer(optimizer, self.params, lr)
+            for p in self.params:
+                p.register_post_accumulate_grad_hook(self._record)
+
+    def _live(self) -> dict[str, int]:
+        live: dict[str, int] = {}
+        for p in self.params:
+            if p.grad is not None:
+                live[self.names[id(p)]] = live.get(self.names[id(p)], 0) + tensor_bytes(p.grad)
+        return live
+
+    def _record(self, p: torch.Tensor) -> None:
+        if self.recording:
+            self.events.append({"param": f"{self.names[id(p)]}.{'weight' if p.dim() == 2 else 'bias'}",
+                                "live_grad_bytes_by_layer": self._live()})
+
+    def _fused_hook(self, p: torch.Tensor) -> None:
+        self._record(p)                    # the moment this gradient exists: the peak for it
+        self.optimizers[p].step()
+        p.grad = None                      # freed before the next gradient is produced
+
+    def optimizers_list(self) -> list[torch.optim.Optimizer]:
+        return list(self.optimizers.values()) if self.fused else [self.optimizer]
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, recording: bool = False) -> None:
+        self.recording = recording
+        loss = F.cross_entropy(self.model(x), y)
+        loss.backward()
+        if not self.fused:
+            self.optimizer.step()
+            if recording:
+                self.events.append({"param": "optimizer.step()", "live_grad_bytes_by_layer": self._live()})
+            self.optimizer.zero_grad(set_to_none=True)
+
+
+def compare_fused(cfg: Config, data: dict, device: str, optimizer: str) -> dict:
+    torch.manual_seed(cfg.seed)
+    base = make_mlp(cfg).to(device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    batches = [torch.randint(0, data["x_train"].shape[0], (cfg.batch,), generator=gen).to(device)
+               for _ in range(cfg.steps + 1)]
+    xs = [data["x_train"][i].flatten(1) for i in batches]
+    ys = [data["y_train"][i] for i in batches]
+    out: dict = {}
+    models = {}
+    for mode in ("vanilla", "fused"):
+        model = copy.deepcopy(base)
+        step = Step(model, fused=(mode == "fused"), lr=cfg.lr, optimizer=optimizer)
+        step(xs[0], ys[0])                 # warm-up: Adam state exists before measuring
+        tracker = MemoryTracker(device).track(model, *step.optimizers_list())
+        with tracker, warnings.catch_warnings():
+            # MemTracker warns about parameters whose .grad is None (set_to_none): expected here.
+            warnings.filterwarnings("ignore", message="Expected a tensor or a traceable")
+            tracker.reset_peak()
+            step(xs[1], ys[1], recording=True)
+            peak = tracker.peak()
+        for i in range(2, cfg.steps + 1):
+            step(xs[i], ys[i])
+        models[mode] = model
+        out[mode] = {
+            "peak": peak.as_dict(),
+            "cuda_max_allocated_bytes": tracker.cuda_max_allocated_bytes,
+            "events": step.events,
+            "max_live_grad_bytes": max(sum(e["live_grad_bytes_by_layer"].values()) for e in step.events),
+        }
+    diffs = [float((a.detach() - b.detach()).abs().max()) for a, b in zip(models["vanilla"].parameters(), models["fused"].parameters())]
+    sizes = [tensor_bytes(p) for p in base.parameters()]
+    return {
+        **out,
+        "param_bytes": param_bytes(base),
+        "largest_param_bytes": max(sizes),
+        "predicted_vanilla_grad_bytes": sum(sizes),
+        "predicted_fused_grad_bytes": max(sizes),
+        "grad_saving_bytes": out["vanilla"]["max_live_grad_bytes"] - out["fused"]["max_live_grad_bytes"],
+        "peak_saving_bytes": out["vanilla"]["peak"]["total_bytes"] - out["fused"]["peak"]["total_bytes"],
+        "peak_saving_fraction": 1 - out["fused"]["peak"]["total_bytes"] / out["vanilla"]["peak"]["total_bytes"],
+        "weights_identical": all(d == 0.0 for d in diffs),
+        "max_abs_weight_diff": max(diffs),
+        "steps_compared": cfg.steps,
+        "layers": sorted(set(layer_names(base).values()), key=lambda s: int(s[2:])),
+    }
+
+
+# %% [markdown]
+# ## In-place activations: saved bytes, peaks, and what breaks
+
+# %%
+def saved_bytes(fn, model: torch.nn.Module, x: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """Bytes of distinct storages autograd keeps for backward while ``fn`` runs.
+
+    Parameters (and views of them, such as ``weight.t()``) and the input batch are resident anyway: not counted.
+    """
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()} | {x.untyped_storage().data_ptr()}
+    seen: dict = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            seen[(s.data_ptr(), s.nbytes())] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return sum(seen.values()), out
+
+
+def inplace_rows(cfg: Config, data: dict, device: str) -> list[dict]:
+    x = data["x_train"][: cfg.batch].flatten(1).clone()
+    y = data["y_train"][: cfg.batch].clone()
+    rows = []
+    for act in ("relu", "relu6"):
+        grads = {}
+        for inplace in (False, True):
+            torch.manual_seed(cfg.seed)
+            model = make_mlp(cfg, act, inplace).to(device)
+            tracker = MemoryTracker(device).track(model)
+            with tracker:
+                with torch.no_grad():
+                    model(x)
+                inference = tracker.peak()
+                tracker.reset_peak()
+                nbytes, loss = saved_bytes(lambda: F.cross_entropy(model(x), y), model, x)
+                loss.backward()
+                peak = tracker.peak()
+            grads[inplace] = [p.grad.clone() for p in model.parameters()]
+            hidden = len(cfg.widths) - 2
+            rows.append({"activation": act, "inplace": inplace, "saved_bytes": nbytes,
+                         "peak_total_bytes": peak.total, "peak_activation_bytes": peak.by_category["activations"],
+                         "inference_peak_activation_bytes": inference.by_category["activations"]
+                         + inference.by_category["temporaries"],
+                         "hidden_activation_bytes": sum(cfg.batch * w * 4 for w in cfg.widths[1:-1]),
+                         "hidden_layers": hidden})
+        rows[-1]["grads_equal_out_of_place"] = all(torch.equal(a, b) for a, b in zip(grads[False], grads[True]))
+        rows[-2]["grads_equal_out_of_place"] = True
+    return rows
+
+
+def update_rows(cfg: Config, data: dict, device: str) -> list[dict]:
+    """Extra bytes the SGD weight update itself needs: out of place, in place, torch.optim (for-loop, foreach)."""
+    x = data["x_train"][: cfg.batch].flatten(1).clone()
+    y = data["y_train"][: cfg.batch].clone()
+    lr = cfg.lr
+
+    def out_of_place(params):
+        with torch.no_grad():
+            for p in params:
+                p.data = p.data - lr * p.grad          # lr * grad and the new weight are fresh tensors
+
+    def in_place(params):
+        with torch.no_grad():
+            for p in params:
+                p.add_(p.grad, alpha=-lr)
+
+    def optim(foreach: bool):
+        def step(params):
+            torch.optim.SGD(params, lr=lr, foreach=foreach).step()
+        return step
+
+    rows, finals = [], {}
+    for label, fn in (("out of place: p = p - lr * g", out_of_place), ("in place: p.add_(g, alpha=-lr)", in_place),
+                      ("torch.optim.SGD (for-loop)", optim(False)), ("torch.optim.SGD (foreach)", optim(True))):
+        torch.manual_seed(cfg.seed)
+        model = make_mlp(cfg).to(device)
+        F.cross_entropy(model(x), y).backward()
+        params = list(model.parameters())
+        tracker = MemoryTracker(device).track(model)
+        with tracker:
+            before = tracker.current().total
+            tracker.reset_peak()
+            fn(params)
+            peak = tracker.peak().total
+        finals[label] = [p.detach().clone() for p in params]
+        rows.append({"update": label, "extra_peak_bytes": peak - before,
+                     "largest_param_bytes": max(tensor_bytes(p) for p in params),
+                     "param_bytes": param_bytes(model)})
+    ref = finals[rows[1]["update"]]
+    for row in rows:
+        row["weights_equal_in_place"] = all(torch.equal(a, b) for a, b in zip(finals[row["update"]], ref))
+        row["max_abs_diff_in_place"] = max(float((a - b).abs().max()) for a, b in zip(finals[row["update"]], ref))
+    return rows
+
+
+def breakages(device: str) -> list[dict]:
+    """Small programs where an in-place op meets autograd; which of them raise, and with what."""
+    from torch.utils.checkpoint import checkpoint
+
+    torch.manual_seed(0)
+    lin, lin2 = torch.nn.Linear(8, 8).to(device), torch.nn.Linear(8, 8).to(device)
+    x0 = torch.randn(4, 8, device=device)
+
+    def segment(h):
+        h.mul_(2)                          # in place on the segment's input
+        return torch.tanh(lin2(h))
+
+    def saved_output_modified():
+        a = torch.randn(3, device=device, requires_grad=True)
+        y = torch.sigmoid(a * 1)           # sigmoid keeps its output for backward
+        y.mul_(2)
+        y.sum().backward()
+
+    def leaf_inplace():
+        w = torch.randn(3, device=device, requires_grad=True)
+        F.relu(w, inplace=True)
+
+    def no_checkpoint():
+        segment(lin(x0)).sum().backward()
+
+    def with_checkpoint(reentrant: bool):
+        return lambda: checkpoint(segment, lin(x0), use_reentrant=reentrant).sum().backward()
+
+    cases = [
+        ("in-place on a tensor autograd saved (sigmoid output)", saved_output_modified),
+        ("in-place on a leaf that requires grad (ReLU(inplace=True) on a parameter)", leaf_inplace),
+        ("in-place on a segment's input, no checkpoint", no_checkpoint),
+        ("the same segment under checkpoint (non-reentrant)", with_checkpoint(False)),
+        ("the same segment under checkpoint (reentrant)", with_checkpoint(True)),
+    ]
+    rows = []
+    for label, fn in cases:
+        try:
+            fn()
+            rows.append({"case": label, "raises": False, "error_type": "", "error_message": ""})
+        except RuntimeError as e:
+            first = str(e).split(":")[0].split("\n")[0]
+            rows.append({"case": label, "raises": True, "error_type": type(e).__name__, "error_message": first})
+    return rows
+
+
+# %%
+def run(cfg: Config, device: str) -> dict:
+    with single_thread(device):
+        data = load(device, size=8, seed=cfg.seed)
+        return {
+            "fused": {name: compare_fused(cfg, data, device, name) for name in cfg.optimizers},
+            "inplace": inplace_rows(cfg, data, device),
+            "updates": update_rows(cfg, data, device),
+            "breakages": breakages(device),
+            "widths": list(cfg.widths),
+            "batch": cfg.batch,
+        }
+
+
+# %%
+def plot(data: dict):
+    import matplotlib.pyplot as plt
+
+    fused = data["fused"]["adam"]
+    layers = fused["layers"]
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.6), sharey=True)
+    for ax, mode in zip(axes, ("vanilla", "fused")):
+        events = fused[mode]["events"]
+        bottom = [0.0] * len(events)
+        for layer in layers:
+            vals = [e["live_grad_bytes_by_layer"].get(layer, 0) / 2 ** 20 for e in events]
+            ax.bar(range(len(events)), vals, bottom=bottom, label=layer)
+            bottom = [b + v for b, v in zip(bottom, vals)]
+        ax.plot(range(len(events)), bottom, "k.-", lw=1, label="total (cumulative)")
+        ax.set_xticks(range(len(events)), [e["param"] for e in events], rotation=60, ha="right", fontsize=7)
+        ax.set_title(f"{mode} Adam step: peak {fused[mode]['peak']['total_bytes'] / 2 ** 20:.2f} MiB in all", fontsize=9)
+        ax.set_xlabel("backward progress (gradient accumulated)")
+    axes[0].set_ylabel("live gradients (MiB)")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+
+    fig2, ax = plt.subplots(figsize=(7, 3.4))
+    rows = data["inplace"]
+    labels = [f"{r['activation']}\n{'in place' if r['inplace'] else 'out of place'}" for r in rows]
+    ax.bar([i - 0.2 for i in range(len(rows))], [r["saved_bytes"] / 2 ** 20 for r in rows], 0.4,
+           label="saved for backward")
+    ax.bar([i + 0.2 for i in range(len(rows))], [r["inference_peak_activation_bytes"] / 2 ** 20 for r in rows], 0.4,
+           label="inference forward, peak activations")
+    ax.set_xticks(range(len(rows)), labels)
+    ax.set_ylabel("MiB")
+    ax.set_title("MLP with in-place and out-of-place activations")
+    ax.legend()
+    fig2.tight_layout()
+    return {"grads_timeline": fig, "inplace": fig2}
+
+
+# %%
+if __name__ == "__main__":
+    from experiments.lib.cli import main
+    import sys
+    raise SystemExit(main(sys.modules[__name__]))
