@@ -214,11 +214,14 @@ def plot(data: dict) -> dict:
             ax.bar(range(len(keys)), vals, 0.7, bottom=bottoms, color=color, label=label)
             bottoms = [b + v for b, v in zip(bottoms, vals)]
         top = max(bottoms)
+        last_label = None
         for name in LINE_GPUS:
             cap = gpus[name] / 1e9
             if cap < top * 1.15:
                 ax.axhline(cap, color="black", lw=0.8, ls="--")
-                ax.text(len(keys) - 0.45, cap, name, fontsize=6, va="bottom", ha="right")
+                if last_label is None or cap - last_label > 0.07 * top:  # keep the labels apart
+                    ax.text(len(keys) - 0.45, cap, name, fontsize=6, va="bottom", ha="right")
+                    last_label = cap
         ax.set_title(f"{m['name']} (s={m['seq']}, b={m['batch']})", fontsize=8)
         ax.set_xticks(range(len(keys)), ["fp32", "bf16\nmixed", "+ ckpt", f"+ ZeRO-3\n×{data['zero_gpus']}"],
                       fontsize=6)
@@ -243,7 +246,7 @@ def plot(data: dict) -> dict:
             ax.bar([x + (2 * i + j - 1.5) * width for x in range(len(terms))], vals, width,
                    label=f"{'estimator' if j == 0 else 'measured'}, {label}", hatch="//" if j == 0 else None,
                    color=("#4c72b0", "#dd8452")[i], alpha=0.6 if j == 0 else 1.0, edgecolor="white")
-    ax.set_xticks(range(len(terms)), ["weights", "gradients", "optimizer state", "activations after forward"])
+    ax.set_xticks(range(len(terms)), ["weights", "gradients", "optimizer state", "activations\nafter forward"])
     ax.set_ylabel("KiB")
     sh = v["shape"]
     ax.set_title(f"Small GPT on this host ({v['device']}): L={sh['layers']}, h={sh['hidden']}, s={sh['seq']}, "

@@ -211,12 +211,19 @@ def free_port() -> int:
 
 
 def run_world(cfg: Config, device: str, world_size: int) -> list[dict]:
-    """Start ``world_size`` ranks (spawned processes) and collect each rank's results."""
+    """Start ``world_size`` ranks (spawned processes; one rank runs here) and collect each rank's results."""
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory(prefix="sharding-") as out_dir:
-        mp.spawn(_worker, args=(world_size, free_port(), asdict(cfg), device, out_dir), nprocs=world_size,
-                 join=True)
+        args = (world_size, free_port(), asdict(cfg), device, out_dir)
+        if world_size == 1:  # one rank: this process (saves starting an interpreter)
+            threads = torch.get_num_threads()
+            try:
+                _worker(0, *args)
+            finally:
+                torch.set_num_threads(threads)
+        else:
+            mp.spawn(_worker, args=args, nprocs=world_size, join=True)
         ranks = []
         for r in range(world_size):
             with open(os.path.join(out_dir, f"rank{r}.json"), encoding="utf-8") as f:
@@ -252,10 +259,22 @@ def run(cfg: Config, device: str) -> dict:
                 vals = [r[f"{key}_bytes"] for r in per_rank]
                 row[f"{key}_max_over_predicted_ratio"] = max(vals) / pred[key] if pred[key] else 1.0
                 row[f"{key}_rank_spread_ratio"] = max(vals) / min(vals) if min(vals) else 1.0
+            for r in per_rank:
+                r["state_bytes"] = r["params_bytes"] + r["grads_bytes"] + r["optimizer_bytes"]
+            row["state_max_bytes"] = max(r["state_bytes"] for r in per_rank)
             row["predicted_total_bytes"] = sum(pred.values())
+            row["state_max_over_predicted_ratio"] = row["state_max_bytes"] / row["predicted_total_bytes"]
             row["peak_max_bytes"] = max(r["peak"]["total_bytes"] for r in per_rank)
             row["peak_over_predicted_ratio"] = row["peak_max_bytes"] / row["predicted_total_bytes"]
             runs.append(row)
+    top = max(world_sizes)
+    base = next(r for r in runs if r["world_size"] == top and r["mode"] == "ddp")
+    summary = {"world_size": top, "ddp_state_bytes": base["state_max_bytes"],
+               "modes": {r["mode"]: {"state_max_bytes": r["state_max_bytes"],
+                                     "state_vs_ddp_ratio": r["state_max_bytes"] / base["state_max_bytes"],
+                                     "peak_max_bytes": r["peak_max_bytes"],
+                                     "peak_vs_ddp_ratio": r["peak_max_bytes"] / base["peak_max_bytes"]}
+                         for r in runs if r["world_size"] == top}}
     _, fsdp_module = _fully_shard()
     n = sum(estimator.formulas.numel(s) for s in shapes)
     return {
@@ -269,45 +288,46 @@ def run(cfg: Config, device: str) -> dict:
         "world_sizes": world_sizes,
         "skipped_world_sizes": skipped,
         "runs": runs,
+        "summary": summary,
     }
 
 # %% [markdown]
 # ## Figure: each rank's bytes against the rule
 
 # %%
+SHORT = {"ddp": "DDP", "zero1": "ZeRO-1", "fsdp2_keep": "FSDP2\nkeep", "fsdp2_reshard": "FSDP2\nreshard"}
+
+
 def plot(data: dict):
     import matplotlib.pyplot as plt
 
     ws = max(data["world_sizes"])
     rows = [r for r in data["runs"] if r["world_size"] == ws]
-    fig, ax = plt.subplots(figsize=(7.2, 4.0))
-    colors = {"params": "#4c72b0", "grads": "#dd8452", "optimizer": "#55a868"}
-    labels, x = [], 0
+    fig, ax = plt.subplots(figsize=(7.2, 4.2))
+    colors = {"params": ("#4c72b0", "weights"), "grads": ("#dd8452", "gradients"),
+              "optimizer": ("#55a868", "optimizer state")}
+    ticks, labels, x = [], [], 0.0
     for row in rows:
-        for col, (name, vals) in enumerate([(f"rank {r['rank']}", r) for r in row["ranks"]] +
-                                           [("rule", row["predicted_per_rank"])]):
-            bottom = 0
-            for key, color in colors.items():
+        bars = [(f"r{r['rank']}", r) for r in row["ranks"]] + [("rule", row["predicted_per_rank"])]
+        for name, vals in bars:
+            bottom = 0.0
+            for key, (color, label) in colors.items():
                 v = vals[f"{key}_bytes"] / 2**10
                 ax.bar(x, v, 0.8, bottom=bottom, color=color, hatch="//" if name == "rule" else None,
-                       edgecolor="white", label=key if x == 0 else None)
+                       edgecolor="white", label=label if not ticks else None)
                 bottom += v
             if name != "rule":
                 ax.plot(x, vals["peak"]["total_bytes"] / 2**10, "k_", ms=14, mew=2,
-                        label="peak during the step" if x == 0 else None)
-            labels.append(f"{row['mode']}\n{name}")
+                        label="peak during the step" if not ticks else None)
+            ticks.append(x)
+            labels.append(f"{SHORT.get(row['mode'], row['mode'])}\n{name}" if name == "r0" else name)
             x += 1
-        x += 0.6
-    ax.set_xticks([i for i in range(len(labels))], [])
-    pos, k = [], 0
-    for row in rows:
-        n = len(row["ranks"]) + 1
-        pos += [k + i for i in range(n)]
-        k += n + 0.6
-    ax.set_xticks(pos, labels, fontsize=7)
+        x += 0.7
+    ax.set_xticks(ticks, labels, fontsize=7)
     ax.set_ylabel("KiB per rank")
-    ax.set_title(f"AdamW fp32, world size {ws} ({data['backend']}): measured ranks and the ZeRO rule (hatched)")
-    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title(f"AdamW fp32, world size {ws} ({data['backend']}): each rank, and the ZeRO rule (hatched)",
+                 fontsize=9)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4, frameon=False)
     fig.tight_layout()
     return fig
 
