@@ -26,6 +26,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="per-experiment time limit (default: each experiment's TIMEOUT_S, else 600)")
     p.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
+    p.add_argument("--root", type=Path, default=runner.REPO,
+                   help="folder holding the experiments package (default: this repository)")
 
 
 def _add_site_options(p: argparse.ArgumentParser) -> None:
@@ -70,7 +72,8 @@ def parser() -> argparse.ArgumentParser:
 def cmd_run(args: argparse.Namespace) -> int:
     only = [n for item in (args.only or []) for n in item.split(",") if n]
     outcomes = runner.run(results_dir=args.results, only=only or None, force=args.force, profile=args.profile,
-                          device=args.device, timeout_s=args.timeout, plain=args.plain)
+                          device=args.device, timeout_s=args.timeout, plain=args.plain,
+                          root=args.root)
     failed = [o for o in outcomes if o.state == "failed"]
     for o in failed:
         print(f"\n{o.name} failed (recorded in {o.path}):\n{o.error}", file=sys.stderr)
@@ -91,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             from generator.build import build
 
             status = 0 if args.no_run else cmd_run(args)
-            build(results_dir=args.results, host=args.host, site_dir=args.site_dir, pdf=not args.no_pdf)
+            build(results_dir=args.results, host=args.host, site_dir=args.site_dir, pdf_too=not args.no_pdf)
             return status
         if args.command == "serve":
             from generator.build import serve
@@ -101,4 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     except runner.RunError as exc:
         print(f"handbook: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # the site side's failures: a clear line, not a traceback
+        if type(exc).__name__ in ("Abort", "BuildError", "PluginError", "ConfigurationError", "PdfError"):
+            print(f"handbook: {args.command} failed: {exc}", file=sys.stderr)
+            return 1
+        raise
     return 2

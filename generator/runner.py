@@ -26,7 +26,6 @@ from generator import envelope
 from generator.progress import make_progress
 
 REPO = Path(__file__).resolve().parent.parent
-EXPERIMENTS_DIR = REPO / "experiments"
 DEFAULT_RESULTS = REPO / "results"
 THIS_HOST_FILE = ".this-host"  # in the results folder, not committed: the slug of this machine
 STDERR_TAIL = 2000
@@ -53,52 +52,55 @@ class Plan:
     experiments: dict[str, dict] = field(default_factory=dict)
 
 
-def child_env() -> dict:
+def child_env(root: Path) -> dict:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH", "")]))
     env.setdefault("PYTHONHASHSEED", "0")
     return env
 
 
-def git_sha() -> str | None:
+def git_sha(root: Path) -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=REPO, capture_output=True,
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=root, capture_output=True,
                              text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def describe(device: str | None, python: str) -> Plan:
+def describe(device: str | None, python: str, root: Path) -> Plan:
     """Ask a subprocess (which imports torch) for the host, versions and configs."""
     cmd = [python, "-m", "experiments.lib.describe"] + (["--device", device] if device else [])
-    proc = subprocess.run(cmd, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=root, env=child_env(root), capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         raise RunError(f"could not describe the experiments ({' '.join(cmd)}):\n{proc.stderr[-STDERR_TAIL:]}")
     info = json.loads(proc.stdout)
-    env = dict(info["env"], git_sha=git_sha())
+    env = dict(info["env"], git_sha=git_sha(root))
     return Plan(device=info["device"], host=info["host"], env=env, experiments=info["experiments"])
 
 
-def _sha_files(paths: list[Path]) -> str:
+def _sha_files(paths: list[Path], root: Path) -> str:
     h = hashlib.sha256()
     for p in sorted(paths):
-        h.update(str(p.relative_to(REPO)).encode())
+        h.update(p.relative_to(root).as_posix().encode())
         h.update(p.read_bytes())
     return h.hexdigest()
 
 
-def lib_files() -> list[Path]:
+def lib_files(root: Path) -> list[Path]:
     """The shared experiment code and data: any change here invalidates every cached result."""
-    return [p for p in (EXPERIMENTS_DIR / "lib").rglob("*") if p.is_file() and "__pycache__" not in p.parts] + \
-        [p for p in (EXPERIMENTS_DIR / "data").rglob("*") if p.is_file()] + [EXPERIMENTS_DIR / "__init__.py"]
+    exp = root / "experiments"
+    files = [exp / "__init__.py"]
+    for sub in ("lib", "data"):
+        files += [p for p in (exp / sub).rglob("*") if p.is_file() and "__pycache__" not in p.parts]
+    return [p for p in files if p.exists()]
 
 
-def cache_key(name: str, profile: str, config: dict, plan: Plan) -> str:
+def cache_key(name: str, profile: str, config: dict, plan: Plan, root: Path) -> str:
     inputs = {
         "schema_version": envelope.SCHEMA_VERSION,
-        "source": _sha_files([EXPERIMENTS_DIR / f"{name}.py"]),
-        "lib": _sha_files([p for p in lib_files() if p.exists()]),
+        "source": _sha_files([root / "experiments" / f"{name}.py"], root),
+        "lib": _sha_files(lib_files(root), root),
         "profile": profile,
         "config": config,
         "torch": plan.env["torch"],
@@ -113,8 +115,10 @@ def cached_ok(path: Path, key: str) -> bool:
         return False
     try:
         old = envelope.load(path)
-    except envelope.ResultError:
-        return False  # an unreadable old result is simply rerun (and replaced only on success)
+    except envelope.ResultError as exc:
+        # an unreadable old result is rerun, and replaced only by a good one
+        print(f"handbook: {exc}; running it again", file=sys.stderr)
+        return False
     return old["status"] == "ok" and old["cache_key"] == key
 
 
@@ -129,12 +133,13 @@ def _describe_exit(code: int) -> str:
     return f"exited with status {code}"
 
 
-def run_one(name: str, profile: str, timeout_s: float, plan: Plan, python: str) -> tuple[dict | None, str | None]:
+def run_one(name: str, profile: str, timeout_s: float, plan: Plan, python: str,
+            root: Path) -> tuple[dict | None, str | None]:
     """Run one experiment in a fresh process; return (data, None) or (None, error)."""
     with tempfile.TemporaryDirectory(prefix=f"handbook-{name}-") as tmp:
         out = Path(tmp) / "data.json"
         cmd = [python, "-m", f"experiments.{name}", "--profile", profile, "--device", plan.device, "--out", str(out)]
-        proc = subprocess.Popen(cmd, cwd=REPO, env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        proc = subprocess.Popen(cmd, cwd=root, env=child_env(root), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                 text=True, start_new_session=True)
         try:
             _, stderr = proc.communicate(timeout=timeout_s)
@@ -178,9 +183,12 @@ def default_profile(device: str) -> str:
 
 def run(results_dir: Path = DEFAULT_RESULTS, only: list[str] | None = None, force: bool = False,
         profile: str | None = None, device: str | None = None, timeout_s: float | None = None,
-        python: str = sys.executable, plain: bool = False) -> list[Outcome]:
-    """Run (or reuse) every selected experiment; return one outcome each."""
-    plan = describe(device, python)
+        python: str = sys.executable, plain: bool = False, root: Path = REPO) -> list[Outcome]:
+    """Run (or reuse) every selected experiment; return one outcome each.
+
+    ``root`` is the folder holding the ``experiments`` package (the repository; tests use others).
+    """
+    plan = describe(device, python, root)
     names = sorted(plan.experiments)
     if only:
         unknown = sorted(set(only) - set(names))
@@ -208,12 +216,12 @@ def run(results_dir: Path = DEFAULT_RESULTS, only: list[str] | None = None, forc
                 config, key, data, error = {}, "no-profile", None, f"experiments/{name}.py has no profile {profile!r}"
             else:
                 config = spec["profiles"][profile]
-                key = cache_key(name, profile, config, plan)
-                if not force and cached_ok(good, key):
+                key = cache_key(name, profile, config, plan, root)
+                if not force and not failed.exists() and cached_ok(good, key):  # a failed last run is retried
                     progress.finish(name, "cached", 0.0)
                     outcomes.append(Outcome(name, "cached", 0.0, good))
                     continue
-                data, error = run_one(name, profile, timeout_s or spec["timeout_s"], plan, python)
+                data, error = run_one(name, profile, timeout_s or spec["timeout_s"], plan, python, root)
             seconds = time.monotonic() - t0
             env = make_envelope(name, profile, config, plan, key, started, seconds, data, error)
             if error is None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 from types import ModuleType
@@ -16,8 +17,22 @@ from types import ModuleType
 from experiments.lib.host import default_device
 
 
+def _non_finite(value: object, path: str) -> str | None:
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{path} = {value}"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, (list, tuple)) else ()
+    for key, item in items:
+        found = _non_finite(item, f"{path}.{key}" if isinstance(value, dict) else f"{path}[{key}]")
+        if found:
+            return found
+    return None
+
+
 def to_json(data: object) -> str:
-    """Serialise results, refusing NaN and infinity (they are not JSON)."""
+    """Serialise results, refusing NaN and infinity (they are not JSON) with the path to the value."""
+    bad = _non_finite(data, "data")
+    if bad:
+        raise ValueError(f"run() returned a value that is not a finite number: {bad}")
     return json.dumps(data, allow_nan=False, indent=1, sort_keys=False)
 
 

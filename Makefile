@@ -1,0 +1,45 @@
+# The Training Memory Handbook. `make help` lists the targets.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+SETUP  := $(VENV)/.setup-done
+SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+export NO_MKDOCS_2_WARNING := 1
+
+.DEFAULT_GOAL := help
+.PHONY: help setup system handbook test bench run serve clean
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+$(SETUP): pyproject.toml requirements/site.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0   # the CPU wheel; a looser spec pulls a CUDA build
+	$(BIN)/pip install --quiet -r requirements/site.txt
+	$(BIN)/pip install --quiet --no-deps --editable .
+	touch $@
+
+system: ## install Chromium and poppler-utils (for the PDFs and browser tests) when missing
+	@command -v chromium >/dev/null && command -v pdfinfo >/dev/null || \
+	  ( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium poppler-utils )
+
+setup: $(SETUP) system ## create .venv and install everything (torch 2.13.0 CPU, mkdocs<2, Chromium, ...)
+
+handbook: setup ## run the experiments for this host, build site/, site/handbook.pdf and site/cheatsheet.pdf
+	$(BIN)/handbook build
+
+test: setup ## run the whole test suite
+	$(BIN)/python -m pytest -q
+
+bench: setup ## time a cold build, a no-change rebuild and a one-page rebuild
+	$(BIN)/python -m generator.bench
+
+run: setup ## run the experiments only (cached)
+	$(BIN)/handbook run
+
+serve: setup ## serve the site with live reload on http://127.0.0.1:8000
+	$(BIN)/handbook serve
+
+clean: ## remove the built site and caches (keeps results/ and .venv)
+	rm -rf site .cache

@@ -1,0 +1,105 @@
+"""``handbook build`` and ``handbook serve``: the site and its two PDFs from the results.
+
+A build whose inputs (pages, experiment sources, results, generator code,
+mkdocs.yml, the chosen host) are unchanged since the last one is skipped.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+from generator import pdf
+from generator.runner import REPO
+
+CACHE = REPO / ".cache"
+STAMP = CACHE / "build-stamp.json"
+
+
+def _inputs_fingerprint(results_dir: Path, host: str | None, site_dir: Path) -> str:
+    h = hashlib.sha256(json.dumps([str(results_dir.resolve()), host, str(site_dir.resolve())]).encode())
+    roots = [REPO / "docs", REPO / "experiments", REPO / "generator", results_dir]
+    files = [REPO / "mkdocs.yml"]
+    for root in roots:
+        if root.exists():
+            files += [p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts
+                      and not p.name.startswith(".this-host")]
+    for p in sorted(set(files)):
+        h.update(str(p).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _settings(results_dir: Path, host: str | None) -> None:
+    os.environ["HANDBOOK_RESULTS"] = str(Path(results_dir).resolve())
+    if host:
+        os.environ["HANDBOOK_HOST"] = host
+    else:
+        os.environ.pop("HANDBOOK_HOST", None)
+    os.environ.setdefault("NO_MKDOCS_2_WARNING", "1")
+
+
+def build(results_dir: Path, host: str | None = None, site_dir: Path = Path("site"), pdf_too: bool = True,
+          force: bool = False) -> dict[str, Path]:
+    """Build the site (and the PDFs) unless nothing changed; return what was written."""
+    site_dir = Path(site_dir).resolve()
+    outputs = {"site": site_dir / "index.html"}
+    if pdf_too:
+        outputs["handbook"] = site_dir / "handbook.pdf"
+        outputs["cheatsheet"] = site_dir / "cheatsheet.pdf"
+    key = _inputs_fingerprint(Path(results_dir), host, site_dir)
+    stamp = json.loads(STAMP.read_text()) if STAMP.exists() else {}
+    if not force and stamp.get("key") == key and all(p.exists() for p in outputs.values()):
+        print(f"handbook: nothing changed since the last build; the site is in {site_dir}")
+        _report(outputs)
+        return outputs
+
+    from mkdocs.commands.build import build as mkdocs_build
+    from mkdocs.config import load_config
+
+    _settings(Path(results_dir), host)
+    _log_warnings()
+    t0 = time.monotonic()
+    config = load_config(str(REPO / "mkdocs.yml"), site_dir=str(site_dir))
+    mkdocs_build(config)
+    print(f"handbook: site built in {time.monotonic() - t0:.1f} s")
+    if pdf_too:
+        t0 = time.monotonic()
+        css = REPO / "docs" / "assets"
+        pdf.print_pdf(site_dir / "handbook.html", outputs["handbook"], CACHE / "pdf",
+                      [css / "print-handbook.css", css / "katex" / "katex.min.css"])
+        pdf.print_pdf(site_dir / "cheatsheet" / "index.html", outputs["cheatsheet"], CACHE / "pdf",
+                      [css / "handbook.css"])
+        print(f"handbook: PDFs printed in {time.monotonic() - t0:.1f} s")
+    CACHE.mkdir(exist_ok=True)
+    STAMP.write_text(json.dumps({"key": key}))
+    _report(outputs)
+    return outputs
+
+
+def _log_warnings() -> None:
+    """Show mkdocs' warnings and errors (the strict build fails on them), not its chatter."""
+    log = logging.getLogger("mkdocs")
+    log.setLevel(logging.WARNING)
+    if not any(getattr(h, "_handbook", False) for h in log.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)-7s -  %(message)s"))
+        handler._handbook = True
+        log.addHandler(handler)
+
+
+def _report(outputs: dict[str, Path]) -> None:
+    labels = {"site": "site", "handbook": "handbook PDF", "cheatsheet": "cheat sheet"}
+    for name, path in outputs.items():
+        print(f"  {labels[name]:<13} {path}")
+
+
+def serve(results_dir: Path, host: str | None, addr: str) -> None:
+    """Serve the site with live reload; the hook also watches the results folder."""
+    from mkdocs.commands.serve import serve as mkdocs_serve
+
+    _settings(Path(results_dir), host)
+    mkdocs_serve(config_file=str(REPO / "mkdocs.yml"), dev_addr=addr, livereload=True)

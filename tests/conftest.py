@@ -1,0 +1,111 @@
+"""Shared test helpers: result envelopes, mini sites, and the real site built once per session.
+
+- ``make_envelope`` / ``write_result``: canned result files.
+- ``build_site(out, results, docs=None, host=None)``: ``mkdocs build --strict`` in a subprocess, of
+  the real site (``docs=None``) or of a mini site whose pages are given as ``{"index.md": "..."}``.
+- ``built_site`` (session fixture): the real site and both PDFs, built from the committed results.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from generator import envelope  # noqa: E402
+
+TEST_HOST = {"slug": "cpu-test-2c-8gb", "device": "Test CPU", "device_memory_bytes": 8 * 2**30,
+             "cpu": "Test CPU", "cores": 2}
+
+
+def make_envelope(experiment: str, data: dict | None, *, host: dict | None = None, torch: str = "2.13.0",
+                  schema: int = envelope.SCHEMA_VERSION, status: str = "ok", error: str | None = None,
+                  started_at: str = "2026-11-22T10:00:00+00:00") -> dict:
+    return {
+        "schema_version": schema, "experiment": experiment, "profile": "quick", "config": {},
+        "host": dict(host or TEST_HOST),
+        "env": {"python": "3.11.7", "torch": torch, "cuda": None, "git_sha": "abc123def456"},
+        "started_at": started_at, "duration_s": 1.5, "status": status, "error": error,
+        "data": data if status == "ok" else None, "cache_key": "test",
+    }
+
+
+def write_result(results_dir: Path, env: dict, failed: bool = False) -> Path:
+    path = envelope.result_path(results_dir, env["host"]["slug"], env["experiment"], failed=failed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(env), encoding="utf-8")
+    return path
+
+
+MINI_CONFIG = """site_name: Mini
+docs_dir: {docs}
+site_dir: {site}
+strict: true
+theme: {{name: material, font: false}}
+hooks: [{hook}]
+markdown_extensions: [admonition, tables, attr_list, md_in_html, pymdownx.details, pymdownx.superfences,
+  {{pymdownx.arithmatex: {{generic: true}}}}]
+"""
+
+
+def build_site(out: Path, results: Path, docs: dict[str, str] | None = None, host: str | None = None,
+               ) -> subprocess.CompletedProcess:
+    """``mkdocs build --strict`` of the real site, or of a mini site made of ``docs``."""
+    out = Path(out)
+    if docs is None:
+        config = REPO / "mkdocs.yml"
+    else:
+        docs_dir = out / "docs"
+        for name, text in docs.items():
+            (docs_dir / name).parent.mkdir(parents=True, exist_ok=True)
+            (docs_dir / name).write_text(text, encoding="utf-8")
+        config = out / "mkdocs.yml"
+        config.write_text(MINI_CONFIG.format(docs=docs_dir, site=out / "site",
+                                             hook=REPO / "generator" / "site" / "hook.py"), encoding="utf-8")
+    env = dict(os.environ, HANDBOOK_RESULTS=str(results), NO_MKDOCS_2_WARNING="1",
+               PYTHONPATH=str(REPO))
+    env.pop("HANDBOOK_HOST", None)
+    if host:
+        env["HANDBOOK_HOST"] = host
+    return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config),
+                           "-d", str(out / "site")], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="session")
+def committed_results() -> Path:
+    results = REPO / "results"
+    if not any(results.glob("*/*.json")):
+        pytest.fail("results/ holds no results: run 'handbook run' and commit this host's results")
+    return results
+
+
+@pytest.fixture(scope="session")
+def built_site(tmp_path_factory, committed_results) -> Path:
+    """The real site with both PDFs, built once from a copy of the committed results."""
+    root = tmp_path_factory.mktemp("handbook")
+    results = root / "results"
+    shutil.copytree(committed_results, results, ignore=shutil.ignore_patterns(".this-host"))
+    site = root / "site"
+    proc = subprocess.run([sys.executable, "-m", "generator", "build", "--no-run", "--results", str(results),
+                           "--site-dir", str(site)], cwd=REPO, capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, PYTHONPATH=str(REPO), NO_MKDOCS_2_WARNING="1"))
+    if proc.returncode != 0:
+        pytest.fail(f"handbook build failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return site
+
+
+def site_text(site: Path, page: str) -> str:
+    """The visible text of a built page (tags stripped), for asserting on rendered numbers."""
+    import html
+    import re
+
+    raw = (site / page).read_text(encoding="utf-8")
+    return html.unescape(re.sub(r"<[^>]+>", " ", raw))
