@@ -115,6 +115,9 @@ class GPT(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(shape, attention, max_seq) for _ in range(layers))
         self.ln_f = nn.LayerNorm(shape.hidden)
         self.layer_wrapper = None
+        # GPT-2's embedding initialisation; with the tied head, N(0, 1) would start at absurd logits
+        nn.init.normal_(self.tok.weight, std=0.02)
+        nn.init.normal_(self.pos.weight, std=0.02)
 
     def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
         pos = torch.arange(idx.shape[1], device=idx.device)

@@ -1,0 +1,389 @@
+# %% [markdown]
+"""Mixed precision: the number formats, loss scaling on real gradients, autocast's memory and time, GradScaler.
+
+Question: what can fp16, bf16 and the fp8 formats represent; what happens to a
+real model's gradients when they are cast to fp16, and how does loss scaling
+rescue them; what does ``torch.autocast`` change in peak memory and step time,
+and what does it keep in fp32; how does ``GradScaler`` move its scale and skip
+steps after an overflow?
+
+Method: the format limits are read from ``torch.finfo`` (the smallest
+subnormal is computed as ``smallest_normal * eps`` and checked by a round trip
+through the format). A small GPT (``experiments.lib.gpt``) is trained for a few
+steps on a learnable next-token task; its parameter gradients and the gradients
+flowing between its layers are then cast to fp16 after multiplying by scales
+1 to 2^16, and to bf16, and the lost values counted. Autocast and fp32 training
+steps are compared with PyTorch's memory tracker and ``torch.utils.benchmark``.
+A short fp16 run with ``GradScaler`` records its scale step by step.
+
+Run it: ``python -m experiments.mixed_precision --profile quick``.
+"""
+
+# %%
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from experiments.lib.gpt import GPT, LayerShape
+from experiments.lib.memory import MemoryTracker
+from experiments.lib.saved import count_saved
+from experiments.lib.threads import cpu_threads
+from experiments.lib.timing import time_fn
+
+TIMEOUT_S = 600
+
+
+@dataclass(frozen=True)
+class Config:
+    layers: int = 2
+    hidden: int = 64
+    heads: int = 4
+    seq: int = 64
+    batch: int = 8
+    vocab: int = 256
+    dropout: float = 0.0
+    train_steps: int = 10            # steps before the gradients are taken, so they are mid-training ones
+    lr: float = 3e-3
+    scale_exponents: tuple = tuple(range(0, 25, 2))
+    min_run_time_s: float = 0.15
+    scaler_steps: int = 16
+    scaler_init_exp: int = 24        # GradScaler starts at 2^24, high enough to overflow fp16 at first
+    scaler_growth_interval: int = 4
+    cpu_threads: int = 1             # see experiments.lib.threads; 0 leaves torch's default
+
+
+PROFILES = {
+    "quick": Config(),
+    "full": Config(layers=12, hidden=768, heads=12, seq=1024, batch=8, vocab=50304, train_steps=50,
+                   scale_exponents=tuple(range(0, 25, 2)), min_run_time_s=1.0, scaler_steps=200,
+                   scaler_init_exp=24, scaler_growth_interval=20),
+}
+
+# %% [markdown]
+# ## The formats, from torch.finfo
+#
+# ``torch.finfo`` gives ``max``, ``smallest_normal`` (also called ``tiny``) and
+# ``eps`` (the gap between 1 and the next representable number, 2^-m for m
+# mantissa bits). The smallest positive subnormal of an IEEE-style format is
+# 2^(e_min - m) = ``smallest_normal * eps``. The table also finds it by
+# halving the smallest normal while a round trip through the format keeps the
+# value, and says where the two disagree.
+
+# %%
+def casts_exactly(value: float, dtype: torch.dtype) -> bool:
+    try:
+        back = torch.tensor([value], dtype=torch.float64).to(dtype).to(torch.float64).item()
+    except (RuntimeError, TypeError):
+        return False
+    return back == value
+
+
+def smallest_positive(dtype: torch.dtype, smallest_normal: float) -> float:
+    """The smallest positive value of ``dtype``: halve from the smallest normal while the format keeps it."""
+    v = smallest_normal
+    while v / 2 > 0 and casts_exactly(v / 2, dtype):
+        v /= 2
+    return v
+
+
+def format_table() -> dict:
+    names = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    for attr in sorted(dir(torch)):
+        if attr.startswith("float8_") and isinstance(getattr(torch, attr), torch.dtype):
+            names[attr.replace("float8_", "fp8_")] = getattr(torch, attr)
+    table = {}
+    for name, dt in names.items():
+        fi = torch.finfo(dt)
+        formula = fi.smallest_normal * fi.eps
+        smallest = smallest_positive(dt, fi.smallest_normal)
+        table[name] = {"dtype": str(dt).replace("torch.", ""), "bits": fi.bits, "max": fi.max,
+                       "smallest_normal": fi.smallest_normal, "eps": fi.eps, "resolution": fi.resolution,
+                       "smallest_subnormal_formula": formula,
+                       "smallest_subnormal": smallest,
+                       "formula_matches_format": formula == smallest,
+                       "has_subnormals": smallest < fi.smallest_normal,
+                       "log2_range": math.log2(fi.max / smallest)}
+    return table
+
+# %% [markdown]
+# ## A small model and a task it can learn
+#
+# Each sequence follows next = (5·token + 3) mod vocab from a random start, so
+# the loss falls and the gradients are those of a model that is learning.
+
+# %%
+def batch_of(cfg: Config, device: str, gen: torch.Generator) -> torch.Tensor:
+    start = torch.randint(0, cfg.vocab, (cfg.batch, 1), generator=gen)
+    seq = [start]
+    for _ in range(cfg.seq):
+        seq.append((5 * seq[-1] + 3) % cfg.vocab)
+    return torch.cat(seq, dim=1).to(device)
+
+
+def lm_loss(model: GPT, tokens: torch.Tensor) -> torch.Tensor:
+    logits = model(tokens[:, :-1])
+    return F.cross_entropy(logits.flatten(0, 1).float(), tokens[:, 1:].flatten())
+
+
+def new_model(cfg: Config, device: str) -> GPT:
+    torch.manual_seed(0)
+    shape = LayerShape(cfg.hidden, cfg.heads, dropout=cfg.dropout, attn_dropout=cfg.dropout)
+    return GPT(cfg.vocab, cfg.seq, cfg.layers, shape).to(device)
+
+
+def real_gradients(cfg: Config, device: str) -> dict:
+    """Train a few fp32 steps, then return the parameter and inter-layer activation gradients (fp32)."""
+    model = new_model(cfg, device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(cfg.train_steps):
+        loss = lm_loss(model, batch_of(cfg, device, gen))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(float(loss.detach()))
+    acts = []
+
+    def keep(i: int, layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+        x.register_hook(lambda g: acts.append(g.detach().flatten()))
+        return layer(x)
+
+    model.layer_wrapper = keep
+    loss = lm_loss(model, batch_of(cfg, device, gen))
+    loss.backward()
+    params = torch.cat([p.grad.detach().flatten() for p in model.parameters()])
+    return {"params": params.float(), "activations": torch.cat(acts).float(), "losses": losses}
+
+# %% [markdown]
+# ## Loss scaling: what survives a cast to fp16
+
+# %%
+def cast_stats(g: torch.Tensor, scale: float, dtype: torch.dtype) -> dict:
+    g = g[g != 0].double()
+    fi = torch.finfo(dtype)
+    small = g.abs() < torch.finfo(torch.float16).smallest_normal  # the values fp16 cannot hold as normals
+    cast = (g * scale).to(dtype)
+    back = cast.double() / scale
+    finite = torch.isfinite(back)
+    zero = cast == 0
+    sub = (cast != 0) & (cast.double().abs() < fi.smallest_normal)
+    ok = finite & ~zero
+    rel = ((back[ok] - g[ok]).abs() / g[ok].abs()) if bool(ok.any()) else torch.zeros(1, dtype=torch.float64)
+    # the error of the whole vector, with lost values counted as lost (overflow counts as lost)
+    err = torch.where(finite, back, torch.zeros_like(back)) - g
+    small_rel = (err[small].abs() / g[small].abs()) if bool(small.any()) else torch.zeros(1, dtype=torch.float64)
+    return {"small_values_median_relative_error": float(small_rel.median()),"scale": scale, "zero_fraction": float(zero.double().mean()),
+            "subnormal_fraction": float(sub.double().mean()), "overflow_fraction": float((~finite).double().mean()),
+            "median_relative_error": float(rel.median()), "norm_relative_error": float(err.norm() / g.norm())}
+
+
+def loss_scaling(cfg: Config, grads: dict) -> dict:
+    out = {}
+    for pop in ("params", "activations"):
+        g = grads[pop]
+        nz = g[g != 0].abs().double()
+        out[pop] = {
+            "count": int(g.numel()), "nonzero": int(nz.numel()),
+            "abs_min": float(nz.min()), "abs_median": float(nz.median()), "abs_max": float(nz.max()),
+            "below_fp16_normal_fraction": float((nz < torch.finfo(torch.float16).smallest_normal).double().mean()),
+            "fp16": [cast_stats(g, 2.0 ** e, torch.float16) for e in cfg.scale_exponents],
+            "bf16": [cast_stats(g, 2.0 ** e, torch.bfloat16) for e in cfg.scale_exponents],
+        }
+        rows = out[pop]["fp16"]
+        best = min(rows, key=lambda r: r["norm_relative_error"])
+        out[pop]["best_fp16_scale"] = best["scale"]
+    return out
+
+# %% [markdown]
+# ## Autocast against fp32: one training step
+
+# %%
+def amp_modes(device: str) -> list:
+    if torch.device(device).type == "cuda":
+        modes = [("fp32", None), ("autocast_fp16", torch.float16)]
+        if torch.cuda.is_bf16_supported():
+            modes.append(("autocast_bf16", torch.bfloat16))
+        return modes
+    return [("fp32", None), ("autocast_bf16", torch.bfloat16)]
+
+
+def training_step_costs(cfg: Config, device: str) -> dict:
+    dev_type = torch.device(device).type
+    out = {}
+    for name, dtype in amp_modes(device):
+        model = new_model(cfg, device)
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+        tokens = batch_of(cfg, device, torch.Generator().manual_seed(1))
+        scaler = torch.amp.GradScaler(dev_type) if dtype == torch.float16 else None
+
+        def forward() -> torch.Tensor:
+            with torch.autocast(dev_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                return lm_loss(model, tokens)
+
+        def step() -> None:
+            loss = forward()
+            (scaler.scale(loss) if scaler else loss).backward()
+            if scaler:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        step()  # warm-up: optimizer state exists from here on
+        loss, saved = count_saved(forward, exclude=[model])
+        del loss
+        tracker = MemoryTracker(device).track(model, opt)
+        with tracker:
+            step()
+        peak = tracker.peak().as_dict()
+        if tracker.cuda_max_allocated_bytes is not None:
+            peak["cuda_max_allocated_bytes"] = tracker.cuda_max_allocated_bytes
+        out[name] = {"peak": peak, "saved_bytes": saved.total_bytes, "time": time_fn(step, cfg.min_run_time_s),
+                     "param_dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
+    base = out["fp32"]
+    for row in out.values():
+        row["peak_ratio_vs_fp32"] = row["peak"]["total_bytes"] / base["peak"]["total_bytes"]
+        row["saved_ratio_vs_fp32"] = row["saved_bytes"] / base["saved_bytes"]
+        row["time_ratio_vs_fp32"] = row["time"]["median_ms"] / base["time"]["median_ms"]
+    return out
+
+
+def autocast_dtypes(device: str) -> dict:
+    """The output dtype of common ops under autocast, from fp32 inputs."""
+    dev_type = torch.device(device).type
+    x = torch.randn(4, 8, 16, device=device)
+    w = torch.randn(16, 16, device=device)
+    q = torch.randn(2, 2, 8, 8, device=device)
+    target = torch.zeros(32, dtype=torch.long, device=device)
+    ops = {
+        "linear": lambda: F.linear(x, w), "matmul": lambda: x @ w, "layer_norm": lambda: F.layer_norm(x, (16,)),
+        "softmax": lambda: torch.softmax(x, -1), "log_softmax": lambda: torch.log_softmax(x, -1),
+        "gelu": lambda: F.gelu(x), "cross_entropy": lambda: F.cross_entropy(x.flatten(0, 1), target),
+        "sum": lambda: x.sum(), "exp": lambda: x.exp(),
+        "scaled_dot_product_attention": lambda: F.scaled_dot_product_attention(q, q, q),
+        "add_fp32_and_linear": lambda: x + F.linear(x, w),
+    }
+    out = {}
+    for mode, dtype in amp_modes(device)[1:]:
+        with torch.autocast(dev_type, dtype=dtype):
+            out[mode] = {name: str(fn().dtype).replace("torch.", "") for name, fn in ops.items()}
+    return out
+
+# %% [markdown]
+# ## GradScaler over a short fp16 run
+#
+# The scaler multiplies the loss by its scale; if any gradient is inf or NaN
+# after unscaling it skips ``optimizer.step`` and halves the scale
+# (``backoff_factor``), and after ``growth_interval`` clean steps it doubles it.
+# Each row records the scale used, whether the step was skipped, and whether
+# the weights actually changed.
+
+# %%
+def grad_scaler_run(cfg: Config, device: str) -> dict:
+    dev_type = torch.device(device).type
+    try:
+        scaler = torch.amp.GradScaler(dev_type, init_scale=2.0 ** cfg.scaler_init_exp,
+                                      growth_interval=cfg.scaler_growth_interval)
+    except (AttributeError, RuntimeError, TypeError) as exc:
+        return {"supported": False, "reason": type(exc).__name__}
+    model = new_model(cfg, device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(2)
+    watch = model.layers[0].qkv.weight
+    rows = []
+    for i in range(cfg.scaler_steps):
+        tokens = batch_of(cfg, device, gen)
+        with torch.autocast(dev_type, dtype=torch.float16):
+            loss = lm_loss(model, tokens)
+        scale = scaler.get_scale()
+        before = watch.detach().clone()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        new_scale = scaler.get_scale()
+        rows.append({"step": i, "scale": scale, "next_scale": new_scale, "loss": float(loss.detach()),
+                     "skipped": new_scale < scale, "weights_changed": not torch.equal(before, watch.detach())})
+    skipped = [r for r in rows if r["skipped"]]
+    return {"supported": True, "init_scale": 2.0 ** cfg.scaler_init_exp, "growth_interval": cfg.scaler_growth_interval,
+            "backoff_factor": scaler.get_backoff_factor(), "growth_factor": scaler.get_growth_factor(),
+            "steps": rows, "skipped_steps": len(skipped),
+            "skipped_steps_left_weights_unchanged": all(not r["weights_changed"] for r in skipped),
+            "applied_steps_changed_weights": all(r["weights_changed"] for r in rows if not r["skipped"]),
+            "final_scale": rows[-1]["next_scale"]}
+
+# %% [markdown]
+# ## Run
+
+# %%
+def run(cfg: Config, device: str) -> dict:
+    with cpu_threads(cfg.cpu_threads, device):
+        torch.manual_seed(0)
+        grads = real_gradients(cfg, device)
+        return {
+            "formats": format_table(),
+            "model": {"layers": cfg.layers, "hidden": cfg.hidden, "heads": cfg.heads, "seq": cfg.seq,
+                      "batch": cfg.batch, "vocab": cfg.vocab, "train_steps": cfg.train_steps},
+            "train_losses": grads["losses"],
+            "loss_scaling": loss_scaling(cfg, grads),
+            "step_costs": training_step_costs(cfg, device),
+            "autocast_dtypes": autocast_dtypes(device),
+            "grad_scaler": grad_scaler_run(cfg, device),
+        }
+
+# %% [markdown]
+# ## Figures
+
+# %%
+def plot(data: dict) -> dict:
+    import matplotlib.pyplot as plt
+
+    figs = {}
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3.6), sharey=True)
+    for ax, pop in zip(axes, ("params", "activations")):
+        ls = data["loss_scaling"][pop]
+        scales = [r["scale"] for r in ls["fp16"]]
+        ax.plot(scales, [100 * r["zero_fraction"] for r in ls["fp16"]], "o-", label="fp16: flushed to zero")
+        ax.plot(scales, [100 * r["subnormal_fraction"] for r in ls["fp16"]], "s-", label="fp16: subnormal")
+        ax.plot(scales, [100 * r["small_values_median_relative_error"] for r in ls["fp16"]], "^-",
+                label="fp16: median rel. error of values < fp16 normal")
+        ax.plot(scales, [100 * r["overflow_fraction"] for r in ls["fp16"]], "x-", label="fp16: overflow to inf")
+        ax.plot(scales, [100 * r["small_values_median_relative_error"] for r in ls["bf16"]], "k--",
+                label="bf16: same error measure")
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("loss scale")
+        ax.set_title({"params": "parameter gradients", "activations": "gradients between layers"}[pop])
+        ax.grid(True, alpha=0.3)
+    axes[0].set_ylabel("% of nonzero gradient values")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    figs["loss_scaling"] = fig
+
+    gs = data["grad_scaler"]
+    if gs.get("supported"):
+        fig, ax = plt.subplots(figsize=(7, 3))
+        steps = [r["step"] for r in gs["steps"]]
+        ax.step(steps, [r["scale"] for r in gs["steps"]], where="post", label="scale")
+        sk = [r for r in gs["steps"] if r["skipped"]]
+        ax.plot([r["step"] for r in sk], [r["scale"] for r in sk], "rx", ms=9, label="skipped step (inf/NaN)")
+        ax.set_yscale("log", base=2)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("loss scale")
+        ax.set_title("GradScaler over a short fp16 run")
+        ax.legend(fontsize=8)
+        ax.grid(True, alpha=0.3)
+        fig.tight_layout()
+        figs["grad_scaler"] = fig
+    return figs
+
+# %%
+if __name__ == "__main__":
+    from experiments.lib.cli import main
+    import sys
+    raise SystemExit(main(sys.modules[__name__]))
