@@ -234,26 +234,42 @@ def run_world(cfg: Config, device: str, world_size: int) -> list[dict]:
 # ## Run: every world size, the measured ranks beside the prediction
 
 # %%
-def possible_world_sizes(cfg: Config, device: str) -> tuple[list[int], list[int]]:
-    if device.startswith("cuda"):
-        limit = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    else:
-        limit = max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
-    ok = [w for w in cfg.world_sizes if w <= limit]
-    return ok, [w for w in cfg.world_sizes if w > limit]
+def cpu_ranks_limit() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(2, cores)
+
+
+def possible_world_sizes(cfg: Config, device: str) -> tuple[list[tuple[int, str]], list[int]]:
+    """[(world size, device)] to run, and the world sizes this host cannot run.
+
+    On CUDA a world size needs that many GPUs (NCCL: one rank per GPU); one that the GPUs cannot hold runs
+    on the CPU with gloo instead, so a single-GPU host still shows sharding across ranks.
+    """
+    gpus = torch.cuda.device_count() if device.startswith("cuda") and torch.cuda.is_available() else 0
+    plan, skipped = [], []
+    for ws in cfg.world_sizes:
+        if ws <= gpus:
+            plan.append((ws, device))
+        elif ws <= cpu_ranks_limit():
+            plan.append((ws, "cpu"))
+        else:
+            skipped.append(ws)
+    return plan, skipped
 
 
 def run(cfg: Config, device: str) -> dict:
     torch.manual_seed(0)
     shapes = tensor_shapes(cfg)
-    world_sizes, skipped = possible_world_sizes(cfg, device)
+    plan, skipped = possible_world_sizes(cfg, device)
+    world_sizes = [ws for ws, _ in plan]
     runs = []
-    for ws in world_sizes:
-        ranks = run_world(cfg, device, ws)
+    for ws, dev in plan:
+        ranks = run_world(cfg, dev, ws)
         for mode, stage, label in MODES:
             _, pred = estimator.model_state_bytes(shapes, "adamw", "fp32", stage, ws)
             per_rank = [r[mode] for r in ranks]
-            row = {"mode": mode, "label": label, "zero_stage": stage, "world_size": ws, "ranks": per_rank,
+            row = {"mode": mode, "label": label, "zero_stage": stage, "world_size": ws, "device": dev,
+                   "backend": "nccl" if dev.startswith("cuda") else "gloo", "ranks": per_rank,
                    "predicted_per_rank": {f"{k}_bytes": v for k, v in pred.items()}}
             for key in ("params", "grads", "optimizer"):
                 vals = [r[f"{key}_bytes"] for r in per_rank]
@@ -281,6 +297,7 @@ def run(cfg: Config, device: str) -> dict:
         "optimizer": "adamw",
         "precision": "fp32",
         "backend": "nccl" if device.startswith("cuda") else "gloo",
+        "summary_backend": next(r["backend"] for r in runs if r["world_size"] == top),
         "fsdp_module": fsdp_module,
         "tensor_shapes": shapes,
         "parameters": n,
@@ -325,7 +342,7 @@ def plot(data: dict):
         x += 0.7
     ax.set_xticks(ticks, labels, fontsize=7)
     ax.set_ylabel("KiB per rank")
-    ax.set_title(f"AdamW fp32, world size {ws} ({data['backend']}): each rank, and the ZeRO rule (hatched)",
+    ax.set_title(f"AdamW fp32, world size {ws} ({data['summary_backend']}): each rank, and the ZeRO rule (hatched)",
                  fontsize=9)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4, frameon=False)
     fig.tight_layout()

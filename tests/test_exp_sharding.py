@@ -23,7 +23,7 @@ def rows(data: dict) -> dict:
 
 def test_json_and_shape(data: dict) -> None:
     assert json.loads(to_json(data)) == data
-    assert data["world_sizes"] == [2] and data["backend"] == "gloo"
+    assert data["world_sizes"] == [2] and data["backend"] == "gloo" == data["summary_backend"]
     assert set(rows(data)) == {"ddp", "zero1", "fsdp2_keep", "fsdp2_reshard"}
     n = data["parameters"]
     assert n == sum(estimator.formulas.numel(s) for s in data["tensor_shapes"])
@@ -72,5 +72,5 @@ def test_fsdp2_shards_params_grads_and_state(data: dict) -> None:
 
 
 def test_world_sizes_beyond_the_host_are_skipped() -> None:
-    ok, skipped = sharding.possible_world_sizes(sharding.Config(world_sizes=(1, 2, 4096)), "cpu")
-    assert ok == [1, 2] and skipped == [4096]
+    plan, skipped = sharding.possible_world_sizes(sharding.Config(world_sizes=(1, 2, 4096)), "cpu")
+    assert plan == [(1, "cpu"), (2, "cpu")] and skipped == [4096]
