@@ -339,24 +339,6 @@ def amp_checks(cfg: Config, device: str) -> list[dict]:
 # ## 4. Peak memory and time against micro-batch size, at a fixed effective batch
 
 # %%
-class IterationBoundaries(list):
-    """Micro-batches that tell the tracker where each forward/backward iteration ends.
-
-    PyTorch's MemTracker refuses a second forward of the same root module inside
-    one tracking context unless its per-module statistics are cleared first
-    (``MemTracker.reset_mod_stats``); the device-wide peak survives the reset.
-    """
-
-    def __init__(self, items: list, tracker: MemoryTracker) -> None:
-        super().__init__(items)
-        self.tracker = tracker
-
-    def __iter__(self):
-        for item in super().__iter__():
-            self.tracker._tracker.reset_mod_stats()
-            yield item
-
-
 def memory_and_time(cfg: Config, device: str) -> list[dict]:
     torch.manual_seed(cfg.seed)
     layers: list[nn.Module] = []
@@ -374,7 +356,7 @@ def memory_and_time(cfg: Config, device: str) -> list[dict]:
         mbs = split(x, y, [micro] * k)
         tracker = MemoryTracker(device).track(model, opt)
         with tracker:
-            accumulation_step(model, opt, IterationBoundaries(mbs, tracker), F.cross_entropy)
+            accumulation_step(model, opt, mbs, F.cross_entropy)
         peak = tracker.peak()
         # saved for backward, per sample: the output of every Linear and of every GELU, and the logits (fp32)
         predicted_acts = 4 * micro * (2 * cfg.mem_depth * cfg.mem_width + cfg.classes)
