@@ -220,3 +220,119 @@ def test_run_records_the_cpu_load(data: dict) -> None:
     assert load["measured"] is True and load["samples"] >= 1
     assert load["competing_tasks_mean"] >= 0
     assert load["busy"] == (load["competing_tasks_mean"] >= 1.0)
+
+
+# ---------------------------------------------------------------------------------------------- the page
+# Mini sites built with ``mkdocs build --strict`` through the real hook (tests/conftest.py).
+
+PAGE = "hardware.md"
+CUDA_HOST = {"slug": "cuda-test-gpu-80gb", "device": "Test GPU", "device_memory_bytes": 80 * 2**30,
+             "cpu": "Test CPU", "cores": 16}
+
+
+def _mini_docs() -> dict[str, str]:
+    docs_dir = REPO / "docs"
+    return {
+        "index.md": "# Mini\n",
+        PAGE: (docs_dir / PAGE).read_text(encoding="utf-8"),
+        "cheatsheet.md": (docs_dir / "cheatsheet.md").read_text(encoding="utf-8"),
+        "_cheatsheet/09-hardware.md": (docs_dir / "_cheatsheet" / "09-hardware.md").read_text(encoding="utf-8"),
+        "experiments/hardware.py": "# the notebook link target\n",
+    }
+
+
+def _row(page_html: str, label: str) -> list[str]:
+    """The cell texts of the table row whose first cell is ``label``."""
+    import html
+    import re
+
+    for tr in re.findall(r"<tr>(.*?)</tr>", page_html, re.S):
+        cells = [" ".join(html.unescape(re.sub(r"<[^>]+>", " ", c)).split())
+                 for c in re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", tr, re.S)]
+        if cells and cells[0] == label:
+            return cells[1:]
+    raise AssertionError(f"no table row {label!r}")
+
+
+def _canned_cuda(cpu_data: dict) -> dict:
+    """Canned (not measured) CUDA-shaped data: the CPU run's figures plus the CUDA-only fields."""
+    d = json.loads(json.dumps(cpu_data))
+    d["device_type"] = "cuda"
+    d["matmul"]["tf32"] = json.loads(json.dumps(d["matmul"]["fp32"]))
+    d["matmul"]["speedup_vs_fp32"]["tf32"] = 1.0
+    d["roofline"]["tf32"] = dict(d["roofline"]["fp32"])
+    d["train_step"]["allocator"] = {
+        "allocated_bytes": 5 * 2**20, "reserved_bytes": 6 * 2**20, "reserved_to_allocated_ratio": 1.2,
+        "unused_reserved_bytes": 2**20, "inactive_split_bytes": 2**18, "max_allocated_bytes": 7 * 2**20,
+        "max_reserved_bytes": 8 * 2**20}
+    d["train_step"]["tracker_agreement"] = {
+        "tracker_peak_bytes": 6 * 2**20, "cuda_max_allocated_bytes": 7 * 2**20, "untracked_at_start_bytes": 2**20,
+        "ratio": 6 / 7, "ratio_without_untracked": 1.0}
+    d["cuda"] = {"measured": True, "fresh_process": True, "device_total_bytes": 80 * 2**30,
+                 "used_at_init_bytes": 500 * 2**20, "reserved_at_init_bytes": 0, "context_bytes": 500 * 2**20,
+                 "used_after_bytes": 600 * 2**20 + 8 * 2**20, "reserved_after_bytes": 8 * 2**20,
+                 "non_allocator_after_bytes": 600 * 2**20, "growth_since_init_bytes": 100 * 2**20,
+                 "bf16_reduced_precision_reduction": True, "fp16_reduced_precision_reduction": True,
+                 "cudnn_version": 91000, "device_name": "Test GPU"}
+    return d
+
+
+def test_page_sets_hosts_side_by_side_and_flags_stale_results(tmp_path: Path, data: dict) -> None:
+    from conftest import TEST_HOST, build_site, make_envelope, site_text, write_result
+    from generator.site.formatting import bytes_, num, ratio
+
+    results = tmp_path / "results"
+    cuda = _canned_cuda(data)
+    write_result(results, make_envelope("hardware", data))  # CPU host, current schema
+    # The GPU host's result: an older schema and another torch than its other result.
+    write_result(results, make_envelope("hardware", cuda, host=CUDA_HOST, torch="2.11.0", schema=0))
+    for other in ("optimizer_state", "qas"):
+        write_result(results, make_envelope(other, {"x": 1}, host=CUDA_HOST, torch="2.12.0",
+                                            started_at="2026-11-22T09:00:00+00:00"))
+    proc = build_site(tmp_path / "out", results, docs=_mini_docs(), host=CUDA_HOST["slug"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    page = (tmp_path / "out" / "site" / "hardware" / "index.html").read_text(encoding="utf-8")
+    text = " ".join(site_text(tmp_path / "out" / "site", "hardware/index.html").split())
+
+    assert "cuda-test-gpu-80gb (primary)" in text and TEST_HOST["slug"] in text
+    # This host's prose: CUDA context, allocator, and the tracker agreement line.
+    assert f"the CUDA context already held {bytes_(cuda['cuda']['context_bytes'])}" in text
+    assert "The memory tracker agrees with torch.cuda.max_memory_allocated" in text
+    assert ratio(1.0, 4) in text
+    # Side by side: both hosts' best fp32 throughput; tf32 only on the GPU host ("—" on the CPU host).
+    # Hosts are columns in slug order: the CPU test host, then the GPU.
+    assert _row(page, "best tf32 matmul (TFLOP/s)") == ["—", num(cuda["matmul"]["tf32"]["best_tflop_per_s"]) + " †"]
+    assert _row(page, "best fp32 matmul (TFLOP/s)") == [num(data["matmul"]["fp32"]["best_tflop_per_s"]),
+                                                       num(cuda["matmul"]["fp32"]["best_tflop_per_s"]) + " †"]
+    assert _row(page, "CUDA context (bytes)") == ["—", bytes_(cuda["cuda"]["context_bytes"]) + " †"]
+    assert _row(page, "torch") == ["2.13.0", "2.11.0"]  # each host's newest result
+    # Stale: flagged in an admonition and marked (†) in the side-by-side table, never mixed silently.
+    assert "Stale results: shown, but not mixed silently" in text
+    assert ("cuda-test-gpu-80gb / hardware : schema 0 (current 1); torch 2.11.0 (this host's other results: "
+            "2.12.0)") in text
+
+
+def test_page_renders_the_committed_results(tmp_path: Path) -> None:
+    """The committed reference results validate against the current schema and render the page."""
+    from conftest import build_site, site_text
+    from generator import envelope
+    from generator.site.formatting import num
+
+    paths = committed_results()
+    if not paths:
+        pytest.skip("no results/*/hardware.json yet")
+    proc = build_site(tmp_path / "out", REPO / "results", docs=_mini_docs())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = " ".join(site_text(tmp_path / "out" / "site", "hardware/index.html").split())
+    for path in paths:
+        d = envelope.load(path)["data"]
+        assert num(d["bandwidth"]["gb_per_s"]) in text
+        for name in d["matmul"]["dtypes"]:
+            if d["matmul"][name]["status"] == "measured":
+                assert num(d["matmul"][name]["best_tflop_per_s"]) in text, name
+    marker = REPO / "results" / ".this-host"
+    primary = REPO / "results" / marker.read_text().strip() / "hardware.json" if marker.exists() else None
+    if primary and primary.exists() and not envelope.load(primary)["data"]["cuda"]["measured"]:
+        # A CPU primary host: the CUDA-only figures are announced as absent, never invented.
+        assert "No CUDA device on this host" in text
+        assert "The memory tracker agrees" not in text and "disagree" not in text
