@@ -1,0 +1,60 @@
+"""checkpointing on a tiny config: identical gradients, less memory, more FLOPs, the budget search."""
+import json
+
+import pytest
+import torch
+
+from experiments import checkpointing as ck
+from experiments.lib.cli import to_json
+
+TINY = ck.Config(layers=4, hidden=16, heads=2, seq=16, batch=2, vocab=32, min_run_time_s=0.01,
+                 budget_bytes_cpu=3 * 2**20, max_batch=256)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return json.loads(to_json(ck.run(TINY, "cpu")))
+
+
+def test_every_policy_gives_the_gradients_of_none(data):
+    assert set(data["policies"]) == {"none", "every_layer", "segments_k2", "selective_attention_core",
+                                     "sac_save_matmuls"}  # k = sqrt(4) = 2
+    for name, row in data["policies"].items():
+        assert row["max_abs_grad_diff_vs_none"] == 0.0, name
+
+
+def test_memory_down_flops_up(data):
+    p = data["policies"]
+    for name in ("every_layer", "segments_k2", "selective_attention_core", "sac_save_matmuls"):
+        assert p[name]["peak_bytes"] < p["none"]["peak_bytes"], name
+        assert p[name]["flops"] >= p["none"]["flops"], name
+    # full recomputation adds one forward of the layers: at most 4/3 of forward + backward matmul FLOPs
+    assert 1.0 < p["every_layer"]["flops_ratio_vs_none"] <= 4 / 3 + 1e-9
+    # the attention core's matmuls are a small part of the layer's
+    assert p["selective_attention_core"]["flops_ratio_vs_none"] < p["every_layer"]["flops_ratio_vs_none"]
+
+
+def test_rng_state(data):
+    rng = data["rng"]
+    assert rng["preserve"]["grads_equal_to_none"] is True
+    assert rng["no_preserve"]["grads_equal_to_none"] is False
+    assert rng["no_preserve"]["max_abs_grad_diff_vs_none"] > 0
+
+
+def test_budget_search_is_tight(data):
+    budget = data["budget_bytes"]
+    for name, row in data["policies"].items():
+        lb = row["largest_batch"]
+        assert lb["max_batch"] >= 1 and lb["peak_at_max_bytes"] <= budget, name
+        kind, k = row["kind"], row["k"]
+        assert ck.measured_peak(TINY, "cpu", kind, k, lb["max_batch"] + 1) > budget, name
+    assert data["policies"]["every_layer"]["largest_batch"]["max_batch"] > \
+        data["policies"]["none"]["largest_batch"]["max_batch"]
+
+
+def test_selective_sac_same_gradients_as_none_directly():
+    idx = ck.tokens(TINY, 2, "cpu")
+    ref = ck.grads_after_step(ck.build(TINY, "cpu", "none"), idx, "none", 0)
+    for kind in ("sac", "core"):
+        got = ck.grads_after_step(ck.build(TINY, "cpu", kind), idx, kind, 0)
+        assert all(torch.equal(a, b) for a, b in zip(got, ref)), kind
