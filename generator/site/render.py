@@ -28,9 +28,9 @@ class PageError(ValueError):
 
 
 class ExperimentUnavailable(Exception):
-    def __init__(self, name: str, reason: str) -> None:
+    def __init__(self, name: str, reason: str, detail: str = "") -> None:
         super().__init__(f"{name}: {reason}")
-        self.name, self.reason = name, reason
+        self.name, self.reason, self.detail = name, reason, detail
 
 
 MAPPING_METHODS = frozenset({"items", "keys", "values", "get"})
@@ -40,6 +40,8 @@ class HandbookEnvironment(jinja2.Environment):
     """Item lookup first for mappings, so data keys never resolve to dict methods."""
 
     def _lookup(self, obj: Any, key: Any) -> Any:
+        if isinstance(obj, ResultsView):
+            return obj[key]  # raises for an unknown or unavailable experiment
         if isinstance(obj, Mapping):
             if key in obj:
                 return obj[key]
@@ -76,7 +78,7 @@ class ResultsView(Mapping):
         if name not in self._known:
             raise KeyError(name)
         if run and run.failed:
-            raise ExperimentUnavailable(name, f"its last run failed:\n{run.failed['error']}")
+            raise ExperimentUnavailable(name, f"its last run ({run.failed['started_at']}) failed", run.failed["error"])
         where = f"host {self._host.slug}" if self._host else "any host"
         raise ExperimentUnavailable(name, f"there is no result for it on {where} yet "
                                           f"(run: handbook run --only {name})")

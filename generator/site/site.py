@@ -112,10 +112,10 @@ class SiteState:
 
         def unavailable(exc: ExperimentUnavailable) -> str:
             title = next((ln for ln in markdown.splitlines() if ln.startswith("# ")), f"# {page.title or uri}")
-            body = "\n".join("    " + ln for ln in exc.reason.splitlines())
+            detail = f"\n\n```text\n{exc.detail}\n```\n" if exc.detail else "\n"
             return (f"{title}\n\n!!! failure \"No result for `{exc.name}` on this host\"\n"
-                    f"    This page needs the experiment `{exc.name}`, and {body.strip().splitlines()[0]}\n\n"
-                    f"```text\n{exc.reason}\n```\n")
+                    f"    This page needs the experiment `{exc.name}`, but {escape(exc.reason)}; it shows no "
+                    f"numbers until the experiment runs again.{detail}")
 
         text = render_page(self.env, markdown, f"docs/{uri}", self.context(uri, view), unavailable)
         if view.used:
