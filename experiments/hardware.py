@@ -181,6 +181,7 @@ class _LoadSampler:
         mean = sum(competing) / len(competing)
         return {
             "measured": True,
+            "period_ms": self.period_s * 1e3,
             "samples": len(self.samples),
             "runnable_mean": sum(self.samples) / len(self.samples),
             "runnable_max": max(self.samples),

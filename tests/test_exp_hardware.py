@@ -217,7 +217,7 @@ def test_load_sampler_subtracts_this_process() -> None:
 @pytest.mark.skipif(not Path("/proc/loadavg").exists(), reason="needs Linux /proc/loadavg")
 def test_run_records_the_cpu_load(data: dict) -> None:
     load = data["cpu_load"]
-    assert load["measured"] is True and load["samples"] >= 1
+    assert load["measured"] is True and load["samples"] >= 1 and load["period_ms"] == pytest.approx(50.0)
     assert load["competing_tasks_mean"] >= 0
     assert load["busy"] == (load["competing_tasks_mean"] >= 1.0)
 
