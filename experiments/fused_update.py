@@ -155,6 +155,8 @@ def compare_fused(cfg: Config, data: dict, device: str, optimizer: str) -> dict:
             tracker.reset_peak()
             step(xs[1], ys[1], recording=True)
             peak = tracker.peak()
+        # What clip_grad_norm_ or accumulation would read after backward: nothing in fused mode.
+        grads_left = sum(p.grad is not None for p in model.parameters())
         for i in range(2, cfg.steps + 1):
             step(xs[i], ys[i])
         models[mode] = model
@@ -162,6 +164,7 @@ def compare_fused(cfg: Config, data: dict, device: str, optimizer: str) -> dict:
             "peak": peak.as_dict(),
             "cuda_max_allocated_bytes": tracker.cuda_max_allocated_bytes,
             "events": step.events,
+            "grads_left_after_step": grads_left,
             "max_live_grad_bytes": max(sum(e["live_grad_bytes_by_layer"].values()) for e in step.events),
         }
     diffs = [float((a.detach() - b.detach()).abs().max()) for a, b in zip(models["vanilla"].parameters(), models["fused"].parameters())]

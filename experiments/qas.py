@@ -227,6 +227,8 @@ def _run(cfg: Config, device: str) -> dict:
     warm_acc = accuracy(lambda x: forward_fp32(net, x), data["x_test"], data["y_test"])
     results = {mode: train(cfg, mode, net, x_scales, data, device) for mode in MODES}
     layers = list(net.keys())
+    int8_over = {n: results["int8"]["ratio_weight"][n] / results["fp32"]["ratio_weight"][n] for n in layers}
+    qas_over = {n: results["int8_qas"]["ratio_weight"][n] / results["fp32"]["ratio_weight"][n] for n in layers}
     return {
         "layers": layers,
         "warmup_test_accuracy": warm_acc,
@@ -234,10 +236,10 @@ def _run(cfg: Config, device: str) -> dict:
         "lr": cfg.lr,
         "modes": results,
         "at_start": predicted_ratios(cfg, net, x_scales, data),
-        "int8_over_fp32_ratio": {n: results["int8"]["ratio_weight"][n] / results["fp32"]["ratio_weight"][n]
-                                 for n in layers},
-        "qas_over_fp32_ratio": {n: results["int8_qas"]["ratio_weight"][n] / results["fp32"]["ratio_weight"][n]
-                                for n in layers},
+        "int8_over_fp32_ratio": int8_over,
+        "qas_over_fp32_ratio": qas_over,
+        "int8_over_fp32_min": min(int8_over.values()), "int8_over_fp32_max": max(int8_over.values()),
+        "qas_over_fp32_min": min(qas_over.values()), "qas_over_fp32_max": max(qas_over.values()),
     }
 
 

@@ -29,6 +29,7 @@ def test_fused_keeps_one_gradient_and_same_weights(data, opt):
     assert f["weights_identical"] and f["max_abs_weight_diff"] == 0.0
     # In fused mode no event ever sees two layers' gradients alive at once.
     assert all(len(e["live_grad_bytes_by_layer"]) <= 1 for e in f["fused"]["events"])
+    assert f["fused"]["grads_left_after_step"] == 0
 
 
 def test_inplace_rows(data):

@@ -1,0 +1,69 @@
+"""The chapter page and cheat-sheet part of quantized_graph, qas, sparse_update and fused_update render this
+host's numbers: a mini site built with ``--strict`` from canned results of tiny runs."""
+import pytest
+
+from conftest import REPO, build_site, make_envelope, site_text, write_result
+from experiments import fused_update, qas, quantized_graph, sparse_update
+from experiments.lib.mbv2 import Arch
+from generator.site.formatting import bytes_, pct, sci
+
+TINY = {
+    "quantized_graph": quantized_graph.Config(batch=32, linear_out=8, conv_in=4, conv_out=4, image_size=8,
+                                              clip_percentiles=(100.0, 99.0), accumulator_sizes=(8, 16),
+                                              accumulator_batch=16, accumulator_bits=(16, 24)),
+    "qas": qas.Config(channels=(4, 8, 8), warmup_steps=30, steps=10, eval_every=5),
+    "sparse_update": sparse_update.Config(arch=Arch(stem=4, blocks=((1, 4, 1), (2, 8, 2)), head=8), pretrain_steps=10,
+                                          finetune_steps=2, batch=16, budget_fractions=(0.3, 0.7), last_k=(1,),
+                                          exhaustive_units=3),
+    "fused_update": fused_update.Config(widths=(64, 32, 32, 10), batch=8, steps=1),
+}
+MODULES = {"quantized_graph": quantized_graph, "qas": qas, "sparse_update": sparse_update,
+           "fused_update": fused_update}
+PAGE = "06-tight-budget.md"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("chapter6")
+    data = {name: MODULES[name].run(cfg, "cpu") for name, cfg in TINY.items()}
+    for name, d in data.items():
+        write_result(root / "results", make_envelope(name, d))
+    docs_dir = REPO / "docs"
+    docs = {
+        "index.md": "# Mini\n",
+        PAGE: (docs_dir / PAGE).read_text(encoding="utf-8"),
+        "cheatsheet.md": (docs_dir / "cheatsheet.md").read_text(encoding="utf-8"),
+        "_cheatsheet/06-tight-budget.md": (docs_dir / "_cheatsheet" / PAGE).read_text(encoding="utf-8"),
+        **{f"experiments/{name}.py": "# the notebook link target\n" for name in MODULES},
+    }
+    proc = build_site(root / "out", root / "results", docs=docs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "out" / "site", data
+
+
+def test_page_renders_the_numbers(site):
+    out, data = site
+    text = site_text(out, "06-tight-budget/index.html")
+    qg, q, sp, fu = (data[n] for n in MODULES)
+    conv = qg["layers"]["conv"]["per_channel"]
+    for expected in (
+        pct(conv["codes_equal_fraction"], 2), sci(qg["clipping"][-1]["real_vs_fp32_rel_rms"]),
+        pct(q["modes"]["int8"]["final_test_accuracy"]), pct(q["modes"]["int8_qas"]["final_test_accuracy"]),
+        sci(q["modes"]["fp32"]["ratio_weight"]["conv2"]),
+        bytes_(sp["full_update_bytes"]), bytes_(sp["stock_torch_conv"]["bias_only_bytes"]),
+        bytes_(sp["layers"][1]["path_bytes"]), bytes_(sp["searches"][-1]["measured_bytes"]),
+        bytes_(fu["fused"]["adam"]["vanilla"]["max_live_grad_bytes"]),
+        bytes_(fu["fused"]["adam"]["fused"]["max_live_grad_bytes"]),
+        fu["breakages"][0]["error_message"],
+    ):
+        assert expected in text, expected
+    # four figures per chapter section pair, all drawn
+    assert text.count("Drills") >= 1
+
+
+def test_cheatsheet_part_renders(site):
+    out, data = site
+    text = site_text(out, "cheatsheet/index.html")
+    assert "Training under a tight budget" in text
+    assert bytes_(data["fused_update"]["fused"]["adam"]["fused"]["max_live_grad_bytes"]) in text
+    assert pct(data["qas"]["modes"]["int8_qas"]["final_test_accuracy"]) in text
