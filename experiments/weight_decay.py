@@ -14,7 +14,8 @@ The method:
 2. Many steps: trajectories under zero gradient, and under zero-mean noisy
    gradients of several scales, from which the *effective* decay rate (how
    fast the mean of ``θ`` shrinks, relative to the nominal ``ηλ``) is measured.
-   For SGD the two forms are the same update; for Adam the L2 term is divided
+   For plain SGD the two forms are the same update; with momentum the L2 term
+   is amplified by ``1/(1 − μ)`` in the buffer; for Adam the L2 term is divided
    by ``√v̂``, so parameters with large gradients are barely decayed.
 3. The usual "no decay on biases, norm weights and embeddings" parameter groups,
    built by module type on a small transformer, counted, and checked by one
@@ -41,6 +42,7 @@ class Config:
     beta1: float = 0.9
     beta2: float = 0.999
     eps: float = 1e-8
+    momentum: float = 0.9                # for the SGD-with-momentum comparison
     grad: float = 0.5                    # the non-zero gradient of the one-step scalar proofs (and 0)
     steps: int = 500                     # length of the trajectories
     noise_scales: tuple = (1e-3, 1e-2, 1e-1, 1.0)
@@ -214,6 +216,7 @@ def trajectories(cfg: Config, device: str) -> dict:
                          "predicted_effective_over_nominal": predicted})
         noisy[kind] = {"rows": rows}
     return {
+        "momentum": momentum_decay(cfg, device),
         "steps_kept": steps_kept,
         "zero_grad_theta": zero_grad_paths,
         "zero_grad_theta_by_hand": zero_grad_by_hand,
@@ -228,6 +231,31 @@ def trajectories(cfg: Config, device: str) -> dict:
         # closed forms: decoupled decay alone is geometric; Adam-L2's first step moves θ by η whatever λ is
         "adamw_zero_grad_closed_form_final": (1 - cfg.lr * cfg.weight_decay) ** cfg.steps,
     }
+
+
+def momentum_decay(cfg: Config, device: str) -> dict:
+    """Zero gradient, SGD with momentum: the L2 term accumulates in the momentum buffer, decoupled decay does not.
+
+    In steady state the buffer holds ``λθ/(1 − μ)``, so L2 decays ``1/(1 − μ)`` times faster than the same
+    ``λ`` applied decoupled: the two agree only after rescaling ``λ``.
+    """
+    nominal = cfg.lr * cfg.weight_decay
+    out = {"momentum": cfg.momentum}
+    for kind in ("l2", "decoupled"):
+        theta = torch.ones((), device=device, requires_grad=True)
+        opt = torch.optim.SGD([theta], lr=cfg.lr, momentum=cfg.momentum,
+                              weight_decay=cfg.weight_decay if kind == "l2" else 0.0)
+        for _ in range(cfg.steps):
+            theta.grad = torch.zeros((), device=device)
+            if kind == "decoupled":
+                with torch.no_grad():
+                    theta.mul_(1 - nominal)
+            opt.step()
+        final = float(theta.detach())
+        out[kind] = {"final_theta": final,
+                     "effective_over_nominal": -math.log(final) / cfg.steps / nominal,
+                     "predicted_effective_over_nominal": 1.0 / (1.0 - cfg.momentum) if kind == "l2" else 1.0}
+    return out
 
 
 # %% [markdown]

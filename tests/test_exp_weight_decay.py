@@ -67,6 +67,10 @@ def test_trajectories(data):
     if data["decoupled_adam_available"]:
         assert tr["adam_decoupled_vs_adamw_max_abs_diff"] == 0.0
     assert tr["zero_grad_theta"]["adamw"][-1] == pytest.approx(tr["adamw_zero_grad_closed_form_final"], abs=1e-5)
+    # SGD with momentum: the L2 term is amplified by 1/(1 - μ) in steady state (within 5 % after 200 steps)
+    mom = tr["momentum"]
+    assert mom["l2"]["effective_over_nominal"] == pytest.approx(1 / (1 - TINY.momentum), rel=0.05)
+    assert mom["decoupled"]["effective_over_nominal"] == pytest.approx(1.0, rel=1e-3)
     rows = {r["noise_scale"]: r for r in tr["noisy"]["adam_l2"]["rows"]}
     adamw = {r["noise_scale"]: r for r in tr["noisy"]["adamw"]["rows"]}
     # Adam's L2 decays small-gradient parameters several times faster than the nominal ηλ and large ones
