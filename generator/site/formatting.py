@@ -3,10 +3,14 @@ from __future__ import annotations
 
 import math
 
+import jinja2
+
 _IEC = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
 
 def _finite(value: float, name: str) -> float:
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()  # names the missing key, as any other use would
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"the {name} filter needs a number, not {type(value).__name__} ({value!r})")
     return float(value)
