@@ -1,6 +1,5 @@
 """The chapter page and cheat-sheet part of weight_decay, grad_accumulation and optimizer_lifecycle render
 this host's numbers: a mini site built with ``--strict`` from canned results of tiny runs."""
-from pathlib import Path
 
 import pytest
 
