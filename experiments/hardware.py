@@ -547,6 +547,14 @@ def run(cfg: Config, device: str) -> dict:
 # ## Figures: throughput by dtype against matmul size, bandwidth against copy size
 
 # %%
+def _iec(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:g} {unit}"
+        n /= 1024
+    return f"{n:g} GiB"
+
+
 def plot(data: dict) -> dict:
     import matplotlib.pyplot as plt
 
@@ -564,9 +572,10 @@ def plot(data: dict) -> dict:
         m, n, k = d["best_shape"]
         best = d[f"best_{key}"]
         ax.plot([m * n * k * 2], [best], "*", ms=12, color=line.get_color())
-        ax.annotate(f"{m}×{n}×{k}", (m * n * k * 2, best), textcoords="offset points", xytext=(4, 4), fontsize=8,
-                    color=line.get_color())
+        ax.annotate(f"{m}×{n}×{k}", (m * n * k * 2, best), textcoords="offset points", xytext=(-6, 6), fontsize=8,
+                    color=line.get_color(), ha="right")
     ax.set_xscale("log")
+    ax.set_ylim(0, ax.get_ylim()[1] * 1.12)  # room for the labels of the best shapes
     ax.set_xlabel("FLOPs of one matmul (2·m·n·k)")
     ax.set_ylabel(f"achieved throughput ({unit})")
     ax.set_title(f"Matmul throughput by dtype on {data['device_type']} (★ best shape, m×n×k)")
@@ -577,7 +586,9 @@ def plot(data: dict) -> dict:
     fig_bw, ax2 = plt.subplots(figsize=(7.2, 3.4), layout="constrained")
     ax2.plot([p["bytes"] for p in bw], [p["gb_per_s"] for p in bw], "o-")
     ax2.set_xscale("log", base=2)
-    ax2.set_xlabel("buffer size (bytes; the copy moves twice this)")
+    ax2.set_xticks([p["bytes"] for p in bw], [_iec(p["bytes"]) for p in bw])
+    ax2.set_ylim(bottom=0)
+    ax2.set_xlabel("buffer size (the copy reads and writes it: moves twice this)")
     ax2.set_ylabel("copy bandwidth (GB/s)")
     ax2.set_title("Memory bandwidth: dst.copy_(src) by buffer size")
     ax2.grid(True, which="both", alpha=0.3)
