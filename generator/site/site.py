@@ -74,7 +74,7 @@ class SiteState:
                         "r": {n: run.good["data"] for n, run in hr.runs.items() if run.ok}, "runs": runs})
         return out
 
-    def context(self, page_uri: str, view: ResultsView) -> dict[str, Any]:
+    def context(self, page_uri: str, page_url: str, view: ResultsView) -> dict[str, Any]:
         pr = self.primary_results
 
         def figure(experiment: str, name: str | None = None, caption: str = "") -> Markup:
@@ -89,8 +89,11 @@ class SiteState:
             if experiment not in self.known:
                 raise ValueError(f"notebook(): no experiment named {experiment!r}")
             rel = os.path.relpath(f"experiments/{experiment}.py", os.path.dirname(page_uri) or ".")
-            return Markup(f"[`experiments/{experiment}.py` as a notebook]({rel}) (rerun it in Jupyter, or "
-                          f"`python -m experiments.{experiment} --profile quick`)")
+            depth = page_url.count("/")  # use_directory_urls: "a/b/" is two folders below the site root
+            ipynb = "../" * depth + f"experiments/{experiment}/{experiment}.ipynb"
+            return Markup(f"[`experiments/{experiment}.py` as a notebook page]({rel}), or "
+                          f'<a href="{ipynb}" download>download it as `{experiment}.ipynb`</a> and rerun it in '
+                          f"Jupyter; from a shell: `python -m experiments.{experiment} --profile quick`.")
 
         parts = sorted(str(p.relative_to(self.docs_dir)) for p in (self.docs_dir / "_cheatsheet").glob("*.md"))
         return {
@@ -117,7 +120,7 @@ class SiteState:
                     f"    This page needs the experiment `{exc.name}`, but {escape(exc.reason)}; it shows no "
                     f"numbers until the experiment runs again.{detail}")
 
-        text = render_page(self.env, markdown, f"docs/{uri}", self.context(uri, view), unavailable)
+        text = render_page(self.env, markdown, f"docs/{uri}", self.context(uri, page.url, view), unavailable)
         if view.used:
             text = self.flags(view.used) + text + self.provenance(view.used)
         return text
