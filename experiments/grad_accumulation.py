@@ -197,6 +197,37 @@ def correctness(cfg: Config, device: str) -> list[dict]:
     return rows
 
 
+def clipped_cycle(model, micro_batches, max_norm: float, mode: str) -> list[torch.Tensor]:
+    """The gradient handed to the optimizer when clipping ``once`` after the cycle (right), after every
+    ``backward()`` (``running``: clips the partial sum), or each micro-batch's own gradient (``each``)."""
+    k = len(micro_batches)
+    params = list(model.parameters())
+    for p in params:
+        p.grad = None
+    for x, y in micro_batches:
+        before = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in params]
+        (F.cross_entropy(model(x), y) / k).backward()
+        if mode == "running":
+            torch.nn.utils.clip_grad_norm_(params, max_norm)
+        elif mode == "each":
+            contribution = [p.grad - b for p, b in zip(params, before)]
+            coef = min(1.0, max_norm / (norm(contribution) + 1e-6))
+            with torch.no_grad():
+                for p, b, c in zip(params, before, contribution):
+                    p.grad.copy_(b + c * coef)
+    if mode == "once":
+        torch.nn.utils.clip_grad_norm_(params, max_norm)
+    grads = [p.grad.detach().clone() for p in params]
+    for p in params:
+        p.grad = None
+    return grads
+
+
+def cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    dot = sum(float((x.double() * y.double()).sum()) for x, y in zip(a, b))
+    return dot / (norm(a) * norm(b))
+
+
 # %% [markdown]
 # ## 2. What breaks equivalence (fp32, K = 4 unless stated)
 
@@ -251,34 +282,17 @@ def breakers(cfg: Config, device: str) -> dict:
     out["unequal_mean"] = {"sizes": sizes, "rel_diff_mean": max_abs_diff(acc_mean, ref) / max_abs(ref),
                            "rel_diff_sum_over_total": max_abs_diff(acc_sum, ref) / max_abs(ref)}
 
-    # Clipping: the norm of the summed gradient is not the sum of the micro-batch norms.
+    # Clipping: the norm of the summed gradient is not built from the micro-batch norms.
     max_norm = cfg.clip_fraction * norm(ref)
-    for p in model.parameters():
-        p.grad = None
-    for xb, yb in [(x, y)]:
-        F.cross_entropy(model(xb), yb).backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    clipped_once = [p.grad.detach().clone() for p in model.parameters()]
-    for p in model.parameters():
-        p.grad = None
-    micro_norms = []
-    for xb, yb in split(x, y, equal):
-        before = [p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p) for p in model.parameters()]
-        (F.cross_entropy(model(xb), yb) / k).backward()
-        # clip this micro-batch's contribution alone (the mistake: clipping inside the loop)
-        contrib = [p.grad - b for p, b in zip(model.parameters(), before)]
-        micro_norms.append(norm(contrib))
-        coef = min(1.0, max_norm / (micro_norms[-1] + 1e-6))
-        with torch.no_grad():
-            for p, b, c in zip(model.parameters(), before, contrib):
-                p.grad.copy_(b + c * coef)
-    clipped_each = [p.grad.detach().clone() for p in model.parameters()]
-    for p in model.parameters():
-        p.grad = None
-    out["clipping"] = {"max_norm": max_norm, "batch_grad_norm": norm(ref),
-                       "clipped_once_norm": norm(clipped_once), "clipped_per_micro_norm": norm(clipped_each),
-                       "micro_contribution_norms": micro_norms,
-                       "rel_diff": max_abs_diff(clipped_each, clipped_once) / max_abs(clipped_once)}
+    mbs = split(x, y, equal)
+    once = clipped_cycle(model, mbs, max_norm, "once")
+    out["clipping"] = {"max_norm": max_norm, "batch_grad_norm": norm(ref), "clipped_once_norm": norm(once)}
+    for mode in ("running", "each"):
+        grads = clipped_cycle(model, mbs, max_norm, mode)
+        out["clipping"][mode] = {"norm": norm(grads), "rel_diff": max_abs_diff(grads, once) / max_abs(once),
+                                 "cosine": cosine(grads, once)}
+    out["clipping"]["micro_contribution_norms"] = [norm(snapshot_grads(model, [mb], F.cross_entropy)) / k
+                                                   for mb in mbs]
     return out
 
 
