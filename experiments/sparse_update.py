@@ -296,6 +296,8 @@ def _run(cfg: Config, device: str) -> dict:
             "choice": labels_of(dp), "cost_bytes": dp.cost + base_bytes, "predicted_benefit": dp.benefit,
             "exhaustive_tail_benefit": ex_tail.benefit, "dp_tail_benefit": dp_tail.benefit,
             "dp_equals_exhaustive": abs(ex_tail.benefit - dp_tail.benefit) < 1e-12,
+            "dp_quantum_bytes": B.default_quantum(options, path_list, budget),
+            "cost_gcd_bytes": B.cost_gcd(options, path_list),
             "accuracy": point["accuracy"], "measured_bytes": point["measured_bytes"],
         })
         points.append(point)

@@ -53,6 +53,8 @@ def test_partial_channels_save_activation_only_for_depthwise(data):
 
 def test_search_and_baselines(data):
     assert data["all_dp_equal_exhaustive"]
+    # The DP ran on the exact grid (the gcd of the costs), so equality with exhaustive search is exact.
+    assert all(s["dp_quantum_bytes"] == s["cost_gcd_bytes"] for s in data["searches"])
     for s in data["searches"]:
         assert s["cost_bytes"] <= s["budget_bytes"]
         assert s["measured_bytes"] == s["cost_bytes"]

@@ -73,16 +73,21 @@ def exhaustive(options: Sequence[Sequence[Option]], path_cost: Sequence[int], bu
     return best
 
 
-def default_quantum(options: Sequence[Sequence[Option]], path_cost: Sequence[int], budget: int,
-                    max_cells: int = 2_000_000) -> int:
-    """The gcd of all costs (exact), coarsened if the grid would exceed ``max_cells``."""
+def cost_gcd(options: Sequence[Sequence[Option]], path_cost: Sequence[int]) -> int:
+    """The largest quantum that divides every cost: the DP is exact on this grid."""
     g = 0
     for opts in options:
         for c, _ in opts:
             g = math.gcd(g, int(c))
     for c in path_cost:
         g = math.gcd(g, int(c))
-    g = max(g, 1)
+    return max(g, 1)
+
+
+def default_quantum(options: Sequence[Sequence[Option]], path_cost: Sequence[int], budget: int,
+                    max_cells: int = 4_000_000) -> int:
+    """The gcd of all costs (exact), doubled while the grid would exceed ``max_cells``."""
+    g = cost_gcd(options, path_cost)
     while budget // g > max_cells:
         g *= 2
     return g
@@ -92,6 +97,8 @@ def dynamic_program(options: Sequence[Sequence[Option]], path_cost: Sequence[int
                     quantum: int | None = None) -> Solution:
     """Exact optimum over a budget grid of ``quantum`` bytes, O(layers x options x budget / quantum)."""
     _check(options, path_cost)
+    if max(len(o) for o in options) > 127:
+        raise ValueError("at most 127 options per layer")
     q = quantum or default_quantum(options, path_cost, budget)
     cells = budget // q + 1
     neg = -np.inf
@@ -103,7 +110,7 @@ def dynamic_program(options: Sequence[Sequence[Option]], path_cost: Sequence[int
     for i, opts in enumerate(options):
         path = math.ceil(path_cost[i] / q)
         new_used = np.full(cells, neg)
-        arg = np.zeros(cells, dtype=np.int32)          # option index chosen
+        arg = np.zeros(cells, dtype=np.int8)           # option index chosen (fewer than 128 options)
         from_free = np.zeros(cells, dtype=bool)       # did we come from the "free" table
         for o, (cost, benefit) in enumerate(opts):
             w = math.ceil(cost / q) + path
