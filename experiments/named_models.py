@@ -210,13 +210,13 @@ def plot(data: dict) -> dict:
         keys = m["setup_order"]
         bottoms = [0.0] * len(keys)
         for term, label, color in TERM_COLORS:
-            vals = [m["setups"][k]["per_device_bytes"][term] / 1e9 for k in keys]
+            vals = [m["setups"][k]["per_device_bytes"][term] / 2**30 for k in keys]
             ax.bar(range(len(keys)), vals, 0.7, bottom=bottoms, color=color, label=label)
             bottoms = [b + v for b, v in zip(bottoms, vals)]
         top = max(bottoms)
         last_label = None
         for name in LINE_GPUS:
-            cap = gpus[name] / 1e9
+            cap = gpus[name] / 2**30
             if cap < top * 1.15:
                 ax.axhline(cap, color="black", lw=0.8, ls="--")
                 if last_label is None or cap - last_label > 0.07 * top:  # keep the labels apart
@@ -226,13 +226,14 @@ def plot(data: dict) -> dict:
         ax.set_xticks(range(len(keys)), ["fp32", "bf16\nmixed", "+ ckpt", f"+ ZeRO-3\n×{data['zero_gpus']}"],
                       fontsize=6)
         ax.tick_params(axis="y", labelsize=7)
-        ax.set_ylabel("GB per GPU", fontsize=7)
+        ax.set_ylabel("GiB per GPU", fontsize=7)
     last = axes.flat[len(models)] if len(models) < 6 else None
     if last is not None:
         handles, labels = axes.flat[0].get_legend_handles_labels()
         last.axis("off")
         last.legend(handles, labels, loc="center", fontsize=8, title="AdamW, per device", title_fontsize=8)
-    fig.suptitle("Training memory per GPU (estimator); dashed: card capacities (vendor datasheets)", fontsize=9)
+    fig.suptitle("Training memory per GPU (estimator, GiB); dashed: card capacities (vendor datasheets, decimal GB)",
+                 fontsize=9)
     fig.tight_layout()
     figs["breakdown"] = fig
 
