@@ -306,6 +306,8 @@ def test_page_sets_hosts_side_by_side_and_flags_stale_results(tmp_path: Path, da
                                                        num(cuda["matmul"]["fp32"]["best_tflop_per_s"]) + " †"]
     assert _row(page, "CUDA context (bytes)") == ["—", bytes_(cuda["cuda"]["context_bytes"]) + " †"]
     assert _row(page, "torch") == ["2.13.0", "2.11.0"]  # each host's newest result
+    # optimizer_state rows appear once any host has it; data without the keys shows "—", not an error.
+    assert _row(page, "AdamW state, measured / predicted") == ["—", "—"]
     # Stale: flagged in an admonition and marked (†) in the side-by-side table, never mixed silently.
     assert "Stale results: shown, but not mixed silently" in text
     assert ("cuda-test-gpu-80gb / hardware : schema 0 (current 1); torch 2.11.0 (this host's other results: "
