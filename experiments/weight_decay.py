@@ -194,10 +194,14 @@ def trajectories(cfg: Config, device: str) -> dict:
         w = torch.ones(shape, device=device, requires_grad=True)
         opt = make_optimizer(kind, [w], cfg)
         running_mean = torch.zeros(len(cfg.noise_scales), device=device)
+        kept_means = [torch.ones(len(cfg.noise_scales), device=device)]
         for t in range(cfg.steps):
             w.grad = noise[t].clone()
             optimizer_step(kind, opt, [w], cfg)
             running_mean += w.detach().mean(dim=1)
+            if t + 1 in keep:
+                kept_means.append(w.detach().mean(dim=1))
+        mean_paths = torch.stack(kept_means, dim=1).tolist()  # [scale][kept step]
         final_mean = w.detach().mean(dim=1)
         theta_bar = (running_mean / cfg.steps)
         finals[kind] = w.detach().clone()
@@ -214,7 +218,7 @@ def trajectories(cfg: Config, device: str) -> dict:
                          "decay_rate_per_step": rate,
                          "effective_over_nominal": (rate / nominal) if rate is not None else None,
                          "predicted_effective_over_nominal": predicted})
-        noisy[kind] = {"rows": rows}
+        noisy[kind] = {"rows": rows, "mean_theta_by_scale": mean_paths}
     return {
         "momentum": momentum_decay(cfg, device),
         "steps_kept": steps_kept,
@@ -368,34 +372,49 @@ STYLES = {"sgd_l2": ("C0", "-"), "sgd_decoupled": ("C1", ":"), "adam_l2": ("C3",
           "adam_decoupled": ("C2", "--"), "adamw": ("C4", ":")}
 
 
-def plot(data: dict):
+def plot(data: dict) -> dict:
     import matplotlib.pyplot as plt
 
     tr = data["trajectories"]
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9.5, 3.8), constrained_layout=True)
+    steps = tr["steps_kept"]
+    traj, (ax0, ax1) = plt.subplots(1, 2, figsize=(9.5, 3.8), constrained_layout=True)
     for kind, path in tr["zero_grad_theta"].items():
         color, ls = STYLES[kind]
-        ax0.plot(tr["steps_kept"], path, color=color, linestyle=ls, label=LABELS[kind], linewidth=2)
+        ax0.plot(steps, path, color=color, linestyle=ls, label=LABELS[kind], linewidth=2)
     ax0.set_xlabel("optimizer step")
     ax0.set_ylabel("θ (started at 1, gradient 0)")
     ax0.set_title("Zero gradient: decay alone")
     ax0.legend(fontsize=8)
+    scales = [r["noise_scale"] for r in tr["noisy"]["adam_l2"]["rows"]]
+    shades = plt.cm.viridis([i / max(len(scales) - 1, 1) * 0.85 for i in range(len(scales))])
+    for i, sigma in enumerate(scales):
+        ax1.plot(steps, tr["noisy"]["adam_l2"]["mean_theta_by_scale"][i], color=shades[i], linewidth=2,
+                 label=f"Adam-L2, σ = {sigma:g}")
+    for i, sigma in enumerate(scales):
+        ax1.plot(steps, tr["noisy"]["adamw"]["mean_theta_by_scale"][i], color=shades[i], linestyle=":",
+                 linewidth=1.5, label="AdamW, every σ" if i == 0 else None)
+    ax1.set_xlabel("optimizer step")
+    ax1.set_ylabel("mean θ over the parameters")
+    ax1.set_title("Noisy gradients: mean θ per noise scale")
+    ax1.legend(fontsize=7)
+
+    rates, ax = plt.subplots(figsize=(6.5, 3.8), constrained_layout=True)
     markers = {"adam_l2": dict(marker="o", markersize=7), "adamw": dict(marker="s", markersize=11, fillstyle="none"),
                "sgd_l2": dict(marker="x", markersize=7)}
     for kind in ("adam_l2", "adamw", "sgd_l2"):
         rows = [r for r in tr["noisy"][kind]["rows"] if r["effective_over_nominal"] is not None]
         color, ls = STYLES[kind]
-        ax1.plot([r["noise_scale"] for r in rows], [r["effective_over_nominal"] for r in rows], linestyle="none",
-                 color=color, label=f"{LABELS[kind]}: measured", **markers[kind])
-        ax1.plot([r["noise_scale"] for r in rows], [r["predicted_effective_over_nominal"] for r in rows],
-                 color=color, linestyle="--", linewidth=1, label=f"{LABELS[kind]}: predicted")
-    ax1.set_xscale("log")
-    ax1.set_yscale("log")
-    ax1.set_xlabel("gradient noise σ (standard deviation)")
-    ax1.set_ylabel("effective decay rate / (lr · λ)")
-    ax1.set_title("Noisy gradients: how much decay survives")
-    ax1.legend(fontsize=7)
-    return fig
+        ax.plot([r["noise_scale"] for r in rows], [r["effective_over_nominal"] for r in rows], linestyle="none",
+                color=color, label=f"{LABELS[kind]}: measured", **markers[kind])
+        ax.plot([r["noise_scale"] for r in rows], [r["predicted_effective_over_nominal"] for r in rows],
+                color=color, linestyle="--", linewidth=1, label=f"{LABELS[kind]}: predicted")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("gradient noise σ (standard deviation)")
+    ax.set_ylabel("effective decay rate / (lr · λ)")
+    ax.set_title("How much decay each optimizer really applies")
+    ax.legend(fontsize=7)
+    return {"trajectories": traj, "rates": rates}
 
 
 # %%

@@ -17,7 +17,7 @@ def data():
 
 def test_json_and_plot(data):
     json.loads(to_json(data))
-    assert E.plot(data) is not None
+    assert set(E.plot(data)) == {"trajectories", "rates"}
 
 
 def closed_form(kind: str, g: float, cfg: E.Config) -> float:
