@@ -8,15 +8,18 @@ scale. It measures, on the device it is given:
   shapes, and keeps the best figure and the shape that reached it, in the
   spirit of Stas Bekman's "maximum achievable matmul FLOPS" (MAMF) finder: a
   datasheet peak is not what a real kernel reaches, and the best shape is
-  rarely the biggest. FLOPs of one ``(m, k) @ (k, n)`` product are
+  not necessarily the biggest. FLOPs of one ``(m, k) @ (k, n)`` product are
   ``2 m n k``; a FlopCounterMode count checks that figure. tf32 is a CUDA
   tensor-core mode (``torch.set_float32_matmul_precision("high")``); on a CPU
   it is recorded as not applicable. Shapes run smallest first; a dtype whose
   single call takes longer than ``max_call_s`` (fp16 on most CPUs) stops its
-  sweep there and lists the shapes it skipped.
+  sweep there and lists the shapes it skipped. Beside the speed, the relative
+  error of one product against float64 shows what each format costs in
+  accuracy, next to its unit roundoff.
 - **Memory bandwidth**: ``dst.copy_(src)`` over a sweep of sizes; each copy
   reads and writes the buffer, so the bytes moved are twice its size. The
-  largest size, far beyond any cache, is the device's bandwidth.
+  largest size, far beyond any cache, is the device's bandwidth. The best
+  matmul rate over it is the roofline's ridge point (FLOPs per byte).
 - **A training step** of a small MLP with AdamW: its time and FLOPs (so a step
   can be read as a share of the best fp32 matmul), and the memory tracker's
   peak by category beside the predicted persistent state (parameters,
@@ -26,6 +29,8 @@ scale. It measures, on the device it is given:
   caching allocator reserved), the allocator's reserved against allocated bytes
   after the training step, and the agreement between the handbook's memory
   tracker and ``torch.cuda.max_memory_allocated`` on that step.
+- **How busy the CPU was**: a background thread counts the runnable tasks, so
+  figures measured on a shared machine are flagged as lower bounds.
 
 Run it: ``python -m experiments.hardware --profile quick`` (CPU, seconds) or
 ``--profile full`` on a GPU host. The runner starts each experiment in a fresh
