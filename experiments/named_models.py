@@ -9,8 +9,8 @@ does each fit?
 Method: the estimator (``experiments.lib.estimator``, the model behind
 ``handbook estimate``) on each model's published shape. Then the same
 estimator against a measurement on this host: a small GPT
-(``experiments.lib.gpt``) trained for a step with AdamW, with and without
-full checkpointing, every term read off PyTorch (parameters, gradients,
+(``experiments.lib.gpt``) trained for a step with AdamW, without checkpointing,
+with selective recomputation of the attention core and with full checkpointing, every term read off PyTorch (parameters, gradients,
 optimizer state, the activations alive after forward, the peak of the step).
 The result also carries the shapes, precisions and card capacities that the
 site's interactive calculator uses, so it computes from the same numbers.
@@ -118,15 +118,32 @@ def calculator_inputs() -> dict:
 # with full checkpointing the estimator's extra "one layer recomputed" shows
 # only during backward, so after forward it is left out. On CPU torch's dropout
 # keeps its mask in the activation dtype (on CUDA one byte), and the prediction
-# uses the mask width of the device measured.
+# uses the mask width of the device measured. Under checkpointing the estimator
+# adds what backward rebuilds for one layer (all of it under full
+# checkpointing, its attention scores under selective); that exists only during
+# backward, so the after-forward comparison leaves it out.
 
 # %%
+class RecomputedCore(torch.nn.Module):
+    """Selective recomputation (Korthikanti et al. 2022): the attention core runs under checkpoint."""
+
+    def __init__(self, core: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = core
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.utils.checkpoint.checkpoint(self.inner, q, k, v, use_reentrant=False)
+
+
 def measure(cfg: Config, device: str, checkpointing: str) -> dict:
     torch.manual_seed(0)
     model = GPT(cfg.vocab, cfg.v_seq, cfg.layers, LayerShape(cfg.hidden, cfg.heads, dropout=cfg.dropout,
                                                              attn_dropout=cfg.dropout)).to(device)
     if checkpointing == "full":
         model.layer_wrapper = lambda i, layer, x: torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False)
+    elif checkpointing == "selective":  # recompute only the attention core (softmax, dropout, @V)
+        for layer in model.layers:
+            layer.core = RecomputedCore(layer.core)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     idx = torch.randint(0, cfg.vocab, (cfg.v_batch, cfg.v_seq), device=device)
     model(idx, idx).backward()
@@ -154,7 +171,7 @@ def measure(cfg: Config, device: str, checkpointing: str) -> dict:
     est = estimator.estimate(setup, shape=shape)
     mask_bytes = 1 if torch.device(device).type == "cuda" else estimator.PRECISIONS["fp32"][3]
     acts = estimator.activation_terms(shape, setup, mask_bytes=mask_bytes)
-    recompute = acts["per_layer_bytes"] if checkpointing == "full" else 0
+    recompute = acts["recompute_bytes"]
     predicted = {**{k: est["per_device_bytes"][k] for k in ("params", "grads", "optimizer")},
                  "activations": acts["total_bytes"] - recompute}
     measured = {"params": param_bytes(model), "grads": grads, "optimizer": optimizer_state_bytes(opt),
@@ -179,7 +196,7 @@ def measure(cfg: Config, device: str, checkpointing: str) -> dict:
 
 def run(cfg: Config, device: str) -> dict:
     torch.manual_seed(0)
-    validation = {c: measure(cfg, device, c) for c in ("none", "full")}
+    validation = {c: measure(cfg, device, c) for c in estimator.CHECKPOINTING}
     return {
         "models": breakdown(cfg),
         "zero_gpus": cfg.zero_gpus,
@@ -240,13 +257,14 @@ def plot(data: dict) -> dict:
     v = data["validation"]
     fig, ax = plt.subplots(figsize=(7, 3.4))
     terms = ("params", "grads", "optimizer", "activations")
-    width = 0.2
-    for i, (c, label) in enumerate((("none", "no checkpointing"), ("full", "full checkpointing"))):
+    width = 0.13
+    policies = (("none", "no checkpointing"), ("selective", "selective"), ("full", "full checkpointing"))
+    for i, (c, label) in enumerate(policies):
         for j, kind in enumerate(("predicted_bytes", "measured_bytes")):
             vals = [v[c]["terms"][t][kind] / 2**10 for t in terms]
-            ax.bar([x + (2 * i + j - 1.5) * width for x in range(len(terms))], vals, width,
+            ax.bar([x + (2 * i + j - 2.5) * width for x in range(len(terms))], vals, width,
                    label=f"{'estimator' if j == 0 else 'measured'}, {label}", hatch="//" if j == 0 else None,
-                   color=("#4c72b0", "#dd8452")[i], alpha=0.6 if j == 0 else 1.0, edgecolor="white")
+                   color=("#4c72b0", "#55a868", "#dd8452")[i], alpha=0.6 if j == 0 else 1.0, edgecolor="white")
     ax.set_xticks(range(len(terms)), ["weights", "gradients", "optimizer state", "activations\nafter forward"])
     ax.set_ylabel("KiB")
     sh = v["shape"]

@@ -33,7 +33,7 @@ def test_json_and_breakdown_is_the_estimator(data: dict) -> None:
 
 def test_validation_on_this_host(data: dict) -> None:
     """Model state exactly; activations after forward within 3 % (LayerNorm statistics are not in the formula)."""
-    for c in ("none", "full"):
+    for c in ("none", "selective", "full"):
         v = data["validation"][c]
         assert v["parameters"] == v["measured_parameters"]
         for term in ("params", "grads", "optimizer"):
@@ -42,6 +42,10 @@ def test_validation_on_this_host(data: dict) -> None:
     none, full = data["validation"]["none"], data["validation"]["full"]
     assert none["saved_bytes"] == pytest.approx(none["terms"]["activations"]["predicted_bytes"], rel=0.03)
     assert full["terms"]["activations"]["measured_bytes"] < none["terms"]["activations"]["measured_bytes"] / 3
-    # the sum of the terms bounds the step's peak to within 10 %
-    for v in (none, full):
-        assert v["peak_over_predicted_ratio"] == pytest.approx(1.0, abs=0.1)
+    # the sum of the terms sizes the step's peak: at most 10 % under it, at most 20 % over it (the sum counts
+    # activations and gradients at full size together, and backward frees activations as gradients arrive)
+    sel = data["validation"]["selective"]
+    assert full["terms"]["activations"]["measured_bytes"] < sel["terms"]["activations"]["measured_bytes"] < \
+        none["terms"]["activations"]["measured_bytes"]
+    for v in (none, sel, full):
+        assert 1 / 1.2 <= v["peak_over_predicted_ratio"] <= 1.1

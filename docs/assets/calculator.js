@@ -109,7 +109,7 @@
     const perLayer = t.norm + t.attention + t.scores + t.mlp + t.masks;
     let layers;
     if (setup.checkpointing === "none") layers = big(m.layers) * perLayer;
-    else if (setup.checkpointing === "selective") layers = big(m.layers) * (perLayer - t.scores);
+    else if (setup.checkpointing === "selective") layers = big(m.layers) * (perLayer - t.scores) + t.scores;
     else layers = big(m.layers) * e * s * b * h + perLayer;
     const embedding = (m.dropout ? mask : 0n) * s * b * h + (m.family === "bert" ? e * s * b * h : 0n);
     const head = 2n * e * s * b * h;

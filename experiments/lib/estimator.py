@@ -14,8 +14,9 @@ The model, term by term (every number an integer count of bytes):
 * activations: the per-layer saved tensors of Korthikanti et al. 2022
   (section 4.1), generalised to the layer's MLP width, key/value heads,
   activation dtype and dropout; selective
-  checkpointing drops the attention-score terms (their section 5), full
-  checkpointing keeps each layer's input and one layer recomputed; then the
+  checkpointing drops the attention-score terms (their section 5) but one
+  layer's scores are rebuilt during backward, full checkpointing keeps each
+  layer's input and one layer recomputed; then the
   embedding, the final norm and the loss's fp32 log-probabilities;
 * ZeRO (Rajbhandari et al. 2020): stage 1 divides optimizer state by the
   data-parallel degree, stage 2 also gradients, stage 3 also weights
@@ -175,16 +176,20 @@ def activation_terms(m: ModelShape, setup: Setup, mask_bytes: int = 1) -> dict[s
     layer = layer_activation_terms(m, s, b, e, mask_bytes)
     per_layer = sum(layer.values())
     if setup.checkpointing == "none":
+        recompute = 0
         layers = m.layers * per_layer
-    elif setup.checkpointing == "selective":
-        layers = m.layers * (per_layer - layer["scores_bytes"])
+    elif setup.checkpointing == "selective":  # no attention scores kept; one layer's recomputed in backward
+        recompute = layer["scores_bytes"]
+        layers = m.layers * (per_layer - recompute) + recompute
     else:  # full: each layer's input, plus one layer recomputed during backward
-        layers = m.layers * e * s * b * h + per_layer
+        recompute = per_layer
+        layers = m.layers * e * s * b * h + recompute
     embedding = (mask_bytes if m.dropout else 0) * s * b * h + (e * s * b * h if m.family == "bert" else 0)
     head = 2 * e * s * b * h
     logits = 4 * s * b * m.vocab
     return {"layers_bytes": layers, "embedding_bytes": embedding, "head_bytes": head, "logits_bytes": logits,
-            "per_layer_bytes": per_layer, "total_bytes": layers + embedding + head + logits}
+            "per_layer_bytes": per_layer, "recompute_bytes": recompute,
+            "total_bytes": layers + embedding + head + logits}
 
 
 def model_state_bytes(shapes: Sequence[Sequence[int]], optimizer: str, precision: str, zero: int,
