@@ -145,13 +145,10 @@ def render_table(result: dict) -> str:
             lines.append("-" * (14 + width + 16))
         lines.append(f"{label:<14}{v:>{width},}  {_gib(v):>14}{note}")
     lines.append("")
-    ok = [f["gpu"] for f in result["fits"] if f["fits"]]
-    no = [f["gpu"] for f in result["fits"] if not f["fits"]]
-    lines.append(f"fits: {', '.join(ok) if ok else 'none of the listed cards'}")
-    if no:
-        lines.append(f"does not fit: {', '.join(no)}")
-    lines.append("(capacities: vendor datasheets, decimal GB; the sum ignores the CUDA context, "
-                 "allocator fragmentation and temporaries)")
+    lines.append(f"{'card':<16}{'memory':>12}  {'fits':<5} source (decimal GB)")
+    for f in result["fits"]:
+        lines.append(f"{f['gpu']:<16}{_gib(f['capacity_bytes']):>12}  {'yes' if f['fits'] else 'no':<5} {f['source']}")
+    lines.append("(the sum leaves out the CUDA context, allocator fragmentation and the step's temporaries)")
     return "\n".join(lines)
 
 

@@ -159,6 +159,12 @@ def test_config_file_and_missing_field(tmp_path: Path) -> None:
 
     m = load_config(good)
     assert m.name == "tiny" and m.n_kv_heads == 4 and not m.tied_embeddings
+    with pytest.raises(ShapeError, match="field 'num_hidden_layers' must be a non-negative integer, not -2"):
+        shape_from_config({"model_type": "llama", "hidden_size": 64, "num_hidden_layers": -2, "num_attention_heads": 4,
+                           "intermediate_size": 128, "vocab_size": 100})
+    with pytest.raises(ShapeError, match="field 'n_embd' must be a non-negative integer, not '64'"):
+        shape_from_config({"model_type": "gpt2", "n_embd": "64", "n_layer": 1, "n_head": 2, "n_positions": 8,
+                           "vocab_size": 9})
     with pytest.raises(ShapeError, match="missing field 'n_layer'"):
         shape_from_config({"model_type": "gpt2", "n_embd": 8, "n_head": 2, "n_positions": 8, "vocab_size": 9})
 
@@ -296,7 +302,8 @@ def test_cli_table_and_config(capsys, tmp_path: Path) -> None:
     code, out, _ = run_cli(capsys, "--config", str(cfg), "--optimizer", "sgd-momentum", "--precision", "fp32")
     assert code == 0
     n = estimator.parameter_count(shape_from_config(json.loads(cfg.read_text())))
-    assert f"{n:,} parameters" in out and "fits:" in out and "H100 80 GB" in out
+    assert f"{n:,} parameters" in out and "NVIDIA H100 Tensor Core GPU datasheet" in out
+    assert any(line.startswith("H100 80 GB") and " yes " in line for line in out.splitlines())
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -215,7 +215,7 @@ def model_state_bytes(shapes: Sequence[Sequence[int]], optimizer: str, precision
 
 
 def fits(total_bytes: int) -> list[dict]:
-    return [{"gpu": name, "capacity_bytes": cap, "fits": total_bytes <= cap} for name, cap, _ in GPUS]
+    return [{"gpu": name, "capacity_bytes": cap, "fits": total_bytes <= cap, "source": src} for name, cap, src in GPUS]
 
 
 def estimate(setup: Setup, shape: ModelShape | None = None, params: int | None = None) -> dict:

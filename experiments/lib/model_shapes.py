@@ -148,7 +148,11 @@ def shape_from_config(cfg: dict, where: str = "config.json", name: str = "") -> 
     family = _family_of(cfg)
 
     def get(key: str, default: object = ...) -> object:
-        return _field(cfg, key, where, default)
+        value = _field(cfg, key, where, default)
+        if value is not None and key not in ("tie_word_embeddings",) and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise ShapeError(f"{where}: field {key!r} must be a non-negative integer, not {value!r}")
+        return value
 
     def prob(*keys: str) -> bool:
         return any(float(cfg.get(k, 0.0) or 0.0) > 0 for k in keys)
