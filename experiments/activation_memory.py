@@ -255,7 +255,7 @@ def predicted_share(cfg: Config) -> list:
     rows = []
     for name, layers, h, a, vocab in cfg.shapes:
         for s in cfg.share_seqs:
-            params = gpt_param_count(vocab, s, layers, h)
+            params = gpt_param_count(vocab, 0, layers, h)  # token embedding (tied head) + layers; no position table
             for b in cfg.share_batch_list:
                 act = layers * korthikanti_activation_bytes(s, b, h, a)
                 act_flash = layers * 34 * s * b * h

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
+import torch.utils.benchmark as benchmark
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -36,7 +37,6 @@ from experiments.lib.flops import count_flops
 from experiments.lib.gpt import GPT, LayerShape
 from experiments.lib.memory import MemoryTracker
 from experiments.lib.threads import cpu_threads
-from experiments.lib.timing import time_fn
 
 TIMEOUT_S = 900
 
@@ -50,7 +50,7 @@ class Config:
     batch: int = 4
     vocab: int = 128
     dropout: float = 0.1
-    min_run_time_s: float = 0.1
+    min_run_time_s: float = 0.15          # timing per policy, spread over interleaved rounds
     budget_bytes_cpu: int = 8 * 2**20      # the memory budget of the batch search on CPU
     cuda_budget_fraction: float = 0.9       # on CUDA: this share of the card's memory
     max_batch: int = 4096
@@ -182,9 +182,30 @@ def measure_policy(cfg: Config, device: str, kind: str, k: int, reference_grads:
     out = {"kind": kind, "k": k,
            **peak_bytes(cfg, device, kind, k, cfg.batch),
            "flops": count_flops(step),
-           "time": time_fn(step, cfg.min_run_time_s),
            "max_abs_grad_diff_vs_none": 0.0 if reference_grads is None else max_abs_diff(grads, reference_grads)}
-    return out, grads
+    return out, step
+
+
+def interleaved_times(fns: dict, min_run_time_s: float, rounds: int = 3) -> dict:
+    """Median and IQR (ms) of each step function, timed in turns so that a busy host slows all alike.
+
+    Each round gives every function ``min_run_time_s / rounds`` of ``Timer.blocked_autorange``
+    (``torch.utils.benchmark``: warm-up, blocks, CUDA synchronised); the per-block times of all rounds
+    are pooled.
+    """
+    pooled = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()  # warm-up
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+            pooled[name].extend(timer.blocked_autorange(min_run_time=min_run_time_s / rounds).times)
+    out = {}
+    for name, times in pooled.items():
+        t = torch.tensor(times, dtype=torch.float64) * 1e3
+        q1, med, q3 = (float(torch.quantile(t, q)) for q in (0.25, 0.5, 0.75))
+        out[name] = {"median_ms": med, "iqr_ms": q3 - q1, "runs": len(times)}
+    return out
 
 # %% [markdown]
 # ## The largest batch under a memory budget
@@ -240,8 +261,8 @@ def largest_batch(cfg: Config, device: str, kind: str, k: int, budget: int, know
 
 # %%
 def rng_check(cfg: Config, device: str, reference_grads: list) -> dict:
-    """Every-layer checkpointing with and without ``preserve_rng_state``, timed back to back."""
-    out = {}
+    """Every-layer checkpointing with and without ``preserve_rng_state``: gradients, and time in turns."""
+    out, steps = {}, {}
     for preserve in (True, False):
         model = build(cfg, device, "segments")
         idx = tokens(cfg, cfg.batch, device)
@@ -251,13 +272,15 @@ def rng_check(cfg: Config, device: str, reference_grads: list) -> dict:
             model.zero_grad(set_to_none=True)
             loss_fn(model, idx, "segments", 1, preserve).backward()
 
-        out["preserve" if preserve else "no_preserve"] = {
-            "max_abs_grad_diff_vs_none": max_abs_diff(grads, reference_grads),
-            "grads_equal_to_none": bool(all(torch.equal(a, b) for a, b in zip(grads, reference_grads))),
-            "time": time_fn(step, cfg.min_run_time_s),
-        }
-    p, n = out["preserve"]["time"]["median_ms"], out["no_preserve"]["time"]["median_ms"]
-    out["preserve_overhead_ratio"] = p / n
+        key = "preserve" if preserve else "no_preserve"
+        steps[key] = step
+        out[key] = {"max_abs_grad_diff_vs_none": max_abs_diff(grads, reference_grads),
+                    "grads_equal_to_none": bool(all(torch.equal(a, b) for a, b in zip(grads, reference_grads)))}
+    for key, t in interleaved_times(steps, cfg.min_run_time_s).items():
+        out[key]["time"] = t
+    p, n = out["preserve"]["time"], out["no_preserve"]["time"]
+    out["preserve_overhead_ratio"] = p["median_ms"] / n["median_ms"]
+    out["overhead_within_spread"] = abs(p["median_ms"] - n["median_ms"]) <= max(p["iqr_ms"], n["iqr_ms"])
     return out
 
 # %% [markdown]
@@ -280,12 +303,14 @@ def _run(cfg: Config, device: str) -> dict:
         budget, budget_source = int(total * cfg.cuda_budget_fraction), "cuda_device_memory_fraction"
     else:
         budget, budget_source = cfg.budget_bytes_cpu, "config"
-    rows = {}
+    rows, steps = {}, {}
     for name, (kind, k) in policies(cfg.layers).items():
-        row, _ = measure_policy(cfg, device, kind, k, None if name == "none" else reference)
+        row, steps[name] = measure_policy(cfg, device, kind, k, None if name == "none" else reference)
         known = {cfg.batch: row.get("cuda_max_allocated_bytes", row["peak_bytes"])}
         row["largest_batch"] = largest_batch(cfg, device, kind, k, budget, known)
         rows[name] = row
+    for name, t in interleaved_times(steps, cfg.min_run_time_s).items():
+        rows[name]["time"] = t
     base = rows["none"]
     for row in rows.values():
         row["peak_ratio_vs_none"] = row["peak_bytes"] / base["peak_bytes"]

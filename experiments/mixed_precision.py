@@ -194,9 +194,12 @@ def loss_scaling(cfg: Config, grads: dict) -> dict:
             "fp16": [cast_stats(g, 2.0 ** e, torch.float16) for e in cfg.scale_exponents],
             "bf16": [cast_stats(g, 2.0 ** e, torch.bfloat16) for e in cfg.scale_exponents],
         }
+        # the smallest scale that loses the fewest values (flushed, subnormal or overflowed)
         rows = out[pop]["fp16"]
-        best = min(rows, key=lambda r: r["norm_relative_error"])
+        lost = [r["zero_fraction"] + r["subnormal_fraction"] + r["overflow_fraction"] for r in rows]
+        best = rows[lost.index(min(lost))]
         out[pop]["best_fp16_scale"] = best["scale"]
+        out[pop]["best_fp16_lost_fraction"] = min(lost)
     return out
 
 # %% [markdown]
