@@ -15,7 +15,7 @@ counts, then run (or drop) backward.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -32,6 +32,7 @@ class SavedEntry:
     shape: tuple
     dtype: str
     bytes: int
+    kind: str = ""
 
 
 @dataclass
@@ -50,14 +51,17 @@ class SavedTensorCounter:
     ``exclude``: modules (their parameters and buffers) or tensors whose storages are not activations.
     ``attribute``: a module whose named submodules label the saved bytes; bytes saved outside any
     of them go to ``""``. Module names are the ``named_modules`` names of ``attribute``.
+    ``classify``: an optional function giving each counted tensor a ``kind`` label.
     """
 
-    def __init__(self, exclude: Iterable[nn.Module | torch.Tensor] = (), attribute: nn.Module | None = None) -> None:
+    def __init__(self, exclude: Iterable[nn.Module | torch.Tensor] = (), attribute: nn.Module | None = None,
+                 classify: Callable[[torch.Tensor], str] | None = None) -> None:
         self._excluded: set[tuple] = set()
         for obj in exclude:
             tensors = list(obj.parameters()) + list(obj.buffers()) if isinstance(obj, nn.Module) else [obj]
             self._excluded.update(_key(t) for t in tensors)
         self._attribute = attribute
+        self._classify = classify
         self._stack: list[str] = []
         self._seen: set[tuple] = set()
         self._handles: list = []
@@ -74,7 +78,8 @@ class SavedTensorCounter:
         name = self._stack[-1] if self._stack else ""
         self.result.total_bytes += nbytes
         self.result.by_module[name] = self.result.by_module.get(name, 0) + nbytes
-        self.result.entries.append(SavedEntry(name, tuple(t.shape), str(t.dtype).replace("torch.", ""), nbytes))
+        kind = self._classify(t) if self._classify is not None else ""
+        self.result.entries.append(SavedEntry(name, tuple(t.shape), str(t.dtype).replace("torch.", ""), nbytes, kind))
         return t
 
     def _enter_hook(self, name: str):
@@ -103,8 +108,9 @@ class SavedTensorCounter:
         self._handles.clear()
 
 
-def count_saved(fn, exclude: Iterable[nn.Module | torch.Tensor] = (), attribute: nn.Module | None = None):
+def count_saved(fn, exclude: Iterable[nn.Module | torch.Tensor] = (), attribute: nn.Module | None = None,
+                classify: Callable[[torch.Tensor], str] | None = None):
     """Run ``fn()`` under a counter; return ``(fn's output, SavedBytes)``. Keep the output alive to keep the graph."""
-    with SavedTensorCounter(exclude, attribute) as counter:
+    with SavedTensorCounter(exclude, attribute, classify) as counter:
         out = fn()
     return out, counter.result
