@@ -34,13 +34,20 @@ def symmetric_scale(x: torch.Tensor, channel_dim: int | None = None, percentile:
     a = x.detach().abs().float()
     if channel_dim is None:
         flat = a.reshape(-1)
-        r = flat.max() if percentile >= 100 else torch.quantile(flat, percentile / 100.0)
+        r = flat.max() if percentile >= 100 else _nearest_rank(flat.unsqueeze(0), percentile)[0]
         return (r.clamp_min(1e-12) / qmax).reshape(())
     moved = a.movedim(channel_dim, 0).reshape(a.shape[channel_dim], -1)
-    r = moved.max(dim=1).values if percentile >= 100 else torch.quantile(moved, percentile / 100.0, dim=1)
+    r = moved.max(dim=1).values if percentile >= 100 else _nearest_rank(moved, percentile)
     shape = [1] * x.dim()
     shape[channel_dim] = -1
     return (r.clamp_min(1e-12) / qmax).reshape(shape)
+
+
+def _nearest_rank(rows: torch.Tensor, percentile: float) -> torch.Tensor:
+    """The nearest-rank percentile of each row (``torch.quantile`` refuses more than 2**24 elements)."""
+    n = rows.shape[1]
+    k = min(n, max(1, math.ceil(percentile / 100.0 * n)))
+    return rows.kthvalue(k, dim=1).values
 
 
 def quantize(x: torch.Tensor, scale: torch.Tensor, qmin: int = QMIN, qmax: int = QMAX) -> torch.Tensor:
