@@ -258,8 +258,7 @@ def plot(data: dict):
     ax.set_xticks(range(len(layers)), layers)
     ax.set_xlabel("layer")
     ax.set_ylabel("median ||g|| / ||W|| per step")
-    ax.set_title("Gradient-to-weight ratio per layer")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
 
     fig2, ax2 = plt.subplots(figsize=(7, 3.4))

@@ -341,13 +341,14 @@ def plot(data: dict):
         for i, x in enumerate(xs):
             if pick["choice"][i] == label:
                 ax.plot(x, vals[i] * 1.15, "v", color="black", ms=6)
-    xs = [i + (len(labels) / 2) * width for i in range(len(layers))]
-    ax.bar(xs, [max(l["path_bytes"], 1) / 1024 for l in layers], width, color="grey", label="backward through it")
+    through = [(i + (len(labels) / 2) * width, l["path_bytes"] / 1024) for i, l in enumerate(layers)
+               if l["path_bytes"] > 0]      # a linear projection keeps nothing: no bar
+    ax.bar([t[0] for t in through], [t[1] for t in through], width, color="grey", label="backward through it")
     ax.set_yscale("log")
     ax.set_xticks(range(len(layers)), names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("memory added to training (KiB)")
-    ax.set_title(f"Per-layer cost; ▼ = chosen at a budget of {pick['budget_bytes'] / 1024:.0f} KiB")
-    ax.legend(fontsize=7, ncol=2)
+    ax.set_title(f"Per-layer cost; ▼ = chosen at a budget of {pick['budget_bytes'] / 1024:.0f} KiB", fontsize=10)
+    ax.legend(fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.08), frameon=False)
     fig.tight_layout()
 
     fig2, ax2 = plt.subplots(figsize=(7, 3.8))
