@@ -135,7 +135,7 @@ class RecomputedCore(torch.nn.Module):
         return torch.utils.checkpoint.checkpoint(self.inner, q, k, v, use_reentrant=False)
 
 
-def measure(cfg: Config, device: str, checkpointing: str) -> dict:
+def measure(cfg: Config, device: str, checkpointing: str, precision: str = "fp32") -> dict:
     torch.manual_seed(0)
     model = GPT(cfg.vocab, cfg.v_seq, cfg.layers, LayerShape(cfg.hidden, cfg.heads, dropout=cfg.dropout,
                                                              attn_dropout=cfg.dropout)).to(device)
@@ -146,17 +146,25 @@ def measure(cfg: Config, device: str, checkpointing: str) -> dict:
             layer.core = RecomputedCore(layer.core)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     idx = torch.randint(0, cfg.vocab, (cfg.v_batch, cfg.v_seq), device=device)
-    model(idx, idx).backward()
+    dev_type = torch.device(device).type
+
+    def forward() -> torch.Tensor:
+        if precision == "fp32":
+            return model(idx, idx)
+        with torch.autocast(dev_type, dtype=torch.bfloat16):  # bf16-mixed: fp32 weights, bf16 compute
+            return model(idx, idx)
+
+    forward().backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
     saved_bytes = None
     if checkpointing == "none":
-        loss, res = count_saved(lambda: model(idx, idx), exclude=[model])
+        loss, res = count_saved(forward, exclude=[model])
         saved_bytes = res.total_bytes
         del loss, res
     tracker = MemoryTracker(device).track(model, opt)
     with tracker:
-        loss = model(idx, idx)
+        loss = forward()
         after_forward = tracker.current().as_dict()
         loss.backward()
         grads = grad_bytes(model)
@@ -166,10 +174,10 @@ def measure(cfg: Config, device: str, checkpointing: str) -> dict:
 
     shape = ModelShape(family="gpt2", hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads, vocab=cfg.vocab,
                        positions=cfg.v_seq, dropout=cfg.dropout > 0, name="small GPT")
-    setup = estimator.Setup(optimizer="adamw", precision="fp32", batch=cfg.v_batch, seq=cfg.v_seq,
+    setup = estimator.Setup(optimizer="adamw", precision=precision, batch=cfg.v_batch, seq=cfg.v_seq,
                             checkpointing=checkpointing)
     est = estimator.estimate(setup, shape=shape)
-    mask_bytes = 1 if torch.device(device).type == "cuda" else estimator.PRECISIONS["fp32"][3]
+    mask_bytes = 1 if dev_type == "cuda" else estimator.PRECISIONS[precision][3]
     acts = estimator.activation_terms(shape, setup, mask_bytes=mask_bytes)
     recompute = acts["recompute_bytes"]
     predicted = {**{k: est["per_device_bytes"][k] for k in ("params", "grads", "optimizer")},
@@ -181,6 +189,7 @@ def measure(cfg: Config, device: str, checkpointing: str) -> dict:
     total_pred = sum(predicted.values()) + recompute
     return {
         "checkpointing": checkpointing,
+        "precision": precision,
         "parameters": est["parameters"],
         "measured_parameters": sum(p.numel() for p in model.parameters()),
         "mask_bytes": mask_bytes,
@@ -197,6 +206,7 @@ def measure(cfg: Config, device: str, checkpointing: str) -> dict:
 def run(cfg: Config, device: str) -> dict:
     torch.manual_seed(0)
     validation = {c: measure(cfg, device, c) for c in estimator.CHECKPOINTING}
+    validation["autocast"] = measure(cfg, device, "none", precision="bf16-mixed")
     return {
         "models": breakdown(cfg),
         "zero_gpus": cfg.zero_gpus,

@@ -49,3 +49,13 @@ def test_validation_on_this_host(data: dict) -> None:
         none["terms"]["activations"]["measured_bytes"]
     for v in (none, sel, full):
         assert 1 / 1.2 <= v["peak_over_predicted_ratio"] <= 1.1
+
+
+def test_autocast_validation(data: dict) -> None:
+    """bf16 autocast: fp32 model state exactly; activations above the 16-bit estimate (fp32 norms, saved
+    weight casts) but within 1.5x of it on this tiny model."""
+    v = data["validation"]["autocast"]
+    assert v["precision"] == "bf16-mixed"
+    for term in ("params", "grads", "optimizer"):
+        assert v["terms"][term]["measured_bytes"] == v["terms"][term]["predicted_bytes"]
+    assert 1.0 < v["terms"]["activations"]["ratio"] < 1.5
