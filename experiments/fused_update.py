@@ -1,4 +1,4 @@
-# %% [markdown]
+# %%
 """Fused and in-place updates: what stepping inside backward and in-place activations save, and what they break.
 
 Question: a vanilla training step keeps every gradient alive until

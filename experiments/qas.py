@@ -1,4 +1,4 @@
-# %% [markdown]
+# %%
 """Quantization-aware scaling (QAS): why an int8 graph trains badly with fp32 hyperparameters, and the fix.
 
 Question: when the trainable tensors of a network are its int8 weights (in

@@ -1,4 +1,4 @@
-# %% [markdown]
+# %%
 """Fake against real int8 quantization: where a float simulation and an integer graph disagree.
 
 Question: fake quantization (quantize-dequantize in float) is how int8 models

@@ -1,4 +1,4 @@
-# %% [markdown]
+# %%
 """Sparse update under a memory budget: which layers, biases and channels to train.
 
 Question: when fine-tuning must fit a small memory budget, which parts of a
