@@ -234,6 +234,7 @@ def _run(cfg: Config, device: str) -> dict:
         "warmup_test_accuracy": warm_acc,
         "steps": cfg.steps,
         "lr": cfg.lr,
+        "momentum": cfg.momentum,
         "modes": results,
         "at_start": predicted_ratios(cfg, net, x_scales, data),
         "int8_over_fp32_ratio": int8_over,

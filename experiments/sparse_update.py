@@ -320,6 +320,7 @@ def _run(cfg: Config, device: str) -> dict:
         "smallest_searched_near_full": best,
         "stock_torch_conv": stock,
         "finetune_steps": cfg.finetune_steps,
+        "seeds": len(cfg.seeds),
         "exhaustive_units": tail,
     }
 
