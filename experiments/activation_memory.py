@@ -1,4 +1,4 @@
-# %% [markdown]
+# %%
 """Activation memory: what autograd keeps for backward in one GPT layer, next to the published formula.
 
 Question: how many bytes does one transformer decoder layer save for its

@@ -1,4 +1,4 @@
-# %% [markdown]
+# %%
 """Activation checkpointing: how much memory each policy saves, and what it costs in time and FLOPs.
 
 Question: on a stack of N GPT layers, what do the checkpointing policies buy?

@@ -1,4 +1,4 @@
-# %% [markdown]
+# %%
 """Mixed precision: the number formats, loss scaling on real gradients, autocast's memory and time, GradScaler.
 
 Question: what can fp16, bf16 and the fp8 formats represent; what happens to a
