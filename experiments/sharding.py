@@ -40,10 +40,10 @@ TIMEOUT_S = 600
 
 MODES = (
     # name, ZeRO stage the estimator compares with, label
-    ("ddp", 0, "DDP"),
-    ("zero1", 1, "ZeroRedundancyOptimizer"),
-    ("fsdp2_keep", 2, "FSDP2 reshard_after_forward=False"),
-    ("fsdp2_reshard", 3, "FSDP2 reshard_after_forward=True"),
+    ("ddp", 0, "DDP (ZeRO-0)"),
+    ("zero1", 1, "ZeroRedundancyOptimizer (ZeRO-1)"),
+    ("fsdp2_keep", 2, "FSDP2, reshard_after_forward=False (ZeRO-2-like)"),
+    ("fsdp2_reshard", 3, "FSDP2, reshard_after_forward=True (ZeRO-3)"),
 )
 
 
@@ -277,6 +277,7 @@ def run(cfg: Config, device: str) -> dict:
                 row[f"{key}_rank_spread_ratio"] = max(vals) / min(vals) if min(vals) else 1.0
             for r in per_rank:
                 r["state_bytes"] = r["params_bytes"] + r["grads_bytes"] + r["optimizer_bytes"]
+                r["state_over_predicted_ratio"] = r["state_bytes"] / sum(pred.values())
             row["state_max_bytes"] = max(r["state_bytes"] for r in per_rank)
             row["predicted_total_bytes"] = sum(pred.values())
             row["state_max_over_predicted_ratio"] = row["state_max_bytes"] / row["predicted_total_bytes"]
