@@ -348,7 +348,7 @@ def plot(data: dict) -> dict:
     import matplotlib.pyplot as plt
 
     figs = {}
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.6), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 4.0), sharey=True)
     for ax, pop in zip(axes, ("params", "activations")):
         ls = data["loss_scaling"][pop]
         scales = [r["scale"] for r in ls["fp16"]]
@@ -360,12 +360,14 @@ def plot(data: dict) -> dict:
         ax.plot(scales, [100 * r["small_values_median_relative_error"] for r in ls["bf16"]], "k--",
                 label="bf16: same error measure")
         ax.set_xscale("log", base=2)
+        ax.set_yscale("symlog", linthresh=1e-3)  # fractions span 0 to tens of percent
         ax.set_xlabel("loss scale")
         ax.set_title({"params": "parameter gradients", "activations": "gradients between layers"}[pop])
         ax.grid(True, alpha=0.3)
-    axes[0].set_ylabel("% of nonzero gradient values")
-    axes[1].legend(fontsize=7)
-    fig.tight_layout()
+    axes[0].set_ylabel("% of nonzero values; errors in % (symlog)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     figs["loss_scaling"] = fig
 
     gs = data["grad_scaler"]
