@@ -346,11 +346,11 @@ def plot(data: dict) -> dict:
     fig, ax = plt.subplots(figsize=(7, 3.8))
     rows = data["predicted_share"]
     batches = sorted({r["batch"] for r in rows})
-    for name in dict.fromkeys(r["model"] for r in rows):
+    for i, name in enumerate(dict.fromkeys(r["model"] for r in rows)):
         for b, style in zip(batches, ("-", "--", ":")):
             sel = [r for r in rows if r["model"] == name and r["batch"] == b]
             ax.plot([r["seq"] for r in sel], [100 * r["activation_share"] for r in sel], style, marker="o",
-                    label=f"{name}, batch {b}")
+                    color=f"C{i}", label=f"{name}, batch {b}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("sequence length (tokens)")
     ax.set_ylabel("activations, % of training memory")
