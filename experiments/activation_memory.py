@@ -28,7 +28,7 @@ import torch
 from experiments.lib.formulas import PRECISION_REGIMES, korthikanti_activation_bytes, korthikanti_activation_terms
 from experiments.lib.gpt import GPT, DecoderLayer, LayerShape, gpt_param_count
 from experiments.lib.memory import MemoryTracker
-from experiments.lib.saved import count_saved
+from experiments.lib.saved import count_saved, saved_by_node
 from experiments.lib.threads import cpu_threads
 
 TIMEOUT_S = 600
@@ -110,6 +110,11 @@ def by_group(by_module: dict) -> dict:
 
 # %% [markdown]
 # ## Measuring one layer
+#
+# Two independent counts: the pack hook of ``saved_tensors_hooks`` charges each
+# storage to the submodule running when it was saved; a walk of the autograd
+# graph reads every node's ``_saved_*`` tensors and charges them to the node type
+# (``MmBackward0``, ``SoftmaxBackward0``, ...): op by op.
 
 # %%
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -139,8 +144,11 @@ def measure_layer(cfg: Config, s: int, b: int, dtype: str, attention: str, devic
             out, res = count_saved(lambda: layer(x), exclude=[layer], attribute=layer, classify=classify)
     else:
         out, res = count_saved(lambda: layer(x), exclude=[layer], attribute=layer)
+    by_op = saved_by_node(out, exclude=[layer])  # the same bytes, found by walking the autograd graph
     del out
     return {"saved_bytes": res.total_bytes, "by_module_bytes": res.by_module,
+            "by_op_bytes": dict(sorted(by_op.items(), key=lambda kv: -kv[1])),
+            "graph_walk_total_bytes": sum(by_op.values()),
             "tensors": [{"module": e.module, "shape": list(e.shape), "dtype": e.dtype, "bytes": e.bytes, "kind": e.kind}
                         for e in res.entries]}
 

@@ -38,6 +38,9 @@ def test_breakdown_against_the_paper(data):
     assert bf16["groups"]["norms"]["measured_bytes"] - bf16["groups"]["norms"]["paper_16bit_bytes"] == \
         data["layernorm_stats_bytes"]
     assert bf16["ratio_to_paper_16bit"] > 1.0
+    # the graph walk finds the same bytes, plus the 8-byte float64 scalar 1/sqrt(d) the pack hook never sees
+    for run in (bf16, fp32):
+        assert run["graph_walk_total_bytes"] - run["saved_bytes"] == 8
     amp = data["autocast_bf16"]
     h = TINY.hidden
     assert amp["weight_cast_bytes"] == 2 * (3 * h * h + h * h + 4 * h * h + 4 * h * h)

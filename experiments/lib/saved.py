@@ -114,3 +114,39 @@ def count_saved(fn, exclude: Iterable[nn.Module | torch.Tensor] = (), attribute:
     with SavedTensorCounter(exclude, attribute, classify) as counter:
         out = fn()
     return out, counter.result
+
+
+def saved_by_node(outputs: torch.Tensor | Iterable[torch.Tensor],
+                  exclude: Iterable[nn.Module | torch.Tensor] = ()) -> dict[str, int]:
+    """Bytes saved for backward per autograd node type (``MmBackward0``, ``SoftmaxBackward0``, ...).
+
+    A second, independent count: walk the graph behind ``outputs`` and read each node's ``_saved_*``
+    attributes. Each storage is counted once, at the first node the walk meets; parameters and buffers of
+    ``exclude`` are left out. Call it before backward (backward frees the saved tensors).
+    """
+    excluded: set[tuple] = set()
+    for obj in exclude:
+        tensors = list(obj.parameters()) + list(obj.buffers()) if isinstance(obj, nn.Module) else [obj]
+        excluded.update(_key(t) for t in tensors)
+    outs = [outputs] if isinstance(outputs, torch.Tensor) else list(outputs)
+    stack = [t.grad_fn for t in outs if t.grad_fn is not None]
+    seen_nodes, seen_storages = set(), set(excluded)
+    by_node: dict[str, int] = {}
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen_nodes:
+            continue
+        seen_nodes.add(node)
+        for attr in dir(node):
+            if not attr.startswith("_saved_"):
+                continue
+            value = getattr(node, attr)
+            values = value if isinstance(value, (list, tuple)) else [value]
+            for t in values:
+                if isinstance(t, torch.Tensor):
+                    key = _key(t)
+                    if key not in seen_storages:
+                        seen_storages.add(key)
+                        by_node[node.name()] = by_node.get(node.name(), 0) + key[3]
+        stack.extend(fn for fn, _ in node.next_functions)
+    return by_node
