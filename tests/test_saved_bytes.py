@@ -75,3 +75,15 @@ def test_decoder_layer_matches_hand_count_bf16():
         if mod not in ("ln1", "ln2"):
             assert res.by_module.get(mod, 0) == by_hand[mod], mod
     assert res.total_bytes == sum(by_hand.values()) + ln_stats
+
+
+def test_graph_walk_counts_the_same_bytes_by_node():
+    from experiments.lib.saved import saved_by_node
+
+    b, d_in, d_out = 3, 8, 16
+    m = Tiny(d_in, d_out)
+    x = torch.randn(b, d_in, requires_grad=True)
+    out, res = count_saved(lambda: m(x), exclude=[m])
+    by_node = saved_by_node(out, exclude=[m])
+    assert by_node == {"MulBackward0": 4 * b * d_out, "GeluBackward0": 4 * b * d_out, "MmBackward0": 4 * b * d_in}
+    assert sum(by_node.values()) == res.total_bytes
