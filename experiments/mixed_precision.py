@@ -177,7 +177,7 @@ def cast_stats(g: torch.Tensor, scale: float, dtype: torch.dtype) -> dict:
     # the error of the whole vector, with lost values counted as lost (overflow counts as lost)
     err = torch.where(finite, back, torch.zeros_like(back)) - g
     small_rel = (err[small].abs() / g[small].abs()) if bool(small.any()) else torch.zeros(1, dtype=torch.float64)
-    return {"small_values_median_relative_error": float(small_rel.median()),"scale": scale, "zero_fraction": float(zero.double().mean()),
+    return {"small_values_median_relative_error": float(small_rel.median()), "scale_log2": math.log2(scale),"scale": scale, "zero_fraction": float(zero.double().mean()),
             "subnormal_fraction": float(sub.double().mean()), "overflow_fraction": float((~finite).double().mean()),
             "median_relative_error": float(rel.median()), "norm_relative_error": float(err.norm() / g.norm())}
 
@@ -199,6 +199,7 @@ def loss_scaling(cfg: Config, grads: dict) -> dict:
         lost = [r["zero_fraction"] + r["subnormal_fraction"] + r["overflow_fraction"] for r in rows]
         best = rows[lost.index(min(lost))]
         out[pop]["best_fp16_scale"] = best["scale"]
+        out[pop]["best_fp16_scale_log2"] = best["scale_log2"]
         out[pop]["best_fp16_lost_fraction"] = min(lost)
     return out
 
@@ -314,12 +315,13 @@ def grad_scaler_run(cfg: Config, device: str) -> dict:
         rows.append({"step": i, "scale": scale, "next_scale": new_scale, "loss": float(loss.detach()),
                      "skipped": new_scale < scale, "weights_changed": not torch.equal(before, watch.detach())})
     skipped = [r for r in rows if r["skipped"]]
-    return {"supported": True, "init_scale": 2.0 ** cfg.scaler_init_exp, "growth_interval": cfg.scaler_growth_interval,
+    return {"supported": True, "init_scale": 2.0 ** cfg.scaler_init_exp, "init_scale_log2": cfg.scaler_init_exp,
+            "growth_interval": cfg.scaler_growth_interval,
             "backoff_factor": scaler.get_backoff_factor(), "growth_factor": scaler.get_growth_factor(),
             "steps": rows, "skipped_steps": len(skipped),
             "skipped_steps_left_weights_unchanged": all(not r["weights_changed"] for r in skipped),
             "applied_steps_changed_weights": all(r["weights_changed"] for r in rows if not r["skipped"]),
-            "final_scale": rows[-1]["next_scale"]}
+            "final_scale": rows[-1]["next_scale"], "final_scale_log2": math.log2(rows[-1]["next_scale"])}
 
 # %% [markdown]
 # ## Run
