@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torch.utils.benchmark as benchmark
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -37,6 +36,7 @@ from experiments.lib.flops import count_flops
 from experiments.lib.gpt import GPT, LayerShape
 from experiments.lib.memory import MemoryTracker
 from experiments.lib.threads import cpu_threads
+from experiments.lib.turns import interleaved_times
 
 TIMEOUT_S = 900
 
@@ -185,27 +185,6 @@ def measure_policy(cfg: Config, device: str, kind: str, k: int, reference_grads:
            "max_abs_grad_diff_vs_none": 0.0 if reference_grads is None else max_abs_diff(grads, reference_grads)}
     return out, step
 
-
-def interleaved_times(fns: dict, min_run_time_s: float, rounds: int = 3) -> dict:
-    """Median and IQR (ms) of each step function, timed in turns so that a busy host slows all alike.
-
-    Each round gives every function ``min_run_time_s / rounds`` of ``Timer.blocked_autorange``
-    (``torch.utils.benchmark``: warm-up, blocks, CUDA synchronised); the per-block times of all rounds
-    are pooled.
-    """
-    pooled = {name: [] for name in fns}
-    for fn in fns.values():
-        fn()  # warm-up
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            timer = benchmark.Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
-            pooled[name].extend(timer.blocked_autorange(min_run_time=min_run_time_s / rounds).times)
-    out = {}
-    for name, times in pooled.items():
-        t = torch.tensor(times, dtype=torch.float64) * 1e3
-        q1, med, q3 = (float(torch.quantile(t, q)) for q in (0.25, 0.5, 0.75))
-        out[name] = {"median_ms": med, "iqr_ms": q3 - q1, "runs": len(times)}
-    return out
 
 # %% [markdown]
 # ## The largest batch under a memory budget

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -32,7 +33,7 @@ from experiments.lib.gpt import GPT, LayerShape
 from experiments.lib.memory import MemoryTracker
 from experiments.lib.saved import count_saved
 from experiments.lib.threads import cpu_threads
-from experiments.lib.timing import time_fn
+from experiments.lib.turns import interleaved_times
 
 TIMEOUT_S = 600
 
@@ -216,40 +217,48 @@ def amp_modes(device: str) -> list:
     return [("fp32", None), ("autocast_bf16", torch.bfloat16)]
 
 
-def training_step_costs(cfg: Config, device: str) -> dict:
+def measure_mode(cfg: Config, device: str, dtype: torch.dtype | None) -> tuple[dict, Callable[[], None]]:
+    """Saved bytes and peak of one training step in one precision mode; returns them and the step."""
     dev_type = torch.device(device).type
-    out = {}
+    model = new_model(cfg, device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
+    tokens = batch_of(cfg, device, torch.Generator().manual_seed(1))
+    scaler = torch.amp.GradScaler(dev_type) if dtype == torch.float16 else None
+
+    def forward() -> torch.Tensor:
+        with torch.autocast(dev_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            return lm_loss(model, tokens)
+
+    def step() -> None:
+        loss = forward()
+        (scaler.scale(loss) if scaler else loss).backward()
+        if scaler:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()  # warm-up: optimizer state exists from here on
+    loss, saved = count_saved(forward, exclude=[model])
+    del loss
+    tracker = MemoryTracker(device).track(model, opt)
+    with tracker:
+        step()
+    peak = tracker.peak().as_dict()
+    if tracker.cuda_max_allocated_bytes is not None:
+        peak["cuda_max_allocated_bytes"] = tracker.cuda_max_allocated_bytes
+    row = {"peak": peak, "saved_bytes": saved.total_bytes,
+           "param_dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
+    return row, step
+
+
+def training_step_costs(cfg: Config, device: str) -> dict:
+    out, steps = {}, {}
     for name, dtype in amp_modes(device):
-        model = new_model(cfg, device)
-        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr)
-        tokens = batch_of(cfg, device, torch.Generator().manual_seed(1))
-        scaler = torch.amp.GradScaler(dev_type) if dtype == torch.float16 else None
-
-        def forward() -> torch.Tensor:
-            with torch.autocast(dev_type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                return lm_loss(model, tokens)
-
-        def step() -> None:
-            loss = forward()
-            (scaler.scale(loss) if scaler else loss).backward()
-            if scaler:
-                scaler.step(opt)
-                scaler.update()
-            else:
-                opt.step()
-            opt.zero_grad(set_to_none=True)
-
-        step()  # warm-up: optimizer state exists from here on
-        loss, saved = count_saved(forward, exclude=[model])
-        del loss
-        tracker = MemoryTracker(device).track(model, opt)
-        with tracker:
-            step()
-        peak = tracker.peak().as_dict()
-        if tracker.cuda_max_allocated_bytes is not None:
-            peak["cuda_max_allocated_bytes"] = tracker.cuda_max_allocated_bytes
-        out[name] = {"peak": peak, "saved_bytes": saved.total_bytes, "time": time_fn(step, cfg.min_run_time_s),
-                     "param_dtype": str(next(model.parameters()).dtype).replace("torch.", "")}
+        out[name], steps[name] = measure_mode(cfg, device, dtype)
+    for name, t in interleaved_times(steps, cfg.min_run_time_s).items():  # timed in turns
+        out[name]["time"] = t
     base = out["fp32"]
     for row in out.values():
         row["peak_ratio_vs_fp32"] = row["peak"]["total_bytes"] / base["peak"]["total_bytes"]
