@@ -122,7 +122,8 @@ class SiteState:
 
         text = render_page(self.env, markdown, f"docs/{uri}", self.context(uri, page.url, view), unavailable)
         if view.used:
-            text = self.flags(view.used) + text + self.provenance(view.used)
+            compact = (page.meta or {}).get("provenance") == "compact"
+            text = self.flags(view.used) + text + self.provenance(view.used, compact)
         return text
 
     def flags(self, used: set[str]) -> str:
@@ -133,9 +134,20 @@ class SiteState:
         items = "\n".join(f"    - `{name}`: {escape(why)}" for name, why in notes)
         return f"!!! warning \"Some results on this page are not current\"\n{items}\n\n"
 
-    def provenance(self, used: set[str]) -> str:
+    def provenance(self, used: set[str], compact: bool = False) -> str:
         pr = self.primary_results
         h = pr.host
+        head = (f"**Measured on** {escape(h['device'])} · {h['cores']} cores · "
+                f"{h['device_memory_bytes'] / 2**30:.0f} GiB device memory · host `{escape(h['slug'])}`")
+        if compact:  # one paragraph, for the printed cheat sheet
+            envs = [pr.runs[name].good for name in sorted(used)]
+            torches = ", ".join(sorted({escape(e["env"]["torch"]) for e in envs}))
+            commits = ", ".join(sorted({escape(e["env"]["git_sha"] or "unknown") for e in envs}))
+            dates = sorted(e["started_at"] for e in envs)
+            runs = "; ".join(f"`{name}` {escape(pr.runs[name].good['profile'])} {pr.runs[name].good['started_at'][:10]}"
+                             for name in sorted(used))
+            return (f"\n\n<div class=\"hb-provenance\" markdown>\n\n{head} · torch {torches} · commit {commits} · "
+                    f"measured {escape(dates[0])} to {escape(dates[-1])} UTC. Results: {runs}.\n\n</div>\n")
         rows = []
         for name in sorted(used):
             e = pr.runs[name].good
@@ -144,8 +156,7 @@ class SiteState:
                         f"{escape(e['env']['git_sha'] or 'unknown')} | {e['duration_s']:.1f} s |")
         return (
             "\n\n---\n\n<div class=\"hb-provenance\" markdown>\n\n"
-            f"**Measured on** {escape(h['device'])} · {h['cores']} cores · "
-            f"{h['device_memory_bytes'] / 2**30:.0f} GiB device memory · host `{escape(h['slug'])}`\n\n"
+            f"{head}\n\n"
             "| experiment | profile | torch | python | measured (UTC) | commit | run time |\n"
             "|---|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n</div>\n"
         )
