@@ -69,3 +69,12 @@ def test_predicted_share_grows_with_sequence(data):
     rows = data["predicted_share"]
     assert rows[1]["activation_share"] > rows[0]["activation_share"]
     assert all(r["activation_flash_share"] <= r["activation_share"] for r in rows)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+def test_cuda_run():
+    d = json.loads(to_json(am.run(TINY, "cuda")))
+    assert d["dropout_mask_dtype"] == "bool"  # CUDA's native_dropout keeps a 1-byte mask, as the paper counts
+    assert d["bf16"]["groups"]["dropout_masks"]["ratio"] == 1.0
+    assert d["bf16"]["groups"]["attention"]["ratio"] == 1.0 and d["bf16"]["groups"]["mlp"]["ratio"] == 1.0
+    assert d["seq_sweep"]["growth_last_doubling"]["sdpa"] < 2.2

@@ -62,3 +62,14 @@ def test_selective_sac_same_gradients_as_none_directly():
     for kind in ("sac", "core"):
         got = ck.grads_after_step(ck.build(TINY, "cpu", kind), idx, kind, 0)
         assert all(torch.equal(a, b) for a, b in zip(got, ref)), kind
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_run():
+    cfg = ck.Config(layers=4, hidden=64, heads=2, seq=64, batch=2, vocab=64, min_run_time_s=0.05,
+                    cuda_budget_fraction=0.001, max_batch=64)
+    d = json.loads(to_json(ck.run(cfg, "cuda")))
+    assert d["budget_source"] == "cuda_device_memory_fraction"
+    assert "cuda_max_allocated_bytes" in d["policies"]["none"]
+    assert all(row["max_abs_grad_diff_vs_none"] == 0.0 for row in d["policies"].values())
+    assert d["rng"]["preserve"]["grads_equal_to_none"] is True

@@ -65,3 +65,11 @@ def test_grad_scaler(data):
     for r in gs["steps"]:
         if r["skipped"]:
             assert r["next_scale"] == r["scale"] * gs["backoff_factor"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_run():
+    d = json.loads(to_json(mp.run(TINY, "cuda")))
+    assert "autocast_fp16" in d["step_costs"] and "autocast_fp16" in d["autocast_dtypes"]
+    assert d["autocast_dtypes"]["autocast_fp16"]["linear"] == "float16"
+    assert d["grad_scaler"]["supported"] is True
