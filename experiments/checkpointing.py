@@ -216,17 +216,18 @@ def largest_batch(cfg: Config, device: str, kind: str, k: int, budget: int, know
 
     if not fits(1):
         return {"max_batch": 0, "peak_at_max_bytes": probes[1], "probes": len(probes), "guess_from_two_points": 0}
-    other = max((b for b in probes if b != 1 and probes[b] <= budget), default=2)
+    other = max((b for b in probes if b != 1), default=2)  # any second measured point gives the slope
     fits(other)
     slope = max(1, (probes[other] - probes[1]) // (other - 1))
     guess = max(1, min(cfg.max_batch, 1 + (budget - probes[1]) // slope))
     lo, hi = (guess, None) if fits(guess) else (1, guess)  # lo fits; hi (if known) does not
-    while hi is None:  # gallop up from a guess that fits
-        nxt = min(cfg.max_batch, lo + max(1, lo // 8))
+    step = 1
+    while hi is None:  # gallop up from a guess that fits: +1, +2, +4, ...
+        nxt = min(cfg.max_batch, lo + step)
         if nxt == lo:
             break
         if fits(nxt):
-            lo = nxt
+            lo, step = nxt, step * 2
         else:
             hi = nxt
     while hi is not None and hi - lo > 1:
