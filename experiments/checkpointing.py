@@ -208,7 +208,7 @@ def largest_batch(cfg: Config, device: str, kind: str, k: int, budget: int, know
         if b not in probes:
             try:
                 probes[b] = measured_peak(cfg, device, kind, k, b)
-            except torch.OutOfMemoryError:
+            except getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError):  # torch.OutOfMemoryError: 2.5+
                 probes[b] = budget + 1
                 if device.startswith("cuda"):
                     torch.cuda.empty_cache()
