@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parent.parent
     ([], "run (cached), then build the site"),
     (["run"], "--only NAME"),
     (["build"], "--no-run"),
-    (["serve"], "live reload"),
+    (["serve"], "pages rebuild when docs or results change"),
 ])
 def test_help(args: list[str], expect: str) -> None:
     out = subprocess.run([sys.executable, "-m", "generator", *args, "--help"], cwd=REPO, capture_output=True,

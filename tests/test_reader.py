@@ -20,9 +20,12 @@ PAGES = ["", "01-where-the-memory-goes/", "hardware/", "cheatsheet/"]
 
 @pytest.fixture(scope="module")
 def server(built_site: Path):
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(built_site))
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    handler = functools.partial(Quiet, directory=str(built_site))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    handler.log_message = lambda *a, **k: None
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{httpd.server_address[1]}/"
@@ -83,14 +86,15 @@ def test_chapter_shows_figures_math_and_numbers(browser, server: str) -> None:
 def test_search_dark_mode_and_copy_buttons(browser, server: str) -> None:
     page = browser.new_page()
     page.goto(server, wait_until="networkidle")
-    assert page.locator(".md-clipboard").count() > 0, "code blocks have copy buttons"
+    assert page.locator("button[data-md-type='copy']").count() > 0, "code blocks have copy buttons"
     scheme = page.get_attribute("body", "data-md-color-scheme")
     page.locator("label.md-header__button[for^='__palette']").first.click()
     assert page.get_attribute("body", "data-md-color-scheme") != scheme, "the palette toggle switches the scheme"
-    page.locator("label.md-header__button[for='__search']").first.click()
-    page.fill("input.md-search__input", "optimizer")
+    search = page.locator("input.md-search__input")
+    search.click()
+    search.press_sequentially("optimizer", delay=30)  # the search listens to key events
     page.wait_for_selector(".md-search-result__item", timeout=15000)
-    assert page.locator(".md-search-result__item").count() > 0
+    assert "matching documents" in page.inner_text(".md-search-result__meta")
     page.close()
 
 
