@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from experiments.lib.cpu import single_thread
+from experiments.lib.threads import single_thread
 from experiments.lib.digits import load
 from experiments.lib.memory import MemoryTracker, param_bytes, tensor_bytes
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments.lib.cpu import single_thread
+from experiments.lib.threads import single_thread
 from experiments.lib.memory import MemoryTracker
 from experiments.lib.timing import time_fn
 

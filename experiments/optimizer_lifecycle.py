@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from experiments.lib import formulas
-from experiments.lib.cpu import single_thread
+from experiments.lib.threads import single_thread
 from experiments.lib.memory import optimizer_state_bytes, param_bytes
 
 

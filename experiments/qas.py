@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from experiments.lib import quant as Q
-from experiments.lib.cpu import single_thread
+from experiments.lib.threads import single_thread
 from experiments.lib.digits import load
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from experiments.lib import quant as Q
-from experiments.lib.cpu import single_thread
+from experiments.lib.threads import single_thread
 from experiments.lib.digits import PIXEL_MAX, load, load_arrays
 
 

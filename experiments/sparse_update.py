@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from experiments.lib import budget_search as B
-from experiments.lib.cpu import single_thread
+from experiments.lib.threads import single_thread
 from experiments.lib.digits import load
 from experiments.lib.mbv2 import Arch, TinyMobileNetV2
 from experiments.lib.memory import optimizer_state_bytes, tensor_bytes

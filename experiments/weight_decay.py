@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from experiments.lib.cpu import single_thread
+from experiments.lib.threads import single_thread
 
 
 # %%

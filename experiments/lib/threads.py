@@ -23,3 +23,8 @@ def cpu_threads(n: int, device: str) -> Iterator[int]:
         yield torch.get_num_threads()
     finally:
         torch.set_num_threads(before)
+
+
+def single_thread(device: str) -> contextlib.AbstractContextManager[int]:
+    """One intra-op thread on CPU for the block: the quick profiles' tiny tensors gain nothing from more."""
+    return cpu_threads(1, device)
