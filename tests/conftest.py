@@ -109,3 +109,22 @@ def site_text(site: Path, page: str) -> str:
 
     raw = (site / page).read_text(encoding="utf-8")
     return html.unescape(re.sub(r"<[^>]+>", " ", raw))
+
+
+def build_chapter_site(root: Path, data: dict[str, dict], pages: tuple[str, ...], parts: tuple[str, ...] = (),
+                       assets: tuple[str, ...] = (), stubs: dict[str, str] | None = None) -> Path:
+    """A mini site of real chapter pages and cheat-sheet parts over canned results of tiny runs.
+
+    ``data`` maps experiment names to what their ``run`` returned; ``stubs`` are extra pages that
+    the chapters link to. Fails the test with mkdocs' output when the strict build fails.
+    """
+    for name, d in data.items():
+        write_result(root / "results", make_envelope(name, d))
+    docs_dir = REPO / "docs"
+    docs = {"index.md": "# Mini\n", "cheatsheet.md": (docs_dir / "cheatsheet.md").read_text(encoding="utf-8"),
+            **{p: (docs_dir / p).read_text(encoding="utf-8") for p in pages + parts + assets},
+            **{f"experiments/{name}.py": "# the notebook link target\n" for name in data},
+            **(stubs or {})}
+    proc = build_site(root / "out", root / "results", docs=docs)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "out" / "site"

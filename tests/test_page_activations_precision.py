@@ -2,7 +2,7 @@
 a mini site built with ``--strict`` from canned results of tiny runs."""
 import pytest
 
-from conftest import REPO, build_site, make_envelope, site_text, write_result
+from conftest import build_chapter_site, site_text
 from experiments import activation_memory, checkpointing, mixed_precision
 from generator.site.formatting import bytes_, grouped, num, pct, ratio, sci
 
@@ -25,19 +25,8 @@ PART = "_cheatsheet/03-activations-precision.md"
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("chapters3to5")
     data = {name: MODULES[name].run(cfg, "cpu") for name, cfg in TINY.items()}
-    for name, d in data.items():
-        write_result(root / "results", make_envelope(name, d))
-    docs_dir = REPO / "docs"
-    docs = {
-        "index.md": "# Mini\n",
-        **{page: (docs_dir / page).read_text(encoding="utf-8") for page in PAGES},
-        "cheatsheet.md": (docs_dir / "cheatsheet.md").read_text(encoding="utf-8"),
-        PART: (docs_dir / PART).read_text(encoding="utf-8"),
-        **{f"experiments/{name}.py": "# the notebook link target\n" for name in MODULES},
-    }
-    proc = build_site(root / "out", root / "results", docs=docs)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return root / "out" / "site", data
+    out = build_chapter_site(root, data, PAGES, (PART,))
+    return out, data
 
 
 def test_activations_page(site):

@@ -2,7 +2,7 @@
 host's numbers: a mini site built with ``--strict`` from canned results of tiny runs."""
 import pytest
 
-from conftest import REPO, build_site, make_envelope, site_text, write_result
+from conftest import build_chapter_site, site_text
 from experiments import fused_update, qas, quantized_graph, sparse_update
 from experiments.lib.mbv2 import Arch
 from generator.site.formatting import bytes_, pct, sci
@@ -26,19 +26,8 @@ PAGE = "06-tight-budget.md"
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("chapter6")
     data = {name: MODULES[name].run(cfg, "cpu") for name, cfg in TINY.items()}
-    for name, d in data.items():
-        write_result(root / "results", make_envelope(name, d))
-    docs_dir = REPO / "docs"
-    docs = {
-        "index.md": "# Mini\n",
-        PAGE: (docs_dir / PAGE).read_text(encoding="utf-8"),
-        "cheatsheet.md": (docs_dir / "cheatsheet.md").read_text(encoding="utf-8"),
-        "_cheatsheet/06-tight-budget.md": (docs_dir / "_cheatsheet" / PAGE).read_text(encoding="utf-8"),
-        **{f"experiments/{name}.py": "# the notebook link target\n" for name in MODULES},
-    }
-    proc = build_site(root / "out", root / "results", docs=docs)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return root / "out" / "site", data
+    out = build_chapter_site(root, data, (PAGE,), ("_cheatsheet/06-tight-budget.md",))
+    return out, data
 
 
 def test_page_renders_the_numbers(site):

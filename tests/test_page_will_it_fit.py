@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import REPO, build_site, make_envelope, site_text, write_result
+from conftest import build_chapter_site, site_text
 from experiments import named_models, sharding
 from generator.site.formatting import bytes_, grouped, ratio
 
@@ -17,20 +17,8 @@ PAGES = ("07-will-it-fit.md", "08-named-models.md", "calculator.md")
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("will_it_fit")
     data = {"sharding": sharding.run(TINY_SHARDING, "cpu"), "named_models": named_models.run(TINY_NAMED, "cpu")}
-    for name, d in data.items():
-        write_result(root / "results", make_envelope(name, d))
-    docs_dir = REPO / "docs"
-    docs = {
-        "index.md": "# Mini\n",
-        **{p: (docs_dir / p).read_text(encoding="utf-8") for p in PAGES},
-        "cheatsheet.md": (docs_dir / "cheatsheet.md").read_text(encoding="utf-8"),
-        "_cheatsheet/07-will-it-fit.md": (docs_dir / "_cheatsheet" / "07-will-it-fit.md").read_text(encoding="utf-8"),
-        "assets/calculator.js": (docs_dir / "assets" / "calculator.js").read_text(encoding="utf-8"),
-        **{f"experiments/{name}.py": "# the notebook link target\n" for name in data},
-    }
-    proc = build_site(root / "out", root / "results", docs=docs)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return root / "out" / "site", data
+    out = build_chapter_site(root, data, PAGES, ("_cheatsheet/07-will-it-fit.md",), ("assets/calculator.js",))
+    return out, data
 
 
 def test_will_it_fit_page(site) -> None:
