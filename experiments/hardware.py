@@ -262,6 +262,8 @@ def _sweep_dtype(name: str, device: torch.device, cfg: Config) -> dict:
         "best_tflop_per_s": best["tflop_per_s"],
         "best_shape": [best["m"], best["n"], best["k"]],
         "best_median_ms": best["median_ms"],
+        # the largest shape run against the best: below 1 when size alone does not decide
+        "largest_share_of_best": points[-1]["gflop_per_s"] / best["gflop_per_s"],
         "points": points,
         "skipped_shapes": skipped,
     }

@@ -53,6 +53,7 @@ def test_matmul_sweep_is_ordered_by_flops_and_keeps_the_best(data: dict) -> None
     best = max(d["points"], key=lambda p: p["gflop_per_s"])
     assert d["best_gflop_per_s"] == best["gflop_per_s"]
     assert d["best_shape"] == [best["m"], best["n"], best["k"]]
+    assert d["largest_share_of_best"] == d["points"][-1]["gflop_per_s"] / best["gflop_per_s"] <= 1.0
     assert data["matmul"]["speedup_vs_fp32"]["fp32"] == 1.0
     measured = [n for n in data["matmul"]["dtypes"] if data["matmul"][n]["status"] == "measured"]
     assert data["matmul"]["best_dtype"] == max(measured, key=lambda n: data["matmul"][n]["best_gflop_per_s"])
