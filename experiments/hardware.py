@@ -42,6 +42,7 @@ the GPU.
 from __future__ import annotations
 
 import gc
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -139,6 +140,13 @@ def _by_flops(shapes: tuple[tuple[int, int, int], ...]) -> list[tuple[int, int, 
     return sorted({tuple(int(x) for x in s) for s in shapes}, key=lambda s: (s[0] * s[1] * s[2], s))
 
 
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
 class _LoadSampler:
     """Counts the tasks competing for the CPU while the measurements run.
 
@@ -178,7 +186,7 @@ class _LoadSampler:
         self._stop.set()
         self._thread.join()
 
-    def summary(self, threads: int) -> dict:
+    def summary(self, threads: int, cores: int) -> dict:
         if not self.samples:
             return {"measured": False}
         own = threads + 1  # this process's compute threads and the sampler itself
@@ -191,7 +199,11 @@ class _LoadSampler:
             "runnable_mean": sum(self.samples) / len(self.samples),
             "runnable_max": max(self.samples),
             "competing_tasks_mean": mean,  # at least this many other tasks wanted a core, on average
-            "busy": mean >= 1.0,
+            "cores": cores,
+            # Busy when, on average, more than half a core's worth of other work wanted the cores that
+            # this process's threads did not use. With every core in use (threads == cores), even one
+            # competing task halves a multi-threaded kernel: each parallel region waits for its slowest thread.
+            "busy": mean > max(0, cores - threads) + 0.5,
         }
 
 
@@ -540,7 +552,7 @@ def run(cfg: Config, device: str) -> dict:
     bw = data["bandwidth"]["gb_per_s"]
     data["roofline"] = {n: {"ridge_flop_per_byte": data["matmul"][n]["best_gflop_per_s"] / bw}
                         for n in cfg.dtypes if data["matmul"][n]["status"] == "measured"}
-    data["cpu_load"] = load.summary(data["threads"])
+    data["cpu_load"] = load.summary(data["threads"], _cores())
     if dev.type == "cuda":
         assert context is not None
         data["cuda"] = {"measured": True, **context, **measure_cuda_after(dev, context), **_cuda_settings(),

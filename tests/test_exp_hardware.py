@@ -207,12 +207,17 @@ def test_cuda_memory_figures() -> None:
 def test_load_sampler_subtracts_this_process() -> None:
     s = hardware._LoadSampler()
     s.samples = [5, 3, 1]  # runnable tasks; this process accounts for threads + 1 (the sampler)
-    out = s.summary(threads=2)
+    out = s.summary(threads=2, cores=2)
     assert out["competing_tasks_mean"] == pytest.approx((2 + 0 + 0) / 3)
-    assert out["runnable_max"] == 5 and out["busy"] is False
-    s.samples = [6, 4]
-    assert s.summary(threads=2)["busy"] is True  # (3 + 1) / 2 = 2 competing tasks
-    assert hardware._LoadSampler().summary(threads=2) == {"measured": False}
+    assert out["runnable_max"] == 5
+    assert out["busy"] is True  # 2/3 of a task competes for cores that are all in use
+    s.samples = [3, 4, 3, 3]  # a quarter of a task on average: quiet enough
+    assert s.summary(threads=2, cores=2)["busy"] is False
+    s.samples = [5, 5]  # two competing tasks, but this process left two of four cores free
+    assert s.summary(threads=2, cores=4)["busy"] is False
+    s.samples = [7, 7]  # the same two competing tasks when this process's threads fill all four cores
+    assert s.summary(threads=4, cores=4)["busy"] is True
+    assert hardware._LoadSampler().summary(threads=2, cores=2) == {"measured": False}
 
 
 @pytest.mark.skipif(not Path("/proc/loadavg").exists(), reason="needs Linux /proc/loadavg")
@@ -220,7 +225,8 @@ def test_run_records_the_cpu_load(data: dict) -> None:
     load = data["cpu_load"]
     assert load["measured"] is True and load["samples"] >= 1 and load["period_ms"] == pytest.approx(50.0)
     assert load["competing_tasks_mean"] >= 0
-    assert load["busy"] == (load["competing_tasks_mean"] >= 1.0)
+    spare = max(0, load["cores"] - data["threads"])
+    assert load["busy"] == (load["competing_tasks_mean"] > spare + 0.5)
 
 
 # ---------------------------------------------------------------------------------------------- the page
