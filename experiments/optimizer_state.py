@@ -25,6 +25,7 @@ from torch import nn
 from experiments.lib import formulas
 from experiments.lib.memory import MemoryTracker, grad_bytes, optimizer_state_bytes, param_bytes, tensor_bytes
 from experiments.lib.models import TinyTransformer, lm_batch, lm_loss
+from experiments.lib.threads import single_thread
 
 
 @dataclass(frozen=True)
@@ -222,6 +223,11 @@ def measure_precision(cfg: Config, device: str) -> dict:
 
 # %%
 def run(cfg: Config, device: str) -> dict:
+    with single_thread(device):  # small tensors: a second CPU thread only adds waiting; CUDA is unaffected
+        return measure_all(cfg, device)
+
+
+def measure_all(cfg: Config, device: str) -> dict:
     model = build(cfg, device)
     optimizers = {name: {impl: measure_optimizer(cfg, device, name, impl) for impl in cfg.implementations}
                   for name in cfg.optimizers}
