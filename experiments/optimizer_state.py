@@ -131,6 +131,9 @@ def measure_optimizer(cfg: Config, device: str, name: str, implementation: str) 
         "peak_bytes": peak.total,
         "peak_activations_bytes": peak.by_category["activations"],
         "predicted_persistent_bytes": params + params + predicted,
+        "state_over_params_ratio": state / params,
+        "temporaries_over_params_ratio": max(step_peak - (params + grads + state), 0) / params,
+        "peak_over_predicted_persistent_ratio": peak.total / (params + params + predicted),
         "cuda_max_allocated_bytes": whole.cuda_max_allocated_bytes,
     }
 

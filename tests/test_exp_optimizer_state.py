@@ -35,7 +35,10 @@ def test_state_bytes_match_the_formula_exactly(data: dict) -> None:
             assert x["state_bytes"] == x["predicted_state_bytes"] == formulas.optimizer_state_bytes(name, shapes), \
                 (name, impl)
     adam = data["optimizers"]["adam"]["foreach"]
-    assert adam["state_bytes"] == 2 * 4 * n + 4 * len(shapes)  # two fp32 moments + a float32 step per tensor
+    assert adam["state_bytes"] == 2 * 4 * n + 4 * len(shapes)
+    assert adam["state_over_params_ratio"] == adam["state_bytes"] / adam["params_bytes"]
+    assert adam["peak_over_predicted_persistent_ratio"] == adam["peak_bytes"] / adam["predicted_persistent_bytes"]
+    assert adam["temporaries_over_params_ratio"] == adam["step_temporaries_bytes"] / adam["params_bytes"]  # two fp32 moments + a float32 step per tensor
     assert data["optimizers"]["sgd"]["foreach"]["state_bytes"] == 0
     assert data["optimizers"]["adam-amsgrad"]["foreach"]["state_bytes"] == 3 * 4 * n + 4 * len(shapes)
     assert data["optimizers"]["adafactor"]["foreach"]["state_bytes"] < adam["state_bytes"] / 4
