@@ -52,6 +52,7 @@ class Config:
     mem_depth: int = 4
     mem_micro: tuple = (512, 256, 128, 64, 32)
     min_run_time_s: float = 0.05
+    match_tolerance: float = 1e-5        # relative difference below which two gradients count as the same
     seed: int = 0
 
 
@@ -261,8 +262,12 @@ def breakers(cfg: Config, device: str) -> dict:
     ref = snapshot_grads(model, [(x, y)], F.cross_entropy, seed=cfg.seed)
     acc = snapshot_grads(model, split(x, y, equal), F.cross_entropy, seed=cfg.seed)
     ref2 = snapshot_grads(model, [(x, y)], F.cross_entropy, seed=cfg.seed + 1)
-    out["dropout"] = {"rel_diff": max_abs_diff(acc, ref) / max_abs(ref),
-                      "other_seed_rel_diff": max_abs_diff(ref2, ref) / max_abs(ref), "p": cfg.dropout}
+    dropout_rel_diff = max_abs_diff(acc, ref) / max_abs(ref)
+    out["dropout"] = {"rel_diff": dropout_rel_diff,
+                      "other_seed_rel_diff": max_abs_diff(ref2, ref) / max_abs(ref), "p": cfg.dropout,
+                      # the K small masks drawn in sequence were the big mask (this host, this torch)
+                      "masks_match": dropout_rel_diff < cfg.match_tolerance,
+                      "match_tolerance": cfg.match_tolerance}
 
     # reduction="mean" over unequal micro-batches weights each sample by 1/(K * size of its micro-batch).
     torch.manual_seed(cfg.seed)
@@ -291,8 +296,11 @@ def breakers(cfg: Config, device: str) -> dict:
         grads = clipped_cycle(model, mbs, max_norm, mode)
         out["clipping"][mode] = {"norm": norm(grads), "rel_diff": max_abs_diff(grads, once) / max_abs(once),
                                  "cosine": cosine(grads, once)}
-    out["clipping"]["micro_contribution_norms"] = [norm(snapshot_grads(model, [mb], F.cross_entropy)) / k
-                                                   for mb in mbs]
+    micro_norms = [norm(snapshot_grads(model, [mb], F.cross_entropy)) / k for mb in mbs]
+    out["clipping"]["micro_contribution_norms"] = micro_norms
+    out["clipping"]["micro_contribution_norm_max"] = max(micro_norms)
+    # all below the limit: clipping each micro-batch's own gradient clips nothing
+    out["clipping"]["micro_contributions_all_below_max_norm"] = max(micro_norms) < max_norm
     return out
 
 
@@ -382,8 +390,10 @@ def memory_and_time(cfg: Config, device: str) -> list[dict]:
                      "peak_optimizer_bytes": peak.by_category["optimizer"],
                      "peak_temporaries_bytes": peak.by_category["temporaries"],
                      "predicted_saved_activations_bytes": predicted_acts,
+                     "activations_over_predicted_ratio": peak.by_category["activations"] / predicted_acts,
                      "cuda_max_allocated_bytes": tracker.cuda_max_allocated_bytes,
-                     "step_time_ms": timing["median_ms"], "step_time_iqr_ms": timing["iqr_ms"]})
+                     "step_time_ms": timing["median_ms"], "step_time_iqr_ms": timing["iqr_ms"],
+                     "step_time_half_iqr_ms": timing["iqr_ms"] / 2})
     return rows
 
 
@@ -433,7 +443,7 @@ def plot(data: dict):
     ax0.set_title("Peak memory by category")
     ax0.legend(fontsize=7)
     ax1.errorbar([str(m) for m in micro], [r["step_time_ms"] for r in rows],
-                 yerr=[r["step_time_iqr_ms"] / 2 for r in rows], marker="o", capsize=3)
+                 yerr=[r["step_time_half_iqr_ms"] for r in rows], marker="o", capsize=3)
     ax1.set_xlabel(f"micro-batch size (effective batch {data['mem_batch']})")
     ax1.set_ylabel("time per effective batch (ms, median)")
     ax1.set_ylim(bottom=0)

@@ -149,6 +149,7 @@ def state_table(cfg: Config, device: str) -> list[dict]:
         opt2.step()
         resume_diff = max(float((a.detach() - b.detach()).abs().max())
                           for a, b in zip(model.parameters(), model2.parameters()))
+        model_saved = saved_bytes(model.state_dict())
         rows.append({
             "optimizer": name,
             "state_entries_before_step": entries_before,
@@ -165,7 +166,10 @@ def state_table(cfg: Config, device: str) -> list[dict]:
             "saved_overhead_bytes": saved - in_memory,
             "saved_over_memory_ratio": saved / in_memory if in_memory else None,
             "param_bytes": param_bytes(model),
-            "saved_model_bytes": saved_bytes(model.state_dict()),
+            "saved_model_bytes": model_saved,
+            # a checkpoint of model + optimizer, and how many model-only checkpoints that is
+            "saved_model_and_state_dict_bytes": model_saved + saved,
+            "saved_model_and_state_dict_over_model_ratio": (model_saved + saved) / model_saved,
             "param_groups_keys": sorted(k for k in sd["param_groups"][0] if k != "params"),
             "resume_max_abs_diff": resume_diff,
             "state_dict_aliases_live_state": aliases,
@@ -242,10 +246,13 @@ def run(cfg: Config, device: str) -> dict:
     torch.manual_seed(cfg.seed)
     model = mlp(cfg)
     with single_thread(device):  # small tensors: one thread is faster on a small shared CPU
+        state = state_table(cfg, device)
         return {
             "model": {"shapes": [list(p.shape) for p in model.parameters()],
                       "numel": sum(p.numel() for p in model.parameters())},
-            "state": state_table(cfg, device),
+            "state": state,
+            # the largest difference after reloading, over every optimizer of the state table
+            "resume_max_abs_diff_all_optimizers": max(r["resume_max_abs_diff"] for r in state),
             "grad_none": grad_none_semantics(cfg, device),
             "hyper": {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "momentum": cfg.momentum},
         }

@@ -214,11 +214,17 @@ def trajectories(cfg: Config, device: str) -> dict:
                 predicted = 1.0 / math.sqrt(sigma ** 2 + (cfg.weight_decay * float(theta_bar[i])) ** 2)
             else:
                 predicted = 1.0  # SGD-L2 and decoupled forms: the decay is exactly ηλθ per step
+            effective = (rate / nominal) if rate is not None else None
             rows.append({"noise_scale": float(sigma), "mean_theta_final": m,
                          "decay_rate_per_step": rate,
-                         "effective_over_nominal": (rate / nominal) if rate is not None else None,
-                         "predicted_effective_over_nominal": predicted})
-        noisy[kind] = {"rows": rows, "mean_theta_by_scale": mean_paths}
+                         "effective_over_nominal": effective,
+                         "predicted_effective_over_nominal": predicted,
+                         "measured_over_predicted_ratio": (effective / predicted) if effective is not None else None})
+        measured = [r["effective_over_nominal"] for r in rows if r["effective_over_nominal"] is not None]
+        noisy[kind] = {"rows": rows, "mean_theta_by_scale": mean_paths,
+                       # the range over the noise scales where mean θ stayed positive (None if at none)
+                       "effective_over_nominal_min": min(measured) if measured else None,
+                       "effective_over_nominal_max": max(measured) if measured else None}
     return {
         "momentum": momentum_decay(cfg, device),
         "steps_kept": steps_kept,
@@ -332,10 +338,14 @@ def parameter_groups(cfg: Config, device: str) -> dict:
     worst_decay = max(float((names[n].detach() - before[n] * (1 - cfg.lr * cfg.weight_decay)).abs().max())
                       for n in groups[0]["names"])
     worst_nodecay = max(float((names[n].detach() - before[n]).abs().max()) for n in groups[1]["names"])
+    decay_params = sum(p.numel() for p in groups[0]["params"])
+    no_decay_params = sum(p.numel() for p in groups[1]["params"])
     return {
         "total_params": total,
-        "decay_params": sum(p.numel() for p in groups[0]["params"]),
-        "no_decay_params": sum(p.numel() for p in groups[1]["params"]),
+        "decay_params": decay_params,
+        "no_decay_params": no_decay_params,
+        "decay_params_fraction": decay_params / total,
+        "no_decay_params_fraction": no_decay_params / total,
         "decay_tensors": len(groups[0]["params"]),
         "no_decay_tensors": len(groups[1]["params"]),
         # names outside blocks 1.. (the other blocks repeat block 0)

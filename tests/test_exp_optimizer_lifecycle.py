@@ -26,6 +26,11 @@ def test_state_bytes_match_formula_and_checkpoint_restores(data):
         assert r["state_bytes"] == r["predicted_state_bytes"], r["optimizer"]  # exact
         assert r["resume_max_abs_diff"] == 0.0                                   # reload -> identical next step
         assert r["saved_state_dict_bytes"] > r["state_bytes"]                    # serialisation adds, never drops
+        assert r["saved_model_and_state_dict_bytes"] == r["saved_model_bytes"] + r["saved_state_dict_bytes"]
+        assert r["saved_model_and_state_dict_over_model_ratio"] == (
+            r["saved_model_and_state_dict_bytes"] / r["saved_model_bytes"])
+        assert r["saved_model_and_state_dict_over_model_ratio"] > 1.0
+    assert data["resume_max_abs_diff_all_optimizers"] == max(r["resume_max_abs_diff"] for r in rows.values())
     n = data["model"]["numel"]
     assert rows["adam"]["state_bytes"] == 2 * 4 * n + 4 * len(data["model"]["shapes"])
     assert [k["key"] for k in rows["adam"]["state_keys"]] == ["step", "exp_avg", "exp_avg_sq"]

@@ -82,11 +82,22 @@ def test_trajectories(data):
     # the first-order prediction 1/sqrt(σ² + (λθ̄)²) is within 20 %
     for r in rows.values():
         assert r["effective_over_nominal"] == pytest.approx(r["predicted_effective_over_nominal"], rel=0.2)
+        assert r["measured_over_predicted_ratio"] == pytest.approx(
+            r["effective_over_nominal"] / r["predicted_effective_over_nominal"], rel=1e-12)
+    # the range the page quotes for each optimizer is the range of its rows
+    for kind, block in tr["noisy"].items():
+        measured = [r["effective_over_nominal"] for r in block["rows"] if r["effective_over_nominal"] is not None]
+        assert block["effective_over_nominal_min"] == min(measured), kind
+        assert block["effective_over_nominal_max"] == max(measured), kind
+    assert 0.9 < tr["noisy"]["adamw"]["effective_over_nominal_min"] <= tr["noisy"]["adamw"]["effective_over_nominal_max"] < 1.1
 
 
 def test_groups_by_module_type(data):
     g = data["groups"]
     assert g["decay_params"] + g["no_decay_params"] == g["total_params"]
+    assert g["decay_params_fraction"] == g["decay_params"] / g["total_params"]
+    assert g["no_decay_params_fraction"] == g["no_decay_params"] / g["total_params"]
+    assert g["decay_params_fraction"] + g["no_decay_params_fraction"] == pytest.approx(1.0, abs=1e-12)
     d, f, v, L = TINY.d_model, TINY.d_ff, TINY.vocab, TINY.n_layers
     # decayed: q,k,v,out projections (4 d²) and the two FFN matrices (2 d f) per block, plus the head (d v)
     assert g["decay_params"] == L * (4 * d * d + 2 * d * f) + d * v

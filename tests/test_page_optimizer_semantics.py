@@ -5,7 +5,7 @@ import pytest
 
 from conftest import build_chapter_site, site_text
 from experiments import grad_accumulation, optimizer_lifecycle, weight_decay
-from generator.site.formatting import bytes_, grouped, num, ratio, sci
+from generator.site.formatting import bytes_, grouped, ms, num, pct, ratio, sci
 
 TINY = {
     "weight_decay": weight_decay.Config(steps=100, params_per_scale=256, trajectory_points=11, vocab=64, d_model=16,
@@ -45,6 +45,23 @@ def test_page_renders_the_numbers(site):
         bytes_(ol["state"][2]["saved_state_dict_bytes"]), bytes_(ol["state"][2]["state_bytes"]),
     ):
         assert expected in text, expected
+    # derived figures come from the data, not from arithmetic in the page
+    adam = next(r for r in ol["state"] if r["optimizer"] == "adam")
+    adamw_noisy = wd["trajectories"]["noisy"]["adamw"]
+    for expected in (
+        pct(wd["groups"]["decay_params_fraction"]), pct(wd["groups"]["no_decay_params_fraction"]),
+        ratio(adamw_noisy["effective_over_nominal_min"]), ratio(adamw_noisy["effective_over_nominal_max"]),
+        ratio(ga["memory"][0]["activations_over_predicted_ratio"]), ms(ga["memory"][0]["step_time_half_iqr_ms"]),
+        bytes_(adam["saved_model_and_state_dict_bytes"]), ratio(adam["saved_model_and_state_dict_over_model_ratio"]),
+        num(ol["resume_max_abs_diff_all_optimizers"]),
+    ):
+        assert expected in text, expected
+    dropout_verdict = "turned out to be exactly the big mask" if ga["breakers"]["dropout"]["masks_match"] else (
+        "smaller masks differ from the one big mask")
+    assert dropout_verdict in text
+    clip_verdict = "are all below the limit" if ga["breakers"]["clipping"]["micro_contributions_all_below_max_norm"] \
+        else "are compared with the limit one by one"
+    assert clip_verdict in text
     # the canonical loops are the experiment's own source (compared without whitespace: highlighting splits tokens)
     squeezed = "".join(text.split())
     for code in ("def accumulation_step(model, optimizer, micro_batches, loss_fn):", "scaler.unscale_(optimizer)",
