@@ -118,6 +118,8 @@ def by_group(by_module: dict) -> dict:
 
 # %%
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+# a float64 scalar tensor: what autograd keeps for a multiplication by a Python float without calling the pack hook
+FLOAT64_SCALAR_BYTES = torch.finfo(torch.float64).bits // 8
 
 
 def measure_layer(cfg: Config, s: int, b: int, dtype: str, attention: str, device: str,
@@ -146,9 +148,14 @@ def measure_layer(cfg: Config, s: int, b: int, dtype: str, attention: str, devic
         out, res = count_saved(lambda: layer(x), exclude=[layer], attribute=layer)
     by_op = saved_by_node(out, exclude=[layer])  # the same bytes, found by walking the autograd graph
     del out
+    walk_total = sum(by_op.values())
     return {"saved_bytes": res.total_bytes, "by_module_bytes": res.by_module,
             "by_op_bytes": dict(sorted(by_op.items(), key=lambda kv: -kv[1])),
-            "graph_walk_total_bytes": sum(by_op.values()),
+            "graph_walk_total_bytes": walk_total,
+            # what the graph walk finds beyond the pack hook, and whether that is exactly one float64 scalar
+            # (the attention's 1/sqrt(d), kept as a wrapped Python number)
+            "graph_walk_extra_bytes": walk_total - res.total_bytes,
+            "graph_walk_extra_is_one_float64_scalar": walk_total - res.total_bytes == FLOAT64_SCALAR_BYTES,
             "tensors": [{"module": e.module, "shape": list(e.shape), "dtype": e.dtype, "bytes": e.bytes, "kind": e.kind}
                         for e in res.entries]}
 
@@ -182,6 +189,9 @@ def breakdown(cfg: Config, dtype: str, device: str, autocast: bool = False) -> d
 # ## Sweeps: sequence length (the s² term) and batch size
 
 # %%
+# growth over one doubling of s above which a variant still keeps an s x s term (2 is linear, 4 quadratic)
+QUADRATIC_GROWTH_THRESHOLD = 2.5
+
 ATTENTION_VARIANTS = (
     # label, attention, attention-dropout (None: the config's)
     ("math", "math", None),
@@ -201,12 +211,15 @@ def seq_sweep(cfg: Config, device: str) -> dict:
                "paper_quadratic_bytes": 5 * a * s * s * b}
         for label, attention, p in ATTENTION_VARIANTS:
             row[f"{label}_bytes"] = measure_layer(cfg, s, b, "bf16", attention, device, attn_dropout=p)["saved_bytes"]
+        row["sdpa_attn_dropout_above_math"] = row["sdpa_attn_dropout_bytes"] > row["math_bytes"]
         rows.append(row)
     # Which SDPA variants kept the s^2 term: compare growth between the two longest sequences.
     last, prev = rows[-1], rows[-2]
     growth = {label: last[f"{label}_bytes"] / prev[f"{label}_bytes"] for label, _, _ in ATTENTION_VARIANTS}
     return {"batch": b, "rows": rows, "growth_last_doubling": growth,
-            "seq_ratio_last_doubling": last["seq"] / prev["seq"]}
+            "seq_ratio_last_doubling": last["seq"] / prev["seq"],
+            "quadratic_growth_threshold": QUADRATIC_GROWTH_THRESHOLD,
+            "kept_quadratic_term": {label: g > QUADRATIC_GROWTH_THRESHOLD for label, g in growth.items()}}
 
 
 def batch_sweep(cfg: Config, device: str) -> dict:
@@ -254,6 +267,7 @@ def measured_share(cfg: Config, device: str) -> list:
         rows.append({"batch": b, "seq": cfg.seq, "layers": cfg.share_layers, "peak": peak,
                      "params": sum(p.numel() for p in model.parameters()),
                      "saved_bytes_total": res.total_bytes, "saved_bytes_per_layer": per_layer,
+                     "activations_and_temporaries_bytes": transient,
                      "activation_share": transient / peak["total_bytes"]})
     return rows
 

@@ -39,6 +39,8 @@ from experiments.lib.threads import cpu_threads
 from experiments.lib.turns import interleaved_times
 
 TIMEOUT_S = 900
+# step-time ratio over FLOP ratio above which a step is called overhead-bound rather than FLOP-bound
+TIME_OVER_FLOPS_THRESHOLD = 1.2
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,10 @@ def loss_fn(model: GPT, idx: torch.Tensor, kind: str, k: int, preserve_rng_state
         raise ValueError(f"unknown policy kind {kind!r}")
     logits = model.ln_f(x) @ model.tok.weight.t()
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), idx.flatten())
+
+def with_half_iqr(t: dict) -> dict:
+    """A timing dict with the half interquartile range beside the median (the "median ± half IQR" of the pages)."""
+    return {**t, "half_iqr_ms": t["iqr_ms"] / 2}
 
 # %% [markdown]
 # ## One measurement per policy
@@ -257,7 +263,7 @@ def rng_check(cfg: Config, device: str, reference_grads: list) -> dict:
         out[key] = {"max_abs_grad_diff_vs_none": max_abs_diff(grads, reference_grads),
                     "grads_equal_to_none": bool(all(torch.equal(a, b) for a, b in zip(grads, reference_grads)))}
     for key, t in interleaved_times(steps, cfg.min_run_time_s).items():
-        out[key]["time"] = t
+        out[key]["time"] = with_half_iqr(t)
     p, n = out["preserve"]["time"], out["no_preserve"]["time"]
     out["preserve_overhead_ratio"] = p["median_ms"] / n["median_ms"]
     out["overhead_within_spread"] = abs(p["median_ms"] - n["median_ms"]) <= max(p["iqr_ms"], n["iqr_ms"])
@@ -290,18 +296,26 @@ def _run(cfg: Config, device: str) -> dict:
         row["largest_batch"] = largest_batch(cfg, device, kind, k, budget, known)
         rows[name] = row
     for name, t in interleaved_times(steps, cfg.min_run_time_s).items():
-        rows[name]["time"] = t
+        rows[name]["time"] = with_half_iqr(t)
     base = rows["none"]
     for row in rows.values():
         row["peak_ratio_vs_none"] = row["peak_bytes"] / base["peak_bytes"]
         row["activations_ratio_vs_none"] = row["activations_bytes"] / max(1, base["activations_bytes"])
         row["time_ratio_vs_none"] = row["time"]["median_ms"] / base["time"]["median_ms"]
         row["flops_ratio_vs_none"] = row["flops"] / base["flops"]
+        row["time_over_flops_ratio"] = row["time_ratio_vs_none"] / row["flops_ratio_vs_none"]
+        row["time_well_above_flops"] = row["time_over_flops_ratio"] > TIME_OVER_FLOPS_THRESHOLD
         row["batch_ratio_vs_none"] = row["largest_batch"]["max_batch"] / max(1, base["largest_batch"]["max_batch"])
+    k_sqrt = max(1, round(math.sqrt(cfg.layers)))
+    sq, full = rows[f"segments_k{k_sqrt}"], rows["every_layer"]
     return {
         "model": {"layers": cfg.layers, "hidden": cfg.hidden, "heads": cfg.heads, "seq": cfg.seq,
                   "batch": cfg.batch, "vocab": cfg.vocab, "params": sum(p.numel() for p in build(cfg, device, "none").parameters())},
-        "sqrt_k": max(1, round(math.sqrt(cfg.layers))),
+        "sqrt_k": k_sqrt,
+        # segments of k = sqrt(N) against checkpointing every layer (k = 1): which peak is higher
+        "sqrt_k_peak_above_every_layer": sq["peak_bytes"] > full["peak_bytes"],
+        "sqrt_k_peak_below_every_layer": sq["peak_bytes"] < full["peak_bytes"],
+        "time_over_flops_threshold": TIME_OVER_FLOPS_THRESHOLD,
         "budget_bytes": budget,
         "budget_source": budget_source,
         "policies": rows,
@@ -317,9 +331,9 @@ def plot(data: dict):
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name, row in data["policies"].items():
-        t, iqr = row["time"]["median_ms"], row["time"]["iqr_ms"]
+        t, half = row["time"]["median_ms"], row["time"]["half_iqr_ms"]
         mem = row["peak_bytes"] / 2**20
-        ax.errorbar([t], [mem], xerr=[[iqr / 2], [iqr / 2]], fmt="o", capsize=3)
+        ax.errorbar([t], [mem], xerr=[[half], [half]], fmt="o", capsize=3)
         ax.annotate(name.replace("_", " "), (t, mem), textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set_xlabel("training step time, median (ms); bars: interquartile range")
     ax.set_ylabel("peak memory of a step (MiB)")

@@ -180,6 +180,7 @@ def cast_stats(g: torch.Tensor, scale: float, dtype: torch.dtype) -> dict:
     small_rel = (err[small].abs() / g[small].abs()) if bool(small.any()) else torch.zeros(1, dtype=torch.float64)
     return {"small_values_median_relative_error": float(small_rel.median()), "scale_log2": math.log2(scale),"scale": scale, "zero_fraction": float(zero.double().mean()),
             "subnormal_fraction": float(sub.double().mean()), "overflow_fraction": float((~finite).double().mean()),
+            "any_overflow": bool((~finite).any()),
             "median_relative_error": float(rel.median()), "norm_relative_error": float(err.norm() / g.norm())}
 
 
@@ -258,7 +259,7 @@ def training_step_costs(cfg: Config, device: str) -> dict:
     for name, dtype in amp_modes(device):
         out[name], steps[name] = measure_mode(cfg, device, dtype)
     for name, t in interleaved_times(steps, cfg.min_run_time_s).items():  # timed in turns
-        out[name]["time"] = t
+        out[name]["time"] = {**t, "half_iqr_ms": t["iqr_ms"] / 2}  # the page's "median ± half IQR"
     base = out["fp32"]
     for row in out.values():
         row["peak_ratio_vs_fp32"] = row["peak"]["total_bytes"] / base["peak"]["total_bytes"]

@@ -41,6 +41,8 @@ def test_breakdown_against_the_paper(data):
     # the graph walk finds the same bytes, plus the 8-byte float64 scalar 1/sqrt(d) the pack hook never sees
     for run in (bf16, fp32):
         assert run["graph_walk_total_bytes"] - run["saved_bytes"] == 8
+        assert run["graph_walk_extra_bytes"] == run["graph_walk_total_bytes"] - run["saved_bytes"]
+        assert run["graph_walk_extra_is_one_float64_scalar"] is True
     amp = data["autocast_bf16"]
     h = TINY.hidden
     assert amp["weight_cast_bytes"] == 2 * (3 * h * h + h * h + 4 * h * h + 4 * h * h)
@@ -51,8 +53,13 @@ def test_quadratic_term_appears_and_disappears(data):
     assert sw["growth_last_doubling"]["sdpa"] == pytest.approx(2.0)  # no s x s tensor saved
     assert sw["growth_last_doubling"]["math"] > 2.2
     assert sw["growth_last_doubling"]["sdpa_attn_dropout"] > 2.2  # dropout sends CPU SDPA to the math path
+    assert sw["quadratic_growth_threshold"] == am.QUADRATIC_GROWTH_THRESHOLD
+    for label, growth in sw["growth_last_doubling"].items():
+        assert sw["kept_quadratic_term"][label] is (growth > sw["quadratic_growth_threshold"]), label
+    assert sw["kept_quadratic_term"]["sdpa"] is False  # linear: growth 2 per doubling
     for row in sw["rows"]:
         assert row["sdpa_bytes"] < row["math_bytes"]
+        assert row["sdpa_attn_dropout_above_math"] is (row["sdpa_attn_dropout_bytes"] > row["math_bytes"])
         assert row["paper_bytes"] == row["paper_linear_bytes"] + row["paper_quadratic_bytes"]
 
 
@@ -63,6 +70,9 @@ def test_linear_in_batch_and_equal_per_layer(data):
     # a fp32 layer at batch 1 saves what the bf16 layer saves at batch 2 (the breakdown's batch)
     assert share["saved_bytes_per_layer"][0] == data["bf16"]["saved_bytes"]
     assert 0 < share["activation_share"] < 1
+    assert share["activations_and_temporaries_bytes"] == \
+        share["peak"]["activations_bytes"] + share["peak"]["temporaries_bytes"]
+    assert share["activation_share"] == share["activations_and_temporaries_bytes"] / share["peak"]["total_bytes"]
 
 
 def test_predicted_share_grows_with_sequence(data):

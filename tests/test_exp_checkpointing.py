@@ -35,6 +35,21 @@ def test_memory_down_flops_up(data):
     assert p["selective_attention_core"]["flops_ratio_vs_none"] < p["every_layer"]["flops_ratio_vs_none"]
 
 
+def test_derived_figures(data):
+    p = data["policies"]
+    for name, row in p.items():
+        assert row["time"]["half_iqr_ms"] == row["time"]["iqr_ms"] / 2, name
+        assert row["time_over_flops_ratio"] == pytest.approx(row["time_ratio_vs_none"] / row["flops_ratio_vs_none"])
+        assert row["time_well_above_flops"] is (row["time_over_flops_ratio"] > data["time_over_flops_threshold"])
+    assert data["time_over_flops_threshold"] == ck.TIME_OVER_FLOPS_THRESHOLD
+    sq, full = p[f"segments_k{data['sqrt_k']}"], p["every_layer"]
+    assert data["sqrt_k_peak_above_every_layer"] is (sq["peak_bytes"] > full["peak_bytes"])
+    assert data["sqrt_k_peak_below_every_layer"] is (sq["peak_bytes"] < full["peak_bytes"])
+    for key in ("preserve", "no_preserve"):
+        t = data["rng"][key]["time"]
+        assert t["half_iqr_ms"] == t["iqr_ms"] / 2
+
+
 def test_rng_state(data):
     rng = data["rng"]
     assert rng["preserve"]["grads_equal_to_none"] is True

@@ -42,6 +42,8 @@ def test_loss_scaling(data):
         assert rows[2]["zero_fraction"] <= rows[0]["zero_fraction"]
         # bf16 has fp32's exponent range: nothing flushes or overflows at any of these scales
         assert all(r["zero_fraction"] == 0 and r["overflow_fraction"] == 0 for r in ls["bf16"])
+        for r in rows + ls["bf16"]:
+            assert r["any_overflow"] is (r["overflow_fraction"] > 0)
     # at 2^24 the largest parameter gradients exceed fp16's max
     top = data["loss_scaling"]["params"]
     assert (top["fp16"][-1]["overflow_fraction"] > 0) == (top["abs_max"] * 2.0 ** 24 > 65504)
@@ -54,6 +56,8 @@ def test_autocast(data):
     sc = data["step_costs"]
     assert sc["autocast_bf16"]["param_dtype"] == "float32"  # autocast keeps fp32 weights
     assert sc["autocast_bf16"]["saved_bytes"] < sc["fp32"]["saved_bytes"]
+    for row in sc.values():
+        assert row["time"]["half_iqr_ms"] == row["time"]["iqr_ms"] / 2
 
 
 def test_grad_scaler(data):

@@ -4,7 +4,7 @@ import pytest
 
 from conftest import build_chapter_site, site_text
 from experiments import activation_memory, checkpointing, mixed_precision
-from generator.site.formatting import bytes_, grouped, num, pct, ratio, sci
+from generator.site.formatting import bytes_, grouped, ms, num, pct, ratio, sci
 
 TINY = {
     "activation_memory": activation_memory.Config(
@@ -38,8 +38,11 @@ def test_activations_page(site):
                      bytes_(a["bf16"]["paper_16bit_total_bytes"]), bytes_(last["sdpa_bytes"]),
                      bytes_(last["math_bytes"]), bytes_(a["layernorm_stats_bytes"]),
                      bytes_(a["autocast_bf16"]["weight_cast_bytes"]), pct(a["predicted_share"][-1]["activation_share"]),
-                     grouped(a["shape"]["sbh"])):
+                     grouped(a["shape"]["sbh"]),
+                     f'The walk finds {grouped(a["bf16"]["graph_walk_extra_bytes"])} bytes more',
+                     bytes_(a["measured_share"][0]["activations_and_temporaries_bytes"])):
         assert expected in text, expected
+    assert "8-byte float64 scalar tensor" in text  # the graph walk's extra bytes are the 1/sqrt(d) scalar
     assert "Traceback" not in text and "No result for" not in text
     assert (out / "03-activations" / "index.html").read_text().count("<svg") >= 3  # the three figures
 
@@ -52,8 +55,12 @@ def test_checkpointing_page(site):
     for expected in (bytes_(p["none"]["peak_bytes"]), bytes_(p["every_layer"]["peak_bytes"]),
                      ratio(p["every_layer"]["flops_ratio_vs_none"]), ratio(p["selective_attention_core"]["peak_ratio_vs_none"]),
                      str(p["every_layer"]["largest_batch"]["max_batch"]), bytes_(c["budget_bytes"]),
-                     num(c["rng"]["no_preserve"]["max_abs_grad_diff_vs_none"])):
+                     num(c["rng"]["no_preserve"]["max_abs_grad_diff_vs_none"]),
+                     f'{ms(p["none"]["time"]["median_ms"])} ± {ms(p["none"]["time"]["half_iqr_ms"])}',
+                     f'{ms(c["rng"]["preserve"]["time"]["median_ms"])} ± {ms(c["rng"]["preserve"]["time"]["half_iqr_ms"])}'):
         assert expected in text, expected
+    overhead_bound = "dominated by per-op overhead" in text
+    assert overhead_bound is p["every_layer"]["time_well_above_flops"]
     assert "yes, bit for bit" in text
 
 
@@ -66,6 +73,8 @@ def test_mixed_precision_page(site):
                      ratio(m["step_costs"]["autocast_bf16"]["peak_ratio_vs_fp32"]),
                      grouped(m["grad_scaler"]["final_scale"])):
         assert expected in text, expected
+    fp32 = m["step_costs"]["fp32"]["time"]
+    assert f'{ms(fp32["median_ms"])} ± {ms(fp32["half_iqr_ms"])}' in text
     assert "unchanged (checked bit for bit)" in text
 
 
