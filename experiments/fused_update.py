@@ -236,6 +236,16 @@ def inplace_rows(cfg: Config, data: dict, device: str) -> list[dict]:
                          "hidden_layers": hidden})
         rows[-1]["grads_equal_out_of_place"] = all(torch.equal(a, b) for a, b in zip(grads[False], grads[True]))
         rows[-2]["grads_equal_out_of_place"] = True
+    # Each row against the same activation out of place, and against ReLU with the same in-place flag.
+    by = {(r["activation"], r["inplace"]): r for r in rows}
+    for r in rows:
+        out_of_place, relu = by[(r["activation"], False)], by[("relu", r["inplace"])]
+        r["saved_bytes_change_from_out_of_place"] = r["saved_bytes"] - out_of_place["saved_bytes"]
+        r["inference_peak_activation_bytes_change_from_out_of_place"] = (
+            r["inference_peak_activation_bytes"] - out_of_place["inference_peak_activation_bytes"])
+        r["memory_equal_out_of_place"] = (r["saved_bytes_change_from_out_of_place"] == 0
+                                          and r["inference_peak_activation_bytes_change_from_out_of_place"] == 0)
+        r["extra_saved_bytes_vs_relu"] = r["saved_bytes"] - relu["saved_bytes"]
     return rows
 
 

@@ -196,7 +196,11 @@ def predicted_ratios(cfg: Config, net: torch.nn.ModuleDict, x_scales: list, data
             "int8_measured_ratio": float(graph.w_bar[name].grad.norm() / graph.w_bar[name].detach().norm()),
             "qas_predicted_ratio": qas,
             "weight_scale_rms": float(s.pow(2).mean().sqrt()),
+            # s_W**2: the factor by which the int8 ratio falls below the fp32 one (mean over channels).
+            "weight_scale_rms_squared": float(s.pow(2).mean()),
         }
+        out[name]["int8_measured_over_predicted_ratio"] = (out[name]["int8_measured_ratio"]
+                                                           / out[name]["int8_predicted_ratio"])
     net.zero_grad(set_to_none=True)
     return out
 
@@ -238,6 +242,7 @@ def _run(cfg: Config, device: str) -> dict:
         "modes": results,
         "at_start": predicted_ratios(cfg, net, x_scales, data),
         "int8_over_fp32_ratio": int8_over,
+        "fp32_over_int8_ratio": {n: 1 / v for n, v in int8_over.items()},
         "qas_over_fp32_ratio": qas_over,
         "int8_over_fp32_min": min(int8_over.values()), "int8_over_fp32_max": max(int8_over.values()),
         "qas_over_fp32_min": min(qas_over.values()), "qas_over_fp32_max": max(qas_over.values()),

@@ -198,6 +198,8 @@ def _run(cfg: Config, device: str) -> dict:
         "layers": layers,
         "linear_reduction_length": 64,
         "conv_reduction_length": cfg.conv_in * 9,
+        # How many worst-case int8 products (127 * 127 each) an int32 accumulator holds.
+        "int32_max_products": 2 ** 31 // (Q.QMAX * Q.QMAX),
         "clipping": clipping,
         "best_clip_percentile": best["percentile"],
         "best_clip_rel_rms": best["real_vs_fp32_rel_rms"],

@@ -254,13 +254,14 @@ def _run(cfg: Config, device: str) -> dict:
 
     def measured_point(kind: str, choice: dict, extra: dict | None = None) -> dict:
         m = measure_step(probe, choice, xb, yb, cfg)
+        accuracy = mean_accuracy(pretrained, choice, data, cfg)
         idx = [tuple(choice.get(n, (False, 0.0))) for n in units]
         sol_choice = tuple(0 if c == (False, 0.0) else 1 + [o[1] for o in opts].index(c) for c in idx)
         predicted = base_bytes + B.config_cost(options, path_list, sol_choice)
         return {"kind": kind, **(extra or {}), "measured_bytes": m["total_bytes"], "predicted_bytes": predicted,
                 "saved_bytes": m["saved_bytes"], "grad_bytes": m["grad_bytes"], "optimizer_bytes": m["optimizer_bytes"],
                 "predicted_benefit": B.config_benefit(options, sol_choice),
-                "accuracy": mean_accuracy(pretrained, choice, data, cfg)}
+                "accuracy": accuracy, "measured_benefit": accuracy - base_acc}
 
     full_choice = {n: (True, 1.0) for n in units}
     points = [measured_point("classifier only", {}),
@@ -279,6 +280,7 @@ def _run(cfg: Config, device: str) -> dict:
              "bias_only_last_unit_bytes": measure_step(probe, {units[-1]: (True, 0.0)}, xb, yb, cfg)["total_bytes"]}
     probe.set_sparse_backward(True)
     stock["sparse_bias_only_bytes"] = points[2]["measured_bytes"]
+    stock["bias_only_over_full_update_fraction"] = stock["bias_only_bytes"] / stock["full_update_bytes"]
     stock["sparse_bias_only_last_unit_bytes"] = measure_step(probe, {units[-1]: (True, 0.0)}, xb, yb, cfg)["total_bytes"]
 
     searches = []

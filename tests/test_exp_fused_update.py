@@ -41,6 +41,18 @@ def test_inplace_rows(data):
     assert by[("relu", False)]["saved_bytes"] >= hidden
     # ReLU6 (hardtanh) keeps its input as well: one more hidden activation per layer.
     assert by[("relu6", False)]["saved_bytes"] - by[("relu", False)]["saved_bytes"] == hidden
+    # The differences the page quotes: against the same activation out of place, and against ReLU.
+    for (act, inplace), row in by.items():
+        base, relu = by[(act, False)], by[("relu", inplace)]
+        assert row["saved_bytes_change_from_out_of_place"] == row["saved_bytes"] - base["saved_bytes"]
+        assert (row["inference_peak_activation_bytes_change_from_out_of_place"]
+                == row["inference_peak_activation_bytes"] - base["inference_peak_activation_bytes"])
+        assert row["memory_equal_out_of_place"] == (
+            row["saved_bytes"] == base["saved_bytes"]
+            and row["inference_peak_activation_bytes"] == base["inference_peak_activation_bytes"])
+        assert row["extra_saved_bytes_vs_relu"] == row["saved_bytes"] - relu["saved_bytes"]
+    assert by[("relu6", False)]["extra_saved_bytes_vs_relu"] == hidden
+    assert by[("relu", False)]["memory_equal_out_of_place"]
 
 
 def test_inplace_update_and_breakages(data):

@@ -24,6 +24,10 @@ def test_int8_ratio_mismatch_is_s_squared(data):
         # The int8 ratio is predicted from the fp32 gradient (dL/dW_bar = s dL/dW, W_bar = W / s) within 5 %
         # (the int8 forward adds rounding noise to the gradient).
         assert start["int8_measured_ratio"] == pytest.approx(start["int8_predicted_ratio"], rel=0.05)
+        assert start["int8_measured_over_predicted_ratio"] == pytest.approx(
+            start["int8_measured_ratio"] / start["int8_predicted_ratio"], rel=1e-12)
+        assert start["weight_scale_rms_squared"] == pytest.approx(start["weight_scale_rms"] ** 2, rel=1e-9)
+        assert data["fp32_over_int8_ratio"][name] == pytest.approx(1 / data["int8_over_fp32_ratio"][name], rel=1e-12)
         # ... and it is orders of magnitude below the fp32 ratio (about s**2 ~ 1e-5 smaller).
         assert data["int8_over_fp32_ratio"][name] < 1e-3
         # QAS brings it back to the fp32 order of magnitude.

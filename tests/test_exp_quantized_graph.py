@@ -29,5 +29,8 @@ def test_quantized_graph_tiny():
         assert row["bits_needed"] > 16 and by[16]["codes_wrong_fraction"] > 0
         assert by[24]["codes_wrong_fraction"] == 0.0
         assert row["bits_needed"] <= row["predicted_worst_case_bits"]
+    # int32 holds 2**31 // 127**2 worst-case products; the largest sweep's bits stay within int32.
+    assert data["int32_max_products"] == 133144
+    assert data["int32_max_products"] * 127 * 127 < 2 ** 31 <= (data["int32_max_products"] + 1) * 127 * 127
     figs = E.plot(data)
     assert set(figs) == {"clipping", "accumulator"}

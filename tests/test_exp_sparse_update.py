@@ -61,6 +61,9 @@ def test_search_and_baselines(data):
     stock = data["stock_torch_conv"]
     # PyTorch's conv keeps its input even for a bias-only update; the frozen-weight conv does not.
     assert stock["bias_only_bytes"] > stock["sparse_bias_only_bytes"]
+    assert stock["bias_only_over_full_update_fraction"] == stock["bias_only_bytes"] / stock["full_update_bytes"]
+    for p in data["frontier"]:
+        assert p["measured_benefit"] == p["accuracy"] - data["classifier_only_accuracy"]
     kinds = {p["kind"] for p in data["frontier"]}
     assert {"classifier only", "full update", "bias only", "last-k", "searched"} <= kinds
 

@@ -5,7 +5,7 @@ import pytest
 from conftest import build_chapter_site, site_text
 from experiments import fused_update, qas, quantized_graph, sparse_update
 from experiments.lib.mbv2 import Arch
-from generator.site.formatting import bytes_, pct, sci
+from generator.site.formatting import bytes_, grouped, pct, ratio, sci, signed
 
 TINY = {
     "quantized_graph": quantized_graph.Config(batch=32, linear_out=8, conv_in=4, conv_out=4, image_size=8,
@@ -44,6 +44,13 @@ def test_page_renders_the_numbers(site):
         bytes_(fu["fused"]["adam"]["vanilla"]["max_live_grad_bytes"]),
         bytes_(fu["fused"]["adam"]["fused"]["max_live_grad_bytes"]),
         fu["breakages"][0]["error_message"],
+        # derived figures the page reads from the results (pages never compute)
+        grouped(qg["int32_max_products"]), grouped(q["fp32_over_int8_ratio"]["conv2"]),
+        sci(q["at_start"]["conv2"]["weight_scale_rms_squared"]),
+        ratio(q["at_start"]["conv2"]["int8_measured_over_predicted_ratio"]),
+        pct(sp["stock_torch_conv"]["bias_only_over_full_update_fraction"]),
+        signed(sp["frontier"][1]["measured_benefit"]),
+        bytes_(fu["inplace"][2]["extra_saved_bytes_vs_relu"]), bytes_(fu["inplace"][3]["extra_saved_bytes_vs_relu"]),
     ):
         assert expected in text, expected
     # four figures per chapter section pair, all drawn
