@@ -246,7 +246,7 @@ def _one_shape(m: int, n: int, k: int, name: str, device: torch.device, cfg: Con
 
 def _sweep_dtype(name: str, device: torch.device, cfg: Config) -> dict:
     if name == "tf32" and device.type != "cuda":
-        return {"status": "not_applicable", "points": [], "skipped_shapes": []}
+        return {"status": "not_applicable", "points": [], "skipped_shapes": [], "shapes_in_sweep": 0}
     dtype = TORCH_DTYPES[name]
     points: list[dict] = []
     skipped: list[list[int]] = []
@@ -260,7 +260,7 @@ def _sweep_dtype(name: str, device: torch.device, cfg: Config) -> dict:
                 if points:
                     raise
                 return {"status": "unsupported", "error_type": type(exc).__name__, "points": [],
-                        "skipped_shapes": [list(s) for s in shapes]}
+                        "skipped_shapes": [list(s) for s in shapes], "shapes_in_sweep": len(shapes)}
             if point is None:  # too slow: larger shapes would be slower still
                 skipped = [list(s) for s in shapes[i:]]
                 break
@@ -278,6 +278,7 @@ def _sweep_dtype(name: str, device: torch.device, cfg: Config) -> dict:
         "largest_share_of_best": points[-1]["gflop_per_s"] / best["gflop_per_s"],
         "points": points,
         "skipped_shapes": skipped,
+        "shapes_in_sweep": len(points) + len(skipped),   # run and skipped: the shapes in the sweep
     }
 
 

@@ -34,7 +34,8 @@ def test_data_is_plain_json(data: dict) -> None:
 
 def test_tf32_is_not_applicable_on_cpu(data: dict) -> None:
     assert data["device_type"] == "cpu"
-    assert data["matmul"]["tf32"] == {"status": "not_applicable", "points": [], "skipped_shapes": []}
+    assert data["matmul"]["tf32"] == {"status": "not_applicable", "points": [], "skipped_shapes": [],
+                                      "shapes_in_sweep": 0}
     assert data["cuda"] == {"measured": False}
 
 
@@ -42,6 +43,7 @@ def test_matmul_sweep_is_ordered_by_flops_and_keeps_the_best(data: dict) -> None
     d = data["matmul"]["fp32"]
     assert d["status"] == "measured"
     assert [(p["m"], p["n"], p["k"]) for p in d["points"]] == [(16, 16, 16), (32, 32, 32), (64, 48, 32)]
+    assert d["shapes_in_sweep"] == len(TINY.shapes) == len(d["points"]) + len(d["skipped_shapes"])
     for p in d["points"]:
         assert p["flops"] == 2 * p["m"] * p["n"] * p["k"]
         # throughput is the FLOPs over the median time, to float rounding
@@ -127,6 +129,7 @@ def test_a_dtype_over_the_call_limit_stops_its_sweep() -> None:
     assert d["matmul"]["fp32"]["status"] == "measured"
     assert [(p["m"], p["n"], p["k"]) for p in d["matmul"]["fp32"]["points"]] == [(8, 8, 8)]
     assert d["matmul"]["fp32"]["skipped_shapes"] == [[16, 16, 16]]
+    assert d["matmul"]["fp32"]["shapes_in_sweep"] == 2   # one run and one skipped
     json.loads(to_json(d))
 
 
