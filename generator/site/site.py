@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import html
 import itertools
+import re
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,16 @@ from generator.site.results import HostResults, load_all, pick_primary
 
 REPO = Path(__file__).resolve().parents[2]
 EXPERIMENTS = REPO / "experiments"
+
+
+TOC_MATH = re.compile(r"\\\((.*?)\\\)")
+
+
+def _plain_math_in_toc(items) -> None:
+    """Headings with math: the table of contents shows the TeX source without its delimiters."""
+    for item in items or []:
+        item.title = TOC_MATH.sub(lambda m: m.group(1), item.title)
+        _plain_math_in_toc(item.children)
 
 
 @dataclass
@@ -162,6 +173,7 @@ class SiteState:
         )
 
     def page_content(self, page_html: str, page) -> str:
+        _plain_math_in_toc(page.toc)
         if "arithmatex" in page_html:
             if self._katex is None:
                 self._katex = Katex()
