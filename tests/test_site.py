@@ -18,7 +18,7 @@ def results(tmp_path: Path) -> Path:
 
 
 def test_numbers_from_the_json_reach_the_page(tmp_path: Path, results: Path) -> None:
-    page = ("# Numbers\n\nParams {{ r.optimizer_state.model.parameters | grouped }}, state "
+    page = ("# Numbers\n\n## Against $K$\n\nParams {{ r.optimizer_state.model.parameters | grouped }}, state "
             "{{ r.optimizer_state.model.state_bytes | bytes }}, ratio {{ r.optimizer_state.ratio | ratio }}.\n\n"
             "{% for x in r.optimizer_state.series %}- {{ x | num }}\n{% endfor %}\n"
             "Inline $a^2$ and\n\n$$\n\\frac{a}{b}\n$$\n")
@@ -30,6 +30,7 @@ def test_numbers_from_the_json_reach_the_page(tmp_path: Path, results: Path) -> 
     raw = (tmp_path / "site" / "index.html").read_text()
     assert 'class="katex-display"' in raw and 'class="katex"' in raw, "math is rendered at build time"
     assert "arithmatex" not in raw
+    assert "Against K" in raw and "Against \\(K\\)" not in raw, "math in a heading reads plainly in the contents"
     # provenance of the experiment the page read
     assert "Measured on" in text and TEST_HOST["slug"] in text and "2.13.0" in text and "abc123def456" in text
     assert "2026-11-22T10:00:00+00:00" in text
