@@ -36,7 +36,7 @@ from experiments.lib.flops import count_flops
 from experiments.lib.gpt import GPT, LayerShape
 from experiments.lib.memory import MemoryTracker
 from experiments.lib.threads import cpu_threads
-from experiments.lib.turns import interleaved_times
+from experiments.lib.timing import interleaved_times
 
 TIMEOUT_S = 900
 # step-time ratio over FLOP ratio above which a step is called overhead-bound rather than FLOP-bound

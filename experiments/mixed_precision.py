@@ -33,7 +33,7 @@ from experiments.lib.gpt import GPT, LayerShape
 from experiments.lib.memory import MemoryTracker
 from experiments.lib.saved import count_saved
 from experiments.lib.threads import cpu_threads
-from experiments.lib.turns import interleaved_times
+from experiments.lib.timing import interleaved_times
 
 TIMEOUT_S = 600
 

@@ -1,9 +1,13 @@
-"""Shared measurement code for the experiments.
+"""Shared measurement code for the experiments (torch, numpy and the standard library only).
 
-Submodules: ``memory`` (peak and live bytes by category), ``timing``
-(``torch.utils.benchmark`` wrappers), ``flops`` (``FlopCounterMode``),
-``models`` (small reference models), ``formulas`` (the analytic predictions;
-pure Python so that ``handbook estimate`` needs no torch), ``host`` (what this
-machine is), ``cli`` (the ``python -m experiments.<name>`` entry point) and
-``describe`` (what the runner needs to know before running anything).
+Measuring: ``memory`` (peak and live bytes by category, around torch's MemTracker), ``saved``
+(bytes autograd saves for backward), ``timing`` (``torch.utils.benchmark``), ``flops``
+(``FlopCounterMode``), ``threads`` (CPU thread pinning).
+Models and data: ``models`` (a small transformer LM), ``gpt`` (a plain GPT decoder layer),
+``mbv2`` (a small MobileNetV2-like CNN), ``digits`` (the shipped UCI digits), ``quant`` (int8
+quantization and the integer graph), ``budget_search`` (sparse-update search).
+Predictions, pure Python so ``handbook estimate`` needs no torch: ``formulas``, ``estimator``,
+``model_shapes``.
+Plumbing: ``host`` (what this machine is), ``cli`` (``python -m experiments.<name>``),
+``describe`` (what the runner needs to know before it runs anything).
 """
