@@ -24,7 +24,7 @@ from torch import nn
 
 from experiments.lib import formulas
 from experiments.lib.memory import MemoryTracker, grad_bytes, optimizer_state_bytes, param_bytes, tensor_bytes
-from experiments.lib.models import TinyTransformer, lm_batch, lm_loss
+from experiments.lib.gpt import GPT, LayerShape
 from experiments.lib.threads import single_thread
 
 
@@ -81,7 +81,19 @@ def make_optimizer(name: str, params, implementation: str) -> torch.optim.Optimi
 
 def build(cfg: Config, device: str, dtype: torch.dtype = torch.float32) -> nn.Module:
     torch.manual_seed(0)
-    return TinyTransformer(cfg.vocab, cfg.d_model, cfg.layers, cfg.heads, cfg.seq).to(device=device, dtype=dtype)
+    shape = LayerShape(cfg.d_model, cfg.heads, dropout=0.0, attn_dropout=0.0)
+    return GPT(cfg.vocab, cfg.seq, cfg.layers, shape).to(device=device, dtype=dtype)
+
+
+def lm_batch(vocab: int, batch: int, seq: int, device: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random tokens and their next-token targets."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(0, vocab, (batch, seq + 1), generator=g)
+    return tokens[:, :-1].to(device), tokens[:, 1:].to(device)
+
+
+def lm_loss(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return model(inputs, targets)
 
 
 # %% [markdown]
@@ -153,7 +165,7 @@ def measure_zero_grad(cfg: Config, device: str) -> dict:
         params = list(model.parameters()) + list(extra.parameters())
         opt = torch.optim.Adam(params, lr=LR)
         x, y = lm_batch(cfg.vocab, cfg.batch, cfg.seq, device)
-        (lm_loss(model, x, y) + extra(model.embed(x)).pow(2).mean()).backward()
+        (lm_loss(model, x, y) + extra(model.tok(x)).pow(2).mean()).backward()
         opt.step()
         opt.zero_grad(set_to_none=set_to_none)
         held = tensor_bytes([p.grad for p in params if p.grad is not None])

@@ -3,7 +3,7 @@
 Measuring: ``memory`` (peak and live bytes by category, around torch's MemTracker), ``saved``
 (bytes autograd saves for backward), ``timing`` (``torch.utils.benchmark``), ``flops``
 (``FlopCounterMode``), ``threads`` (CPU thread pinning).
-Models and data: ``models`` (a small transformer LM), ``gpt`` (a plain GPT decoder layer),
+Models and data: ``gpt`` (a plain GPT decoder layer and model),
 ``mbv2`` (a small MobileNetV2-like CNN), ``digits`` (the shipped UCI digits), ``quant`` (int8
 quantization and the integer graph), ``budget_search`` (sparse-update search).
 Predictions, pure Python so ``handbook estimate`` needs no torch: ``formulas``, ``estimator``,
