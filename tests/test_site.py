@@ -106,5 +106,9 @@ def test_primary_host_is_chosen_and_can_be_picked(tmp_path: Path) -> None:
     proc = build_site(tmp_path / "b", res, {"index.md": page}, host="cuda-h100-80gb")
     assert proc.returncode == 0, proc.stderr
     assert "ratio 2.0 on NVIDIA H100; 2 hosts" in site_text(tmp_path / "b" / "site", "index.html")
+    (res / ".this-host").unlink()  # a clone that has run nothing: the accelerator host writes the prose
+    proc = build_site(tmp_path / "d", res, {"index.md": page})
+    assert proc.returncode == 0, proc.stderr
+    assert "ratio 2.0 on NVIDIA H100" in site_text(tmp_path / "d" / "site", "index.html")
     proc = build_site(tmp_path / "c", res, {"index.md": page}, host="nope")
     assert proc.returncode != 0 and "no results for host 'nope'" in proc.stderr

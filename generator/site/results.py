@@ -99,7 +99,12 @@ def load_all(results_dir: Path) -> dict[str, HostResults]:
 
 
 def pick_primary(hosts: dict[str, HostResults], results_dir: Path, wanted: str | None) -> str | None:
-    """The host the prose uses: ``wanted``, else this machine's, else the one with most results."""
+    """The host the prose uses: ``wanted``, else this machine's, else the one with most results.
+
+    Among hosts with as many results, an accelerator host (slug ``cuda-...``) wins: a clone
+    that has not run anything yet (the published site's build) then writes from the reference
+    GPU results rather than from a CPU's.
+    """
     if wanted:
         if wanted not in hosts:
             raise envelope.ResultError(f"{results_dir}: no results for host {wanted!r} "
@@ -112,4 +117,4 @@ def pick_primary(hosts: dict[str, HostResults], results_dir: Path, wanted: str |
             return this
     if not hosts:
         return None
-    return sorted(hosts, key=lambda s: (-sum(r.ok for r in hosts[s].runs.values()), s))[0]
+    return sorted(hosts, key=lambda s: (-sum(r.ok for r in hosts[s].runs.values()), not s.startswith("cuda-"), s))[0]
