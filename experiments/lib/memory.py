@@ -53,7 +53,11 @@ def _global_tracker():
     allocated in backward counts as a temporary (checkpoint recomputation
     included), anything allocated outside backward as an activation.
     """
-    from torch.distributed._tools.mem_tracker import MemTracker
+    try:
+        from torch.distributed._tools.mem_tracker import MemTracker
+    except ImportError as exc:
+        raise ImportError(f"the memory tracker needs torch 2.5 or newer with torch.distributed "
+                          f"(this is torch {torch.__version__}): {exc}") from exc
 
     class GlobalMemTracker(MemTracker):
         def _pre_fw_hook(self, *args, **kwargs) -> None:
