@@ -164,8 +164,7 @@ def accumulator_sweep(cfg: Config, images: torch.Tensor) -> list[dict]:
 
 # %%
 def run(cfg: Config, device: str) -> dict:
-    # Integer emulation runs on the CPU whatever the device; on a GPU host its CPU is free, so no thread pinning.
-    with single_thread(device):
+    with single_thread(device):  # pins CPU runs only; on a GPU host the emulation's CPU is otherwise idle
         return _run(cfg, device)
 
 

@@ -94,15 +94,11 @@ def load(path: Path) -> dict:
     return validate(obj, str(path))
 
 
-def dumps(obj: dict) -> str:
-    return json.dumps(obj, indent=1, allow_nan=False) + "\n"
-
-
 def write_atomic(path: Path, obj: dict) -> None:
     """Validate, then write ``obj`` to ``path`` through a temporary file and a rename."""
     path = Path(path)
     validate(obj, str(path))
-    text = dumps(obj)
+    text = json.dumps(obj, indent=1, allow_nan=False) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

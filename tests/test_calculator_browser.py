@@ -71,7 +71,7 @@ def cli(argv: list[str], capsys) -> dict:
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     if not CHROMIUM.exists():
-        pytest.skip("no /usr/bin/chromium")
+        pytest.fail("Chromium is not installed at /usr/bin/chromium ('make setup' installs it)")
     root = tmp_path_factory.mktemp("calculator")
     write_result(root / "results", make_envelope("named_models", named_models.run(TINY, "cpu")))
     docs = {"index.md": "# Mini\n", "calculator.md": (REPO / "docs" / "calculator.md").read_text(encoding="utf-8"),

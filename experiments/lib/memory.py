@@ -9,10 +9,7 @@ On CUDA the allocator's own ``max_memory_allocated`` is recorded beside it.
 """
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass, field
-from typing import Iterator
-
 import torch
 
 CATEGORIES = ("params", "buffers", "grads", "activations", "temporaries", "optimizer", "other")
@@ -135,14 +132,6 @@ class MemoryTracker:
 
     def current(self) -> Snapshot:
         return self._snapshot("current")
-
-
-@contextlib.contextmanager
-def tracked(device: str | torch.device, *objects: object) -> Iterator[MemoryTracker]:
-    """``with tracked(device, model, opt) as mt: ...`` then ``mt.peak()``."""
-    tracker = MemoryTracker(device).track(*objects)
-    with tracker:
-        yield tracker
 
 
 def tensor_bytes(tensors: object) -> int:
