@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from experiments.lib.flops import count_flops
-from experiments.lib.gpt import GPT, LayerShape
+from experiments.lib.gpt import GPT, CheckpointedCore, LayerShape
 from experiments.lib.memory import MemoryTracker
 from experiments.lib.threads import cpu_threads
 from experiments.lib.timing import interleaved_times
@@ -82,18 +82,6 @@ def sac_context(policy_ops: tuple) -> Callable:
         return CheckpointPolicy.MUST_SAVE if op in policy_ops else CheckpointPolicy.PREFER_RECOMPUTE
 
     return functools.partial(create_selective_checkpoint_contexts, policy)
-
-
-class CheckpointedCore(nn.Module):
-    """The attention core, recomputed in backward (selective recomputation)."""
-
-    def __init__(self, inner: nn.Module, preserve_rng_state: bool = True) -> None:
-        super().__init__()
-        self.inner = inner
-        self.preserve_rng_state = preserve_rng_state
-
-    def forward(self, q, k, v):
-        return checkpoint(self.inner, q, k, v, use_reentrant=False, preserve_rng_state=self.preserve_rng_state)
 
 
 def policies(n_layers: int) -> dict:

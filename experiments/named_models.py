@@ -27,7 +27,7 @@ import torch
 import torch.utils.checkpoint
 
 from experiments.lib import estimator
-from experiments.lib.gpt import GPT, LayerShape
+from experiments.lib.gpt import GPT, CheckpointedCore, LayerShape
 from experiments.lib.memory import MemoryTracker, grad_bytes, optimizer_state_bytes, param_bytes
 from experiments.lib.model_shapes import BUILTIN, ModelShape
 from experiments.lib.saved import count_saved
@@ -124,17 +124,6 @@ def calculator_inputs() -> dict:
 # backward, so the after-forward comparison leaves it out.
 
 # %%
-class RecomputedCore(torch.nn.Module):
-    """Selective recomputation (Korthikanti et al. 2022): the attention core runs under checkpoint."""
-
-    def __init__(self, core: torch.nn.Module) -> None:
-        super().__init__()
-        self.inner = core
-
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return torch.utils.checkpoint.checkpoint(self.inner, q, k, v, use_reentrant=False)
-
-
 def measure(cfg: Config, device: str, checkpointing: str, precision: str = "fp32") -> dict:
     torch.manual_seed(0)
     model = GPT(cfg.vocab, cfg.v_seq, cfg.layers, LayerShape(cfg.hidden, cfg.heads, dropout=cfg.dropout,
@@ -143,7 +132,7 @@ def measure(cfg: Config, device: str, checkpointing: str, precision: str = "fp32
         model.layer_wrapper = lambda i, layer, x: torch.utils.checkpoint.checkpoint(layer, x, use_reentrant=False)
     elif checkpointing == "selective":  # recompute only the attention core (softmax, dropout, @V)
         for layer in model.layers:
-            layer.core = RecomputedCore(layer.core)
+            layer.core = CheckpointedCore(layer.core)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     idx = torch.randint(0, cfg.vocab, (cfg.v_batch, cfg.v_seq), device=device)
     dev_type = torch.device(device).type

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from generator import runner
+from generator.errors import HandbookError, InputError
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -80,6 +81,33 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        return cmd_run(args)
+    if args.command == "build":
+        from generator.build import build
+
+        status = 0 if args.no_run else cmd_run(args)
+        build(results_dir=args.results, host=args.host, site_dir=args.site_dir, pdf_too=not args.no_pdf)
+        return status
+    if args.command == "serve":
+        from generator.build import serve
+
+        serve(results_dir=args.results, host=args.host, addr=args.addr)
+        return 0
+    raise InputError(f"unknown command {args.command!r}")
+
+
+def _one_line(exc: BaseException) -> str:
+    """mkdocs wraps the hook's HandbookError in its own exceptions; show the innermost message."""
+    while exc.__cause__ is not None or exc.__context__ is not None:
+        inner = exc.__cause__ or exc.__context__
+        if isinstance(inner, HandbookError):
+            return str(inner)
+        exc = inner
+    return str(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["estimate"]:
@@ -88,25 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         return estimate_main(argv[1:])
     args = parser().parse_args(argv)
     try:
-        if args.command == "run":
-            return cmd_run(args)
-        if args.command == "build":
-            from generator.build import build
-
-            status = 0 if args.no_run else cmd_run(args)
-            build(results_dir=args.results, host=args.host, site_dir=args.site_dir, pdf_too=not args.no_pdf)
-            return status
-        if args.command == "serve":
-            from generator.build import serve
-
-            serve(results_dir=args.results, host=args.host, addr=args.addr)
-            return 0
-    except runner.RunError as exc:
-        print(f"handbook: {exc}", file=sys.stderr)
+        return dispatch(args)
+    except HandbookError as exc:  # the one handler: one line, non-zero exit
+        print(f"handbook: {args.command}: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # the site side's failures: a clear line, not a traceback
-        if type(exc).__name__ in ("Abort", "BuildError", "PluginError", "ConfigurationError", "PdfError"):
-            print(f"handbook: {args.command} failed: {exc}", file=sys.stderr)
+    except Exception as exc:  # mkdocs' and Chromium's failures, which carry ours inside them
+        if type(exc).__name__ in ("Abort", "BuildError", "PluginError", "ConfigurationError"):
+            print(f"handbook: {args.command} failed: {_one_line(exc)}", file=sys.stderr)
             return 1
         raise
-    return 2

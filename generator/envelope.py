@@ -13,6 +13,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from generator.errors import ResultError
+
 SCHEMA_VERSION = 1
 
 # field -> allowed types (None allowed where listed)
@@ -37,10 +39,6 @@ ENV_FIELDS: dict[str, tuple] = {
     "python": (str,), "torch": (str,), "cuda": (str, type(None)), "git_sha": (str, type(None)),
 }
 STATUSES = ("ok", "failed")
-
-
-class ResultError(ValueError):
-    """A result file that cannot be used; the message names the file and the field."""
 
 
 def _check_fields(obj: dict, spec: dict[str, tuple], where: str, prefix: str) -> None:

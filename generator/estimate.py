@@ -12,6 +12,8 @@ import argparse
 import json
 import sys
 
+from generator.errors import InputError
+
 from experiments.lib import estimator
 from experiments.lib.model_shapes import BUILTIN, FAMILIES, ModelShape, ShapeError, builtin, load_config
 
@@ -25,7 +27,7 @@ class _OneLineParser(argparse.ArgumentParser):
         raise _InputError(message)
 
 
-class _InputError(Exception):
+class _InputError(InputError):
     pass
 
 

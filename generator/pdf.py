@@ -12,13 +12,15 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+from generator.errors import HandbookError
+
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
          "--no-pdf-header-footer", "--run-all-compositor-stages-before-draw"]
 
 
-class PdfError(RuntimeError):
+class PdfError(HandbookError):
     pass
 
 

@@ -1,7 +1,8 @@
 """``handbook run``: discover the experiments, run each in its own subprocess, cache.
 
-An experiment is skipped when its inputs are unchanged: its source, the shared
-experiment library, its configuration, the torch version and the host. A
+An experiment is skipped when its inputs are unchanged: the source its ``run``
+reaches (in its file and the shared library), its configuration, the torch
+version and the kind of host. A
 failing experiment (exception, timeout, out of memory, killed) is recorded in
 ``<name>.failed.json``; the previous good ``<name>.json`` stays on disk, the
 other experiments still run, and the command exits non-zero.
@@ -22,17 +23,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from generator import envelope
+from generator import envelope, fingerprint
+from generator.errors import RunError
 from generator.progress import make_progress
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_RESULTS = REPO / "results"
 THIS_HOST_FILE = ".this-host"  # in the results folder, not committed: the slug of this machine
 STDERR_TAIL = 2000
-
-
-class RunError(RuntimeError):
-    """The run could not start at all (not one experiment's failure)."""
 
 
 @dataclass
@@ -79,32 +77,20 @@ def describe(device: str | None, python: str, root: Path) -> Plan:
     return Plan(device=info["device"], host=info["host"], env=env, experiments=info["experiments"])
 
 
-def _sha_files(paths: list[Path], root: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(paths):
-        h.update(p.relative_to(root).as_posix().encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()
-
-
-def lib_files(root: Path) -> list[Path]:
-    """The shared experiment code and data: any change here invalidates every cached result."""
-    exp = root / "experiments"
-    files = [exp / "__init__.py"]
-    for sub in ("lib", "data"):
-        files += [p for p in (exp / sub).rglob("*") if p.is_file() and "__pycache__" not in p.parts]
-    return [p for p in files if p.exists()]
-
-
 def cache_key(name: str, profile: str, config: dict, plan: Plan, root: Path) -> str:
+    """The hash of what the measurement depends on, and nothing else.
+
+    The source is what ``run`` reaches (``generator/fingerprint.py``): editing ``summarize``,
+    ``plot`` or a page never reruns an experiment. The host enters as its kind (the slug and the
+    device's name), not its exact memory size, so a fresh machine of the same kind reuses results.
+    """
     inputs = {
         "schema_version": envelope.SCHEMA_VERSION,
-        "source": _sha_files([root / "experiments" / f"{name}.py"], root),
-        "lib": _sha_files(lib_files(root), root),
+        "measurement": fingerprint.measurement_digest(name, root),
         "profile": profile,
         "config": config,
         "torch": plan.env["torch"],
-        "host": plan.host,
+        "host": {"slug": plan.host["slug"], "device": plan.host["device"]},
         "device": plan.device,
     }
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:32]

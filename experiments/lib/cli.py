@@ -42,8 +42,10 @@ def config_dict(cfg: object) -> dict:
 
 def main(module: ModuleType, argv: list[str] | None = None) -> int:
     doc = (module.__doc__ or "").strip().splitlines()
+    # run as ``python -m experiments.x`` the module is ``__main__``; its spec keeps the real name
+    name = (module.__spec__.name if module.__spec__ else module.__name__).rsplit(".", 1)[-1]
     parser = argparse.ArgumentParser(
-        prog=f"python -m experiments.{module.__name__.rsplit('.', 1)[-1]}",
+        prog=f"python -m experiments.{name}",
         description=doc[0] if doc else None,
     )
     parser.add_argument("--profile", choices=sorted(module.PROFILES), default=None,

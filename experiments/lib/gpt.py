@@ -67,6 +67,24 @@ class AttentionCore(nn.Module):
         return self.attn_drop(probs) @ v
 
 
+class CheckpointedCore(nn.Module):
+    """The attention core, recomputed in backward: selective recomputation (Korthikanti et al. 2022).
+
+    Wraps a layer's ``core``; its saved scores and softmax are rebuilt from Q, K and V during
+    backward instead of being kept from forward.
+    """
+
+    def __init__(self, inner: nn.Module, preserve_rng_state: bool = True) -> None:
+        super().__init__()
+        self.inner = inner
+        self.preserve_rng_state = preserve_rng_state
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(self.inner, q, k, v, use_reentrant=False, preserve_rng_state=self.preserve_rng_state)
+
+
 class DecoderLayer(nn.Module):
     """Pre-LayerNorm GPT block: x + drop(proj(attn(ln1(x)))), then x + drop(fc2(gelu(fc1(ln2(x)))))."""
 

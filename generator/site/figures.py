@@ -1,6 +1,6 @@
 """Figures drawn from result data at build time, as inline SVG, cached by content.
 
-An experiment's ``plot(data)`` returns a matplotlib Figure or a dict of them.
+An experiment's ``plot(data, summary)`` returns a matplotlib Figure or a dict of them.
 The SVG is cached under ``.cache/figures`` keyed by the experiment's source,
 the data and the matplotlib version, so an unchanged figure costs nothing on
 a rebuild (and matplotlib is not even imported).
@@ -13,6 +13,8 @@ import io
 import json
 import re
 from pathlib import Path
+
+from generator.errors import FigureError
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "figures"
@@ -30,16 +32,12 @@ RC = {
 }
 
 
-class FigureError(RuntimeError):
-    pass
-
-
-def _key(experiment: str, data: dict) -> str:
+def _key(experiment: str, data: dict, summary: dict) -> str:
     import matplotlib  # noqa: F401 - only its version string, cheap relative to drawing
 
     src = (REPO / "experiments" / f"{experiment}.py").read_bytes()
     h = hashlib.sha256(src)
-    h.update(json.dumps(data, sort_keys=True).encode())
+    h.update(json.dumps([data, summary], sort_keys=True).encode())
     h.update(matplotlib.__version__.encode())
     h.update(json.dumps(RC, sort_keys=True).encode())
     return h.hexdigest()[:24]
@@ -51,9 +49,9 @@ def _to_svg(fig) -> str:
     return SVG_HEAD.sub("", buf.getvalue(), count=1)
 
 
-def render(experiment: str, data: dict, name: str | None) -> str:
+def render(experiment: str, data: dict, summary: dict, name: str | None) -> str:
     """The SVG text of figure ``name`` (None: the experiment's only figure)."""
-    key = _key(experiment, data)
+    key = _key(experiment, data, summary)
     path = CACHE / f"{experiment}-{key}-{name or 'main'}.svg"
     if path.exists():
         return path.read_text(encoding="utf-8")
@@ -64,7 +62,11 @@ def render(experiment: str, data: dict, name: str | None) -> str:
 
     module = importlib.import_module(f"experiments.{experiment}")
     with matplotlib.rc_context(RC):
-        made = module.plot(data)
+        try:
+            made = module.plot(data, summary)
+        except Exception as exc:  # noqa: BLE001 - a bug in plot(), reported where it happened
+            plt.close("all")
+            raise FigureError(f"experiments/{experiment}.py: plot() failed: {type(exc).__name__}: {exc}") from None
         figs = made if isinstance(made, dict) else {"main": made}
         CACHE.mkdir(parents=True, exist_ok=True)
         out = {}

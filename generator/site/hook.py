@@ -21,6 +21,7 @@ from pathlib import Path
 
 from mkdocs.exceptions import PluginError
 
+from generator.errors import HandbookError
 from generator.site.site import SiteState
 
 _state: SiteState | None = None  # mkdocs hooks are module functions; the build's state lives here
@@ -39,7 +40,7 @@ def on_config(config, **_):
         results = Path(config.config_file_path).parent / results
     try:
         _state = SiteState(config, results, os.environ.get("HANDBOOK_HOST") or None)
-    except ValueError as exc:
+    except HandbookError as exc:
         raise PluginError(str(exc)) from None
     return config
 
@@ -47,14 +48,14 @@ def on_config(config, **_):
 def on_page_markdown(markdown, page, config, files, **_):
     try:
         return _require().page_markdown(markdown, page)
-    except ValueError as exc:
+    except HandbookError as exc:
         raise PluginError(str(exc)) from None
 
 
 def on_page_content(html, page, config, files, **_):
     try:
         return _require().page_content(html, page)
-    except ValueError as exc:
+    except HandbookError as exc:
         raise PluginError(f"{page.file.src_uri}: {exc}") from None
 
 

@@ -17,14 +17,15 @@ from typing import Any, Callable
 import jinja2
 from markupsafe import Markup
 
+from generator.errors import PageError
 from generator.site.formatting import FILTERS
 from generator.site.results import HostResults
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-class PageError(ValueError):
-    """A page that cannot be rendered; the message names the page and what is wrong."""
+class UnknownExperiment(KeyError):
+    """A page asked for an experiment that does not exist."""
 
 
 class ExperimentUnavailable(Exception):
@@ -63,20 +64,27 @@ class HandbookEnvironment(jinja2.Environment):
 
 
 class ResultsView(Mapping):
-    """The primary host's data by experiment, recording which ones a page reads."""
+    """The primary host's results by experiment, recording which ones a page reads.
 
-    def __init__(self, host: HostResults | None, known: set[str]) -> None:
+    ``part`` picks what a lookup returns: ``"data"`` (what ``run`` measured, the page's ``r``)
+    or ``"summary"`` (what ``summarize`` derived from it, the page's ``summary``). Both views
+    of one page share ``used``, so the page's provenance lists every experiment it read.
+    """
+
+    def __init__(self, host: HostResults | None, known: set[str], part: str = "data",
+                 used: set[str] | None = None) -> None:
         self._host = host
         self._known = known
-        self.used: set[str] = set()
+        self._part = part
+        self.used: set[str] = set() if used is None else used
 
     def __getitem__(self, name: str) -> dict:
         run = self._host.runs.get(name) if self._host else None
         if run and run.ok:
             self.used.add(name)
-            return run.good["data"]
+            return run.good["data"] if self._part == "data" else run.summary
         if name not in self._known:
-            raise KeyError(name)
+            raise UnknownExperiment(name)
         if run and run.failed:
             raise ExperimentUnavailable(name, f"its last run ({run.failed['started_at']}) failed", run.failed["error"])
         where = f"host {self._host.slug}" if self._host else "any host"
@@ -132,9 +140,11 @@ def render_page(env: HandbookEnvironment, source: str, page: str, context: dict[
         raise PageError(f"{page} line {exc.lineno}: template syntax error: {exc.message}") from None
     except jinja2.UndefinedError as exc:
         raise PageError(f"{page}{error_line(exc, page)}: {exc.message}") from None
-    except KeyError as exc:
+    except UnknownExperiment as exc:
         raise PageError(f"{page}{error_line(exc, page)}: no experiment named {exc.args[0]!r}") from None
-    except (TypeError, ValueError) as exc:
+    except PageError:
+        raise
+    except (TypeError, ValueError, KeyError) as exc:
         raise PageError(f"{page}{error_line(exc, page)}: {exc}") from None
 
 

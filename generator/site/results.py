@@ -22,6 +22,7 @@ class Run:
     good: dict | None  # the last ok envelope
     failed: dict | None  # a failed envelope newer than the good one (or with no good one)
     stale: list[str] = field(default_factory=list)
+    summary: dict | None = None  # what summarize() derived from ``good``'s data, at build time
 
     @property
     def ok(self) -> bool:
@@ -84,6 +85,17 @@ def _flag_stale(runs: dict[str, Run]) -> None:
             run.stale.append(f"torch {run.good['env']['torch']} (this host's other results: {usual})")
         if run.failed:
             run.stale.append(f"the latest run ({run.failed['started_at']}) failed; showing the previous result")
+
+
+def attach_summaries(hosts: dict[str, HostResults], results_dir: Path) -> None:
+    """Every good result's summary, derived now from its stored data (a failure names host and field)."""
+    from generator.site.summaries import summarize
+
+    for slug, hr in hosts.items():
+        for name, run in hr.runs.items():
+            if run.ok:
+                where = str(envelope.result_path(results_dir, slug, name))
+                run.summary = summarize(name, run.good["data"], where)
 
 
 def load_all(results_dir: Path) -> dict[str, HostResults]:
