@@ -92,23 +92,6 @@ def breakdown(cfg: Config) -> list[dict]:
     return out
 
 
-def calculator_inputs() -> dict:
-    """Everything the in-browser calculator needs, from the Python side (one source of truth)."""
-    return {
-        "shapes": {k: {**m.as_dict(), "parameters": estimator.parameter_count(m)} for k, m in BUILTIN.items()},
-        "precisions": {k: list(v) for k, v in estimator.PRECISIONS.items()},
-        "optimizers": list(estimator.OPTIMIZERS),
-        "checkpointing": list(estimator.CHECKPOINTING),
-        "state_tensors_per_param": {k: v for k, v in estimator.formulas.STATE_TENSORS_PER_PARAM.items()
-                                    if k in estimator.OPTIMIZERS},
-        "has_step_tensor": {k: estimator.formulas.HAS_STEP_TENSOR[k] for k in estimator.OPTIMIZERS
-                            if k in estimator.formulas.HAS_STEP_TENSOR},
-        "step_tensor_bytes": estimator.formulas.STEP_TENSOR_BYTES,
-        "bnb_min_8bit_size": estimator.BNB_MIN_8BIT_SIZE,
-        "bnb_block": estimator.BNB_BLOCK,
-        "gpus": [{"name": n, "capacity_bytes": c, "source": s} for n, c, s in estimator.GPUS],
-    }
-
 # %% [markdown]
 # ## The estimator against this host
 #
@@ -200,7 +183,7 @@ def run(cfg: Config, device: str) -> dict:
         "models": breakdown(cfg),
         "zero_gpus": cfg.zero_gpus,
         "setups": [{"key": k, "label": label.replace("N GPUs", f"{cfg.zero_gpus} GPUs")} for k, label, _ in SETUPS],
-        "calculator": calculator_inputs(),
+        "calculator": estimator.calculator_inputs(),
         "validation": {"shape": {"vocab": cfg.vocab, "seq": cfg.v_seq, "batch": cfg.v_batch, "layers": cfg.layers,
                                  "hidden": cfg.hidden, "heads": cfg.heads, "dropout": cfg.dropout},
                        "device": device, **validation},

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 from typing import Sequence
 
 from experiments.lib import formulas
-from experiments.lib.model_shapes import ModelShape, parameter_shapes
+from experiments.lib.model_shapes import BUILTIN, ModelShape, parameter_shapes
 
 OPTIMIZERS = ("sgd", "sgd-momentum", "adam", "adamw", "adam-amsgrad", "adafactor", "adamw-8bit")
 
@@ -254,4 +254,22 @@ def estimate(setup: Setup, shape: ModelShape | None = None, params: int | None =
         "activation_terms_bytes": acts,
         "activations_estimated": acts is not None,
         "fits": fits(per_device["total"]),
+    }
+
+
+def calculator_inputs() -> dict:
+    """Everything the in-browser calculator needs, read at build time (one source of truth, no measurement)."""
+    return {
+        "shapes": {k: {**m.as_dict(), "parameters": parameter_count(m)} for k, m in BUILTIN.items()},
+        "precisions": {k: list(v) for k, v in PRECISIONS.items()},
+        "optimizers": list(OPTIMIZERS),
+        "checkpointing": list(CHECKPOINTING),
+        "state_tensors_per_param": {k: v for k, v in formulas.STATE_TENSORS_PER_PARAM.items()
+                                    if k in OPTIMIZERS},
+        "has_step_tensor": {k: formulas.HAS_STEP_TENSOR[k] for k in OPTIMIZERS
+                            if k in formulas.HAS_STEP_TENSOR},
+        "step_tensor_bytes": formulas.STEP_TENSOR_BYTES,
+        "bnb_min_8bit_size": BNB_MIN_8BIT_SIZE,
+        "bnb_block": BNB_BLOCK,
+        "gpus": [{"name": n, "capacity_bytes": c, "source": s} for n, c, s in GPUS],
     }

@@ -133,8 +133,11 @@ def page_globals(*, page_uri: str, page_url: str, data: ResultsView, summary: Re
     functions: dict[str, Callable[..., Any]] = {
         "figure": figure, "notebook": notebook, "source": function_source, "hosts_table": table,
     }
+    from experiments.lib import estimator  # torch-free: the calculator never waits on a measurement
+
     return {"r": data, "summary": summary, "host": host, "env": env, "hosts": hosts,
-            "current_schema": current_schema, "cheatsheet_parts": cheatsheet_parts, **functions}
+            "current_schema": current_schema, "cheatsheet_parts": cheatsheet_parts,
+            "calculator": estimator.calculator_inputs(), **functions}
 
 
 def provenance(env: jinja2.Environment, host: dict, runs: list[tuple[str, dict]], compact: bool) -> str:
