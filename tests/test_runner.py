@@ -16,11 +16,13 @@ from generator import envelope, runner
 REPO = Path(__file__).resolve().parent.parent
 
 EXPERIMENT = '''
-"""A fake experiment for the runner's tests."""
+"""A fake experiment for the runner's tests: torch-free, so each run costs a bare interpreter."""
 import os
 import signal
 import time
 from dataclasses import dataclass
+
+from experiments.lib.formulas import numel
 
 
 @dataclass(frozen=True)
@@ -28,8 +30,12 @@ class Config:
     value: int = 1
 
 
-PROFILES = {{"quick": Config(1), "full": Config(2)}}
+PROFILES = {{"test": Config(0), "quick": Config(1), "full": Config(2)}}
 TIMEOUT_S = 60
+
+
+def measured_value(cfg):
+    return numel((cfg.value,))
 
 
 def run(cfg, device):
@@ -46,10 +52,14 @@ def run(cfg, device):
         os.kill(os.getpid(), signal.SIGKILL)
     if mode == "nan":
         return {{"value": float("nan")}}
-    return {{"value": cfg.value, "name": "{name}"}}
+    return {{"value": measured_value(cfg), "name": "{name}"}}
 
 
-def plot(data):
+def summarize(data):
+    return {{"double": 2 * data["value"]}}
+
+
+def plot(data, summary):
     raise NotImplementedError
 
 
@@ -72,6 +82,24 @@ def root(tmp_path: Path) -> Path:
     return tmp_path / "proj"
 
 
+_PLANS: dict[tuple, runner.Plan] = {}
+
+
+@pytest.fixture(autouse=True)
+def described_once(monkeypatch):
+    """The host and configs are asked of torch once per session, not on every run (subprocess tests still do)."""
+    real = runner.describe
+
+    def describe(device, python, root):
+        key = (device, python)
+        if key not in _PLANS:
+            _PLANS[key] = real(device, python, root)
+        plan = _PLANS[key]
+        return runner.Plan(plan.device, dict(plan.host), dict(plan.env), json.loads(json.dumps(plan.experiments)))
+
+    monkeypatch.setattr(runner, "describe", describe)
+
+
 @pytest.fixture
 def counter(tmp_path: Path, monkeypatch) -> Path:
     path = tmp_path / "counter.txt"
@@ -81,6 +109,12 @@ def counter(tmp_path: Path, monkeypatch) -> Path:
 
 def runs(counter: Path) -> list[str]:
     return counter.read_text().split() if counter.exists() else []
+
+
+def edit(path: Path, old: str, new: str) -> None:
+    text = path.read_text()
+    assert old in text, f"{old!r} is not in {path}"
+    path.write_text(text.replace(old, new, 1))
 
 
 def test_cache_hit_miss_and_force(root: Path, tmp_path: Path, counter: Path) -> None:
@@ -96,21 +130,40 @@ def test_cache_hit_miss_and_force(root: Path, tmp_path: Path, counter: Path) -> 
     assert [o.state for o in again] == ["cached", "cached"]
     assert len(runs(counter)) == 2
 
-    (root / "experiments" / "alpha.py").write_text((root / "experiments" / "alpha.py").read_text() + "\n# edit\n")
-    edited = runner.run(results_dir=results, root=root, plain=True)
-    assert [o.state for o in edited] == ["ok", "cached"]
-
-    (root / "experiments" / "lib" / "formulas.py").write_text(
-        (root / "experiments" / "lib" / "formulas.py").read_text() + "\n# edit\n")
-    lib_edit = runner.run(results_dir=results, root=root, plain=True)
-    assert [o.state for o in lib_edit] == ["ok", "ok"], "a change in the shared lib must rerun everything"
-
     forced = runner.run(results_dir=results, root=root, plain=True, force=True, only=["beta"])
     assert [(o.name, o.state) for o in forced] == [("beta", "ok")]
     assert runs(counter)[-1] == "beta"
 
     full = runner.run(results_dir=results, root=root, plain=True, profile="full", only=["alpha"])
     assert full[0].state == "ok" and envelope.load(full[0].path)["data"]["value"] == 2
+
+
+def states(results: Path, root: Path) -> list[str]:
+    return [o.state for o in runner.run(results_dir=results, root=root, plain=True)]
+
+
+def test_only_what_run_reaches_is_in_the_cache_key(root: Path, tmp_path: Path, counter: Path) -> None:
+    """Deriving, drawing, comments and docstrings never rerun; measuring code and its lib do."""
+    results = tmp_path / "results"
+    alpha = root / "experiments" / "alpha.py"
+    formulas = root / "experiments" / "lib" / "formulas.py"
+    assert states(results, root) == ["ok", "ok"]
+
+    edit(alpha, 'return {"double": 2 * data["value"]}', 'return {"double": 2 * data["value"], "label": "x"}')
+    edit(alpha, "raise NotImplementedError", "raise RuntimeError('a new title')")
+    edit(alpha, "def run(cfg, device):", "def run(cfg, device):  # a comment\n    \"\"\"A docstring.\"\"\"")
+    assert states(results, root) == ["cached", "cached"], "summarize, plot, comments never rerun"
+
+    edit(formulas, "def adafactor_state_elems(", "def adafactor_state_elems_renamed(")
+    edit(formulas, '"""The analytic side', '"""The analytic side, reworded')
+    assert states(results, root) == ["cached", "cached"], "lib code that run() does not reach never reruns"
+
+    edit(alpha, "return numel((cfg.value,))", "return numel((cfg.value, 1))")
+    assert states(results, root) == ["ok", "cached"], "a helper that run() calls is measuring code"
+
+    edit(formulas, "def numel(shape: Shape) -> int:", "def numel(shape: Shape) -> int:\n    shape = tuple(shape)")
+    assert states(results, root) == ["ok", "ok"], "a lib function that run() reaches reruns everything using it"
+    assert len(runs(counter)) == 5
 
 
 def test_unknown_experiment_is_a_clear_error(root: Path, tmp_path: Path) -> None:
@@ -120,7 +173,7 @@ def test_unknown_experiment_is_a_clear_error(root: Path, tmp_path: Path) -> None
 
 @pytest.mark.parametrize("mode, message", [
     ("raise", "deliberate failure in alpha"),
-    ("sleep", "timed out after 12 s"),
+    ("sleep", "timed out after 3 s"),
     ("kill", "killed by SIGKILL"),
     ("nan", "not a finite number: data.value = nan"),
 ])
@@ -131,7 +184,7 @@ def test_failure_is_recorded_and_the_good_result_kept(root: Path, tmp_path: Path
     before = good.read_bytes()
 
     monkeypatch.setenv("HB_TEST_MODE_ALPHA", mode)
-    outcomes = runner.run(results_dir=results, root=root, plain=True, force=True, timeout_s=12)
+    outcomes = runner.run(results_dir=results, root=root, plain=True, force=True, timeout_s=3)
     by_name = {o.name: o for o in outcomes}
     assert by_name["alpha"].state == "failed" and by_name["beta"].state == "ok", "the others still run"
     assert message in by_name["alpha"].error

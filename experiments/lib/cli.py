@@ -14,7 +14,6 @@ import os
 import sys
 from types import ModuleType
 
-from experiments.lib.host import default_device
 
 
 def _non_finite(value: object, path: str) -> str | None:
@@ -54,7 +53,12 @@ def main(module: ModuleType, argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="write the JSON here instead of printing it")
     # parse_known_args: inside Jupyter, argv carries the kernel's own flags.
     args, _unknown = parser.parse_known_args(argv)
-    device = args.device or default_device()
+    if args.device is None:
+        from experiments.lib.host import default_device  # imports torch; the runner always names the device
+
+        device = default_device()
+    else:
+        device = args.device
     profile = args.profile or ("full" if device.startswith("cuda") else "quick")
     data = module.run(module.PROFILES[profile], device)
     text = to_json(data)
