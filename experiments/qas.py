@@ -49,6 +49,7 @@ class Config:
 
 
 PROFILES = {
+    "test": Config(channels=(4, 8, 8), warmup_steps=60, steps=30, eval_every=10),
     "quick": Config(),
     "full": Config(channels=(16, 32, 64), steps=400, eval_every=20),
 }
@@ -171,7 +172,6 @@ def train(cfg: Config, mode: str, start: torch.nn.ModuleDict, x_scales: list, da
         "ratio_weight": {k: statistics.median(v["weight"]) for k, v in ratios.items()},
         "ratio_bias": {k: statistics.median(v["bias"]) for k, v in ratios.items()},
         "curve": curve,
-        "final_test_accuracy": curve[-1]["test_accuracy"],
     }
 
 
@@ -196,11 +196,7 @@ def predicted_ratios(cfg: Config, net: torch.nn.ModuleDict, x_scales: list, data
             "int8_measured_ratio": float(graph.w_bar[name].grad.norm() / graph.w_bar[name].detach().norm()),
             "qas_predicted_ratio": qas,
             "weight_scale_rms": float(s.pow(2).mean().sqrt()),
-            # s_W**2: the factor by which the int8 ratio falls below the fp32 one (mean over channels).
-            "weight_scale_rms_squared": float(s.pow(2).mean()),
         }
-        out[name]["int8_measured_over_predicted_ratio"] = (out[name]["int8_measured_ratio"]
-                                                           / out[name]["int8_predicted_ratio"])
     net.zero_grad(set_to_none=True)
     return out
 
@@ -229,18 +225,44 @@ def _run(cfg: Config, device: str) -> dict:
         forward_fp32(net, data["x_train"], record)
     x_scales = [Q.symmetric_scale(a) for a in record]
     warm_acc = accuracy(lambda x: forward_fp32(net, x), data["x_test"], data["y_test"])
-    results = {mode: train(cfg, mode, net, x_scales, data, device) for mode in MODES}
-    layers = list(net.keys())
-    int8_over = {n: results["int8"]["ratio_weight"][n] / results["fp32"]["ratio_weight"][n] for n in layers}
-    qas_over = {n: results["int8_qas"]["ratio_weight"][n] / results["fp32"]["ratio_weight"][n] for n in layers}
     return {
-        "layers": layers,
+        "layers": list(net.keys()),
         "warmup_test_accuracy": warm_acc,
         "steps": cfg.steps,
         "lr": cfg.lr,
         "momentum": cfg.momentum,
-        "modes": results,
+        "modes": {mode: train(cfg, mode, net, x_scales, data, device) for mode in MODES},
         "at_start": predicted_ratios(cfg, net, x_scales, data),
+    }
+
+
+# %% [markdown]
+# ## Derived at build time: what the pages and figures show
+
+# %%
+LABELS = {"fp32": "fp32", "int8": "int8 graph, no QAS", "int8_qas": "int8 graph with QAS"}
+
+
+def summarize(data: dict) -> dict:
+    """Per layer, each graph's ratio against fp32's; final accuracies and gains; the s_W**2 factor."""
+    layers, modes = data["layers"], data["modes"]
+    fp32 = modes["fp32"]["ratio_weight"]
+    int8_over = {n: modes["int8"]["ratio_weight"][n] / fp32[n] for n in layers}
+    qas_over = {n: modes["int8_qas"]["ratio_weight"][n] / fp32[n] for n in layers}
+    final = {m: modes[m]["curve"][-1]["test_accuracy"] for m in modes}
+    at_start = {}
+    for n in layers:
+        s = data["at_start"][n]
+        at_start[n] = {
+            # s_W**2 (mean over channels): the factor by which the int8 ratio falls below the fp32 one.
+            "weight_scale_rms_squared": s["weight_scale_rms"] ** 2,
+            "int8_measured_over_predicted_ratio": s["int8_measured_ratio"] / s["int8_predicted_ratio"],
+        }
+    return {
+        "labels": {m: LABELS[m] for m in modes},
+        "final_test_accuracy": final,
+        "accuracy_gain_over_warmup": {m: final[m] - data["warmup_test_accuracy"] for m in modes},
+        "at_start": at_start,
         "int8_over_fp32_ratio": int8_over,
         "fp32_over_int8_ratio": {n: 1 / v for n, v in int8_over.items()},
         "qas_over_fp32_ratio": qas_over,
@@ -250,14 +272,14 @@ def _run(cfg: Config, device: str) -> dict:
 
 
 # %%
-def plot(data: dict):
+def plot(data: dict, summary: dict):
     import matplotlib.pyplot as plt
 
-    labels = {"fp32": "fp32", "int8": "int8 graph, no QAS", "int8_qas": "int8 graph with QAS"}
+    labels = summary["labels"]
     layers = data["layers"]
     fig, ax = plt.subplots(figsize=(7, 3.6))
     width = 0.27
-    for i, mode in enumerate(MODES):
+    for i, mode in enumerate(data["modes"]):
         vals = [data["modes"][mode]["ratio_weight"][n] for n in layers]
         ax.bar([j + (i - 1) * width for j in range(len(layers))], vals, width, label=labels[mode])
     ax.set_yscale("log")
@@ -268,8 +290,8 @@ def plot(data: dict):
     fig.tight_layout()
 
     fig2, ax2 = plt.subplots(figsize=(7, 3.4))
-    for mode in MODES:
-        curve = data["modes"][mode]["curve"]
+    for mode, result in data["modes"].items():
+        curve = result["curve"]
         ax2.plot([c["step"] for c in curve], [100 * c["test_accuracy"] for c in curve], "o-", ms=3,
                  label=labels[mode])
     ax2.set_xlabel(f"SGD steps after the fp32 warm-up (lr {data['lr']:g}, same for all)")

@@ -48,6 +48,9 @@ class Config:
 
 
 PROFILES = {
+    "test": Config(batch=32, linear_out=8, conv_in=4, conv_out=4, image_size=8,
+                   clip_percentiles=(100.0, 99.0, 90.0), accumulator_sizes=(8, 16), accumulator_batch=16,
+                   accumulator_bits=(16, 20, 24)),
     "quick": Config(),
     "full": Config(batch=1797, linear_out=128, conv_in=16, conv_out=64, image_size=32,
                    accumulator_sizes=(8, 16, 32, 64), accumulator_batch=256),
@@ -144,7 +147,6 @@ def accumulator_sweep(cfg: Config, images: torch.Tensor) -> list[dict]:
         m0, shift = Q.multipliers(s_x, s_w, s_y, w.shape[0])
         code32 = Q.requantize(acc32, m0, shift)
         code_fake = Q.quantize(Q.dequantize(q_x, s_x) @ Q.dequantize(q_w, s_w).T, s_y)
-        max_acc = int(acc32.abs().max())
         by_bits = []
         for bits in cfg.accumulator_bits:
             acc_n = Q.saturating_accumulate_linear(q_x, q_w, bits=bits)
@@ -153,9 +155,7 @@ def accumulator_sweep(cfg: Config, images: torch.Tensor) -> list[dict]:
                             "codes_wrong_fraction": float((Q.requantize(acc_n, m0, shift) != code32).double().mean())})
         rows.append({
             "reduction_length": k,
-            "max_abs_accumulator": max_acc,
-            "bits_needed": int(max_acc).bit_length() + 1,
-            "predicted_worst_case_bits": int(k * Q.QMAX * Q.QMAX).bit_length() + 1,
+            "max_abs_accumulator": int(acc32.abs().max()),
             "by_bits": by_bits,
             "fake_fp32_codes_differ_fraction": float((code_fake != code32).double().mean()),
         })
@@ -192,17 +192,12 @@ def _run(cfg: Config, device: str) -> dict:
                              "codes_equal_fraction": row["codes_equal_fraction"]})
         # Raw pixel intensities are >= 0, like post-ReLU activations: the worst case for the sums.
         accumulators = accumulator_sweep(cfg, _raw_images(cfg.seed))
-    best = min(clipping, key=lambda r: r["real_vs_fp32_rel_rms"])
     return {
         "layers": layers,
         "linear_reduction_length": 64,
         "conv_reduction_length": cfg.conv_in * 9,
-        # How many worst-case int8 products (127 * 127 each) an int32 accumulator holds.
-        "int32_max_products": 2 ** 31 // (Q.QMAX * Q.QMAX),
+        "int8_max": Q.QMAX,
         "clipping": clipping,
-        "best_clip_percentile": best["percentile"],
-        "best_clip_rel_rms": best["real_vs_fp32_rel_rms"],
-        "no_clip_rel_rms": clipping[0]["real_vs_fp32_rel_rms"],
         "accumulator": accumulators,
         "measured_on": "cpu",
     }
@@ -215,8 +210,55 @@ def _raw_images(seed: int) -> torch.Tensor:
     return torch.from_numpy(images[order] / PIXEL_MAX).unsqueeze(1)
 
 
+# %% [markdown]
+# ## Derived at build time: what the pages and figures show
+
 # %%
-def plot(data: dict):
+LABELS = {"linear": "linear", "conv": "3×3 conv", "per_tensor": "per tensor", "per_channel": "per output channel"}
+
+
+def bits_for(value: int) -> int:
+    """Bits of a signed accumulator that holds ``±value``: the magnitude's bits and a sign bit."""
+    return int(value).bit_length() + 1
+
+
+def summarize(data: dict) -> dict:
+    """The best clipping range, the accumulator bits needed and predicted, int32's capacity, labels."""
+    qmax = data["int8_max"]
+    clipping = data["clipping"]
+    best = min(clipping, key=lambda r: r["real_vs_fp32_rel_rms"])
+    widest = max(clipping, key=lambda r: r["percentile"])
+    accumulator = []
+    for row in data["accumulator"]:
+        narrowest = min(row["by_bits"], key=lambda b: b["bits"])
+        accumulator.append({
+            "reduction_length": row["reduction_length"],
+            "bits_needed": bits_for(row["max_abs_accumulator"]),
+            # The worst case: every product at 127 * 127 with the same sign.
+            "predicted_worst_case_bits": bits_for(row["reduction_length"] * qmax * qmax),
+            "narrowest_bits": narrowest["bits"],
+            "narrowest_codes_wrong_fraction": narrowest["codes_wrong_fraction"],
+        })
+    by_length = sorted(accumulator, key=lambda r: r["reduction_length"])
+    rows = [x for per_layer in data["layers"].values() for x in per_layer.values()]
+    return {
+        "labels": LABELS,
+        # How many worst-case int8 products (127 * 127 each) an int32 accumulator holds.
+        "int32_max_products": 2 ** 31 // (qmax * qmax),
+        "best_clip_percentile": best["percentile"],
+        "best_clip_rel_rms": best["real_vs_fp32_rel_rms"],
+        "no_clip_percentile": widest["percentile"],
+        "no_clip_rel_rms": widest["real_vs_fp32_rel_rms"],
+        "accumulator": accumulator,
+        "narrowest_accumulator_bits": min(r["narrowest_bits"] for r in accumulator),
+        "smallest_accumulator": by_length[0],
+        "largest_accumulator": by_length[-1],
+        "fake_and_real_within_one_lsb": all(x["codes_max_diff_lsb"] <= 1 for x in rows),
+    }
+
+
+# %%
+def plot(data: dict, summary: dict):
     import matplotlib.pyplot as plt
 
     figs = {}
@@ -237,10 +279,10 @@ def plot(data: dict):
     figs["clipping"] = fig
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    for row in data["accumulator"]:
+    for row, derived in zip(data["accumulator"], summary["accumulator"]):
         bits = [b["bits"] for b in row["by_bits"]]
         ax.plot(bits, [100 * b["codes_wrong_fraction"] for b in row["by_bits"]], "o-",
-                label=f"{row['reduction_length']} products (needs {row['bits_needed']} bits)")
+                label=f"{row['reduction_length']} products (needs {derived['bits_needed']} bits)")
     ax.set_xlabel("accumulator width (bits, saturating)")
     ax.set_ylabel("int8 outputs that differ\nfrom exact int32 (%)")
     ax.legend()
