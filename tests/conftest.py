@@ -55,9 +55,62 @@ markdown_extensions: [admonition, tables, attr_list, md_in_html, pymdownx.detail
 """
 
 
+TOY_EXPERIMENT = '''"""A toy experiment for the site's tests.
+
+Question: none; method: none; run: not run, its results are canned.
+"""
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Config:
+    size: int = 1
+
+
+PROFILES = {"test": Config(), "quick": Config(), "full": Config()}
+
+
+def run(cfg, device):
+    raise NotImplementedError("canned results only")
+
+
+def summarize(data):
+    return {"parameters_label": f"{data['model']['parameters']:,} parameters",
+            "state_per_param_bytes": data["model"]["state_bytes"] / data["model"]["parameters"]}
+
+
+def plot(data, summary):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot(data["series"])
+    ax.set_title(summary["parameters_label"])
+    bad, ax2 = plt.subplots()
+    ax2.plot(data["series"][data["no_such_index_key"]] if data.get("broken") else data["series"])
+    return {"series": fig, "broken": bad}
+'''
+
+
+def experiments_root(out: Path, sources: dict[str, str]) -> Path:
+    """A folder whose ``experiments`` package holds ``sources`` beside the real shared lib."""
+    root = Path(out) / "xroot"
+    pkg = root / "experiments"
+    pkg.mkdir(parents=True, exist_ok=True)
+    (pkg / "__init__.py").write_text((REPO / "experiments" / "__init__.py").read_text(encoding="utf-8"))
+    if not (pkg / "lib").exists():
+        (pkg / "lib").symlink_to(REPO / "experiments" / "lib")
+    for name, text in sources.items():
+        (pkg / f"{name}.py").write_text(text, encoding="utf-8")
+    return root
+
+
 def build_site(out: Path, results: Path, docs: dict[str, str] | None = None, host: str | None = None,
-               ) -> subprocess.CompletedProcess:
-    """``mkdocs build --strict`` of the real site, or of a mini site made of ``docs``."""
+               experiments: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``mkdocs build --strict`` of the real site, or of a mini site made of ``docs``.
+
+    ``experiments`` (name -> source) replaces the real experiments with toy ones, whose
+    ``summarize`` and ``plot`` the build then calls.
+    """
     out = Path(out)
     if docs is None:
         config = REPO / "mkdocs.yml"
@@ -69,14 +122,15 @@ def build_site(out: Path, results: Path, docs: dict[str, str] | None = None, hos
         config = out / "mkdocs.yml"
         config.write_text(MINI_CONFIG.format(docs=docs_dir, site=out / "site",
                                              hook=REPO / "generator" / "site" / "hook.py"), encoding="utf-8")
+    path = [str(experiments_root(out, experiments))] if experiments is not None else []
     env = dict(os.environ, HANDBOOK_RESULTS=str(results), NO_MKDOCS_2_WARNING="1",
-               PYTHONPATH=str(REPO))
+               PYTHONPATH=os.pathsep.join(path + [str(REPO)]))
     env.pop("HANDBOOK_HOST", None)
     if host:
         env["HANDBOOK_HOST"] = host
     return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config),
-                           "-d", str(out / "site")], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+                           "-d", str(out / "site")], cwd=out if experiments is not None else REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="session")

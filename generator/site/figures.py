@@ -35,7 +35,9 @@ RC = {
 def _key(experiment: str, data: dict, summary: dict) -> str:
     import matplotlib  # noqa: F401 - only its version string, cheap relative to drawing
 
-    src = (REPO / "experiments" / f"{experiment}.py").read_bytes()
+    from generator.site.summaries import experiments_dir
+
+    src = (experiments_dir() / f"{experiment}.py").read_bytes()
     h = hashlib.sha256(src)
     h.update(json.dumps([data, summary], sort_keys=True).encode())
     h.update(matplotlib.__version__.encode())

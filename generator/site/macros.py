@@ -40,8 +40,8 @@ def snippets() -> jinja2.Environment:
     return env
 
 
-def render_snippet(env: jinja2.Environment, name: str, **values: Any) -> str:
-    return env.get_template(name).render(**values)
+def render_snippet(env: jinja2.Environment, template: str, **values: Any) -> str:
+    return env.get_template(template).render(**values)
 
 
 class Figures:
@@ -156,5 +156,5 @@ def cover_values(primary) -> dict[str, Any]:
     if primary is None:
         return {"host": None, "env": {}, "latest": None, "printed": dt.date.today().isoformat()}
     newest = primary.newest or {}
-    return {"host": primary.host, "env": newest.get("env", {}), "latest": newest.get("started_at"),
+    return {"host": primary.host, "env": primary.env, "latest": newest.get("started_at"),
             "printed": dt.date.today().isoformat()}

@@ -21,8 +21,6 @@ from generator.errors import PageError
 from generator.site.formatting import FILTERS
 from generator.site.results import HostResults
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 class UnknownExperiment(KeyError):
     """A page asked for an experiment that does not exist."""
@@ -103,7 +101,9 @@ class ResultsView(Mapping):
 
 def function_source(experiment: str, function: str) -> Markup:
     """The source text of ``function`` in ``experiments/<experiment>.py`` (shown in code blocks)."""
-    path = REPO / "experiments" / f"{experiment}.py"
+    from generator.site.summaries import experiments_dir
+
+    path = experiments_dir() / f"{experiment}.py"
     text = path.read_text(encoding="utf-8")
     for node in ast.walk(ast.parse(text)):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == function:

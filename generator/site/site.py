@@ -17,9 +17,8 @@ from generator.site import macros
 from generator.site.katex import Katex
 from generator.site.render import ExperimentUnavailable, ResultsView, make_environment, render_page
 from generator.site.results import HostResults, attach_summaries, load_all, pick_primary
+from generator.site.summaries import experiments_dir
 
-REPO = Path(__file__).resolve().parents[2]
-EXPERIMENTS = REPO / "experiments"
 TOC_MATH = re.compile(r"\\\((.*?)\\\)")
 
 
@@ -56,7 +55,8 @@ class SiteState:
         self.env = make_environment(self.docs_dir)
         self.snippets = macros.snippets()
         self.figures = macros.Figures(self.snippets)
-        self.known = {p.stem for p in EXPERIMENTS.glob("*.py") if not p.name.startswith("_")}
+        self.experiments = experiments_dir()
+        self.known = {p.stem for p in self.experiments.glob("*.py") if not p.name.startswith("_")}
 
     @property
     def primary_results(self) -> HostResults | None:
@@ -140,4 +140,4 @@ class SiteState:
             sorted(u for u in self.printed if u not in self.nav_order)
         write_handbook_html(site_dir, [self.printed[u] for u in order], self.snippets,
                             macros.cover_values(self.primary_results))
-        write_notebooks(site_dir, EXPERIMENTS)
+        write_notebooks(site_dir, self.experiments)

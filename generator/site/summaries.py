@@ -11,10 +11,20 @@ one line naming the host, the experiment and the field.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import traceback
+from pathlib import Path
 from typing import Any
 
 from generator.errors import SummaryError
+
+
+def experiments_dir() -> Path:
+    """The folder of the importable ``experiments`` package (the repository's, or a test's mini one)."""
+    spec = importlib.util.find_spec("experiments")
+    if spec is None or not spec.origin:
+        raise SummaryError("the experiments package cannot be found (run from the repository)")
+    return Path(spec.origin).parent
 
 
 class MissingField(KeyError):
