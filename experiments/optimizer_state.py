@@ -1,18 +1,24 @@
 # %% [markdown]
 # # Where the memory goes: parameters, gradients, optimizer state, and the step itself
-#
-# **Question.** How many bytes does each `torch.optim` optimizer keep per parameter, what does
-# one training step peak at, and how much do the `foreach` and `fused` implementations add in
-# temporaries that the usual "bytes per parameter" tables leave out?
-#
-# **Method.** A small transformer language model with many parameter tensors of mixed shapes.
-# For each optimizer and implementation: one step to create the lazy state, then a second step
-# measured by PyTorch's `MemTracker` (every storage labelled as parameter, gradient, activation,
-# optimizer state or temporary). State bytes are read off `optimizer.state` and compared with the
-# exact prediction from the update rules (`experiments/lib/formulas.py`). Then
-# `zero_grad(set_to_none=...)`, and the bytes per parameter of four precision regimes, built for real.
-#
-# **Run.** `python -m experiments.optimizer_state --profile quick` prints the JSON.
+
+# %%
+"""Where the memory of a training step goes: parameters, gradients, optimizer state, temporaries.
+
+**Question.** How many bytes does each `torch.optim` optimizer keep per parameter, what does
+one training step peak at, and how much do the `foreach` and `fused` implementations add in
+temporaries that the usual "bytes per parameter" tables leave out?
+
+**Method.** A small transformer language model with many parameter tensors of mixed shapes.
+For each optimizer and implementation: one step to create the lazy state, then a second step
+measured by PyTorch's `MemTracker` (every storage labelled as parameter, gradient, activation,
+optimizer state or temporary). State bytes are read off `optimizer.state` and compared with the
+exact prediction from the update rules (`experiments/lib/formulas.py`). Then
+`zero_grad(set_to_none=...)`, and the bytes of four precision regimes, built for real.
+`run` stores what was measured; `summarize` derives the ratios, the step temporaries and the
+bytes per parameter that the pages show.
+
+**Run.** `python -m experiments.optimizer_state --profile quick` prints the JSON.
+"""
 
 # %%
 from __future__ import annotations
@@ -42,6 +48,7 @@ class Config:
 
 
 PROFILES = {
+    "test": Config(vocab=32, d_model=16, layers=1, heads=2, seq=8, batch=1),
     "quick": Config(),
     "full": Config(vocab=32000, d_model=1024, layers=8, heads=16, seq=512, batch=8),
 }
@@ -125,27 +132,18 @@ def measure_optimizer(cfg: Config, device: str, name: str, implementation: str) 
         with step_only:
             opt.step()
         opt.zero_grad(set_to_none=True)
-    params, state = param_bytes(model), optimizer_state_bytes(opt)
     shapes = [tuple(p.shape) for p in model.parameters()]
-    predicted = formulas.optimizer_state_bytes(name, shapes)
     peak = whole.peak()
-    step_peak = step_only.peak().total
     return {
         "supported": True,
-        "params_bytes": params,
+        "params_bytes": param_bytes(model),
         "grads_bytes": grads,
-        "state_bytes": state,
-        "predicted_state_bytes": predicted,
-        "state_ratio": state / predicted if predicted else 1.0,
+        "state_bytes": optimizer_state_bytes(opt),
+        "predicted_state_bytes": formulas.optimizer_state_bytes(name, shapes),
         "step_tensor_bytes": tensor_bytes([s["step"] for s in opt.state.values() if "step" in s]),
-        "step_peak_bytes": step_peak,
-        "step_temporaries_bytes": max(step_peak - (params + grads + state), 0),
+        "step_peak_bytes": step_only.peak().total,
         "peak_bytes": peak.total,
         "peak_activations_bytes": peak.by_category["activations"],
-        "predicted_persistent_bytes": params + params + predicted,
-        "state_over_params_ratio": state / params,
-        "temporaries_over_params_ratio": max(step_peak - (params + grads + state), 0) / params,
-        "peak_over_predicted_persistent_ratio": peak.total / (params + params + predicted),
         "cuda_max_allocated_bytes": whole.cuda_max_allocated_bytes,
     }
 
@@ -172,11 +170,9 @@ def measure_zero_grad(cfg: Config, device: str) -> dict:
         before = extra.weight.detach().clone()
         lm_loss(model, x, y).backward()
         opt.step()
-        moved = float((extra.weight.detach() - before).abs().max())
         out["none" if set_to_none else "zeros"] = {
             "grad_bytes_between_steps": held,
-            "unused_param_max_change": moved,
-            "unused_param_updated": moved > 0.0,
+            "unused_param_max_change": float((extra.weight.detach() - before).abs().max()),
         }
     return out
 
@@ -216,21 +212,13 @@ def measure_precision(cfg: Config, device: str) -> dict:
                     for m, p in zip(master, model.parameters()):
                         p.copy_(m)
                         m.grad = None
-        state = optimizer_state_bytes(opt) - tensor_bytes([s["step"] for s in opt.state.values()])
-        parts = {
-            "weights": param_bytes(model) / n,
-            "grads": grad_bytes(model) / n,
-            "master": tensor_bytes(master) / n,
-            "optimizer": state / n,
-        }
-        predicted = dict(zip(("weights", "grads", "master", "optimizer"), formulas.PRECISION_REGIMES[regime]))
-        total = sum(parts.values())
         out[regime] = {
-            "measured_bytes_per_param": parts,
-            "predicted_bytes_per_param": predicted,
-            "total_bytes_per_param": total,
-            "predicted_total_bytes_per_param": sum(predicted.values()),
-            "ratio": total / sum(predicted.values()),
+            "parameters": n,
+            "weights_bytes": param_bytes(model),
+            "grads_bytes": grad_bytes(model),
+            "master_bytes": tensor_bytes(master),
+            # the moments only: the step scalars are per tensor, not per parameter
+            "optimizer_bytes": optimizer_state_bytes(opt) - tensor_bytes([s["step"] for s in opt.state.values()]),
             "grad_dtype": str(next(model.parameters()).grad.dtype).replace("torch.", ""),
         }
     return out
@@ -260,15 +248,67 @@ def measure_all(cfg: Config, device: str) -> dict:
 
 
 # %% [markdown]
+# ## What the pages show, derived from what was measured
+# The step's temporaries are what `optimizer.step()` peaked at above parameters, gradients and
+# state; the "persistent" prediction is the folklore table: weights + gradients + predicted state.
+
+# %%
+IMPLEMENTATIONS = ("for-loop", "foreach", "fused")  # the order of the pages' columns
+BYTES_PER_PARAM_PARTS = ("weights", "grads", "master", "optimizer")
+
+
+def summarize_step(x: dict) -> dict:
+    """Ratios and temporaries of one optimizer and implementation (``supported: False``: nothing to derive)."""
+    if not x["supported"]:
+        return {"supported": False}
+    params, grads, state, predicted = x["params_bytes"], x["grads_bytes"], x["state_bytes"], x["predicted_state_bytes"]
+    temporaries = max(x["step_peak_bytes"] - (params + grads + state), 0)
+    persistent = params + params + predicted
+    return {
+        "supported": True,
+        "state_ratio": state / predicted if predicted else 1.0,  # SGD: 0 bytes predicted, 0 held
+        "state_over_params_ratio": state / params,
+        "step_temporaries_bytes": temporaries,
+        "temporaries_over_params_ratio": temporaries / params,
+        "predicted_persistent_bytes": persistent,
+        "peak_over_predicted_persistent_ratio": x["peak_bytes"] / persistent,
+    }
+
+
+def summarize_precision(regime: str, x: dict) -> dict:
+    """Bytes per parameter of one precision regime, beside the accounting of ``formulas.PRECISION_REGIMES``."""
+    n = x["parameters"]
+    measured = {part: x[f"{part}_bytes"] / n for part in BYTES_PER_PARAM_PARTS}
+    predicted = dict(zip(BYTES_PER_PARAM_PARTS, formulas.PRECISION_REGIMES[regime]))
+    total, predicted_total = sum(measured.values()), sum(predicted.values())
+    return {"measured_bytes_per_param": measured, "predicted_bytes_per_param": predicted,
+            "total_bytes_per_param": total, "predicted_total_bytes_per_param": predicted_total,
+            "ratio": total / predicted_total}
+
+
+def summarize(data: dict) -> dict:
+    optimizers = data["optimizers"]
+    first = next(iter(optimizers.values()))
+    return {
+        "implementations": [impl for impl in IMPLEMENTATIONS if impl in first],
+        "optimizers": {name: {impl: summarize_step(x) for impl, x in impls.items()}
+                       for name, impls in optimizers.items()},
+        "zero_grad": {mode: {"unused_param_updated": z["unused_param_max_change"] > 0.0}
+                      for mode, z in data["zero_grad"].items()},
+        "precision": {regime: summarize_precision(regime, x) for regime, x in data["precision"].items()},
+    }
+
+
+# %% [markdown]
 # ## Figures
 
 # %%
-def plot(data: dict) -> dict:
+def plot(data: dict, summary: dict) -> dict:
     import matplotlib.pyplot as plt
 
     mib = 2**20
     names = [n for n, v in data["optimizers"].items() if v["foreach"]["supported"]]
-    rows = [data["optimizers"][n]["foreach"] for n in names]
+    rows = [{**data["optimizers"][n]["foreach"], **summary["optimizers"][n]["foreach"]} for n in names]
     parts = [("params_bytes", "parameters"), ("grads_bytes", "gradients"), ("state_bytes", "optimizer state"),
              ("step_temporaries_bytes", "step temporaries (foreach)")]
     fig, ax = plt.subplots(figsize=(8, 4))
@@ -282,13 +322,13 @@ def plot(data: dict) -> dict:
     ax.tick_params(axis="x", rotation=30)
     ax.legend(fontsize=8)
 
-    impls = ["for-loop", "foreach", "fused"]
+    impls = summary["implementations"]
     fig2, ax2 = plt.subplots(figsize=(8, 3.6))
-    width = 0.27
+    width = 0.8 / len(impls)
     for i, impl in enumerate(impls):
-        vals = [data["optimizers"][n][impl].get("step_temporaries_bytes", 0) / mib
-                if data["optimizers"][n][impl]["supported"] else 0 for n in names]
-        ax2.bar([j + (i - 1) * width for j in range(len(names))], vals, width, label=impl)
+        steps = [summary["optimizers"][n][impl] for n in names]
+        vals = [x["step_temporaries_bytes"] / mib if x["supported"] else 0 for x in steps]
+        ax2.bar([j + (i - (len(impls) - 1) / 2) * width for j in range(len(names))], vals, width, label=impl)
     ax2.set_xticks(range(len(names)), names, rotation=30)
     ax2.set_ylabel("MiB above params + grads + state")
     ax2.set_title("Temporaries of optimizer.step() by implementation (0: none, or not supported)")
