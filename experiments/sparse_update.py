@@ -58,6 +58,8 @@ class Config:
 
 
 PROFILES = {
+    "test": Config(arch=Arch(stem=4, blocks=((1, 4, 1), (2, 8, 2)), head=8), pretrain_steps=20, finetune_steps=3,
+                   batch=16, budget_fractions=(0.3, 0.7), last_k=(1,), exhaustive_units=3),
     "quick": Config(),
     "full": Config(arch=Arch(stem=32, blocks=((1, 16, 1), (6, 24, 2), (6, 24, 1), (6, 32, 1)), head=128),
                    pretrain_steps=600, finetune_steps=120, weight_fractions=(0.25, 0.5, 1.0),
@@ -196,8 +198,34 @@ def pretrain(cfg: Config, data: dict, device: str) -> tuple[TinyMobileNetV2, flo
     return model, acc
 
 
-def option_list(cfg: Config) -> list[tuple[str, tuple[bool, float]]]:
-    return [("bias", (True, 0.0))] + [(f"weight_{f:g}", (True, f)) for f in cfg.weight_fractions]
+def option_list(cfg: Config) -> dict[str, tuple[bool, float]]:
+    """Option id -> (bias, fraction of output channels whose weights train), in table order."""
+    return {"bias": (True, 0.0), **{f"weight_{f:g}": (True, f) for f in cfg.weight_fractions}}
+
+
+# %% [markdown]
+# ## The search's inputs, from what was measured
+# The search runs inside ``run`` (it decides which configurations are fine-tuned and measured);
+# ``summarize`` derives the same costs and benefits for the pages with the same two functions.
+
+# %%
+def option_cost_bytes(o: dict) -> int:
+    """What one option adds to a training step: saved tensors beyond the backward path, gradients, Adam state."""
+    return o["saved_bytes"] + o["grad_bytes"] + o["optimizer_bytes"]
+
+
+def search_options(data: dict) -> tuple[list[list[tuple[int, float]]], list[int]]:
+    """Per unit, ``(cost_bytes, benefit)`` of "none" and of every option; and the backward-path bytes."""
+    base = data["classifier_only_accuracy"]
+    options = [[(0, 0.0)] + [(option_cost_bytes(o), o["accuracy"] - base) for o in data["layers"][u]["options"].values()]
+               for u in data["units"]]
+    return options, [data["layers"][u]["path_bytes"] for u in data["units"]]
+
+
+def choice_indices(data: dict, choice: dict) -> tuple[int, ...]:
+    """A configuration ``{unit: option id or "none"}`` as option indices (0: "none") per unit."""
+    ids = ["none", *data["options"]]
+    return tuple(ids.index(choice[u]) for u in data["units"])
 
 
 # %%
@@ -213,76 +241,62 @@ def _run(cfg: Config, device: str) -> dict:
     xb, yb = data["xt_train"][: cfg.batch], data["yt_train"][: cfg.batch]
     probe = copy.deepcopy(pretrained)
     probe.classifier = torch.nn.Linear(probe.classifier.in_features, 5).to(device)
+    opts = option_list(cfg)
+
+    def settings(config: dict) -> dict:
+        """``{unit: option id}`` -> ``{unit: (bias, weight_fraction)}`` for ``apply``."""
+        return {u: opts[o] for u, o in config.items() if o != "none"}
 
     # Costs. Path: backward through every unit (input requires grad, no unit trained).
     path_run = measure_step(probe, {}, xb, yb, cfg, input_grad=True)
     path = {n: path_run["per_unit"].get(n, _zero())["saved_bytes"] for n in units}
-    base_run = measure_step(probe, {}, xb, yb, cfg)
-    base_bytes = base_run["total_bytes"]                 # the classifier alone
-    opts = option_list(cfg)
-    layers = []
+    base_bytes = measure_step(probe, {}, xb, yb, cfg)["total_bytes"]      # the classifier alone
+    base_acc = mean_accuracy(pretrained, {}, data, cfg)
+    layers = {}
     for name in units:
-        row = {"name": name, "path_bytes": path[name], "options": []}
-        for label, choice in opts:
+        row = {"path_bytes": path[name], "options": {}}
+        for label, choice in opts.items():
             m = measure_step(probe, {name: choice}, xb, yb, cfg)
             own = m["per_unit"][name]
-            later = sum(path[n] for n in units[units.index(name):])
-            row["options"].append({
-                "option": label,
-                "saved_bytes": own["saved_bytes"] - path[name],
+            row["options"][label] = {
+                "saved_bytes": own["saved_bytes"] - path[name],   # beyond what backward through it keeps
                 "grad_bytes": own["grad_bytes"],
                 "optimizer_bytes": own["optimizer_bytes"],
-                "cost_bytes": own["saved_bytes"] - path[name] + own["grad_bytes"] + own["optimizer_bytes"],
-                # The whole step measured, against base + own cost + path from here to the output.
-                "measured_total_bytes": m["total_bytes"],
-                "predicted_total_bytes": base_bytes + own["saved_bytes"] - path[name] + own["grad_bytes"]
-                + own["optimizer_bytes"] + later,
-            })
-        layers.append(row)
+                "measured_total_bytes": m["total_bytes"],          # the whole step, for the cost model's check
+                # Benefit: contribution analysis, one short fine-tuning run per choice.
+                "accuracy": mean_accuracy(pretrained, {name: choice}, data, cfg),
+            }
+        layers[name] = row
+    out = {"units": units, "options": list(opts), "source_test_accuracy": source_acc,
+           "classifier_only_accuracy": base_acc, "base_bytes": base_bytes, "layers": layers}
 
-    # Benefits: contribution analysis, one short fine-tuning run per choice.
-    base_acc = mean_accuracy(pretrained, {}, data, cfg)
-    for name, row in zip(units, layers):
-        for opt_row, (label, choice) in zip(row["options"], opts):
-            opt_row["accuracy"] = mean_accuracy(pretrained, {name: choice}, data, cfg)
-            opt_row["benefit"] = opt_row["accuracy"] - base_acc
+    def measured_point(config: dict, extra: dict | None = None) -> dict:
+        config = {u: config.get(u, "none") for u in units}
+        m = measure_step(probe, settings(config), xb, yb, cfg)
+        return {**(extra or {}), "choice": config, "measured_bytes": m["total_bytes"], "saved_bytes": m["saved_bytes"],
+                "grad_bytes": m["grad_bytes"], "optimizer_bytes": m["optimizer_bytes"],
+                "accuracy": mean_accuracy(pretrained, settings(config), data, cfg)}
 
-    options = [[(0, 0.0)] + [(o["cost_bytes"], o["benefit"]) for o in row["options"]] for row in layers]
-    path_list = [path[n] for n in units]
-    choice_of = lambda sol: {units[i]: opts[c - 1][1] for i, c in enumerate(sol.choice) if c}  # noqa: E731
-    labels_of = lambda sol: [opts[c - 1][0] if c else "none" for c in sol.choice]  # noqa: E731
-
-    def measured_point(kind: str, choice: dict, extra: dict | None = None) -> dict:
-        m = measure_step(probe, choice, xb, yb, cfg)
-        accuracy = mean_accuracy(pretrained, choice, data, cfg)
-        idx = [tuple(choice.get(n, (False, 0.0))) for n in units]
-        sol_choice = tuple(0 if c == (False, 0.0) else 1 + [o[1] for o in opts].index(c) for c in idx)
-        predicted = base_bytes + B.config_cost(options, path_list, sol_choice)
-        return {"kind": kind, **(extra or {}), "measured_bytes": m["total_bytes"], "predicted_bytes": predicted,
-                "saved_bytes": m["saved_bytes"], "grad_bytes": m["grad_bytes"], "optimizer_bytes": m["optimizer_bytes"],
-                "predicted_benefit": B.config_benefit(options, sol_choice),
-                "accuracy": accuracy, "measured_benefit": accuracy - base_acc}
-
-    full_choice = {n: (True, 1.0) for n in units}
-    points = [measured_point("classifier only", {}),
-              measured_point("full update", full_choice),
-              measured_point("bias only", {n: (True, 0.0) for n in units})]
+    full = {n: "weight_1" for n in units}
+    bias_only = {n: "bias" for n in units}
+    frontier = {"classifier_only": measured_point({}), "full_update": measured_point(full),
+                "bias_only": measured_point(bias_only)}
     for k in cfg.last_k:
         if k <= len(units):
-            points.append(measured_point("last-k", {n: (True, 1.0) for n in units[-k:]}, {"k": k}))
-    full_cost = points[1]["predicted_bytes"] - base_bytes
+            frontier[f"last_{k}"] = measured_point({n: "weight_1" for n in units[-k:]}, {"k": k})
 
-    # The same bias-only and full updates with PyTorch's own convolution backward, which keeps
-    # every convolution's input once anything about it needs a gradient.
+    # The same updates with PyTorch's own convolution backward, which keeps every convolution's
+    # input once anything about it needs a gradient.
     probe.set_sparse_backward(False)
-    stock = {"bias_only_bytes": measure_step(probe, {n: (True, 0.0) for n in units}, xb, yb, cfg)["total_bytes"],
-             "full_update_bytes": measure_step(probe, full_choice, xb, yb, cfg)["total_bytes"],
-             "bias_only_last_unit_bytes": measure_step(probe, {units[-1]: (True, 0.0)}, xb, yb, cfg)["total_bytes"]}
+    stock = {"bias_only_bytes": measure_step(probe, settings(bias_only), xb, yb, cfg)["total_bytes"],
+             "full_update_bytes": measure_step(probe, settings(full), xb, yb, cfg)["total_bytes"],
+             "bias_only_last_unit_bytes": measure_step(probe, {units[-1]: opts["bias"]}, xb, yb, cfg)["total_bytes"]}
     probe.set_sparse_backward(True)
-    stock["sparse_bias_only_bytes"] = points[2]["measured_bytes"]
-    stock["bias_only_over_full_update_fraction"] = stock["bias_only_bytes"] / stock["full_update_bytes"]
-    stock["sparse_bias_only_last_unit_bytes"] = measure_step(probe, {units[-1]: (True, 0.0)}, xb, yb, cfg)["total_bytes"]
+    stock["sparse_bias_only_last_unit_bytes"] = measure_step(probe, {units[-1]: opts["bias"]}, xb, yb,
+                                                             cfg)["total_bytes"]
 
+    options, path_list = search_options(out)
+    full_cost = B.config_cost(options, path_list, choice_indices(out, frontier["full_update"]["choice"]))
     searches = []
     tail = cfg.exhaustive_units
     for frac in cfg.budget_fractions:
@@ -291,78 +305,130 @@ def _run(cfg: Config, device: str) -> dict:
         # Exhaustive over the last ``tail`` layers (earlier ones not updated), and the DP on the same problem.
         ex_tail = B.exhaustive(options[-tail:], path_list[-tail:], budget)
         dp_tail = B.dynamic_program(options[-tail:], path_list[-tail:], budget)
-        point = measured_point("searched", choice_of(dp), {"budget_bytes": budget + base_bytes,
-                                                            "budget_fraction": frac})
-        searches.append({
+        chosen = {units[i]: out["options"][c - 1] for i, c in enumerate(dp.choice) if c}
+        searches.append(measured_point(chosen, {
             "budget_fraction": frac, "budget_bytes": budget + base_bytes,
-            "choice": labels_of(dp), "cost_bytes": dp.cost + base_bytes, "predicted_benefit": dp.benefit,
             "exhaustive_tail_benefit": ex_tail.benefit, "dp_tail_benefit": dp_tail.benefit,
-            "dp_equals_exhaustive": abs(ex_tail.benefit - dp_tail.benefit) < 1e-12,
             "dp_quantum_bytes": B.default_quantum(options, path_list, budget),
-            "cost_gcd_bytes": B.cost_gcd(options, path_list),
-            "accuracy": point["accuracy"], "measured_bytes": point["measured_bytes"],
-        })
-        points.append(point)
+            "cost_gcd_bytes": B.cost_gcd(options, path_list)}))
+    return {**out, "frontier": frontier, "searches": searches, "stock_torch_conv": stock,
+            "finetune_steps": cfg.finetune_steps, "seeds": len(cfg.seeds), "exhaustive_units": tail}
 
-    full_acc = points[1]["accuracy"]
-    best = max((p for p in points if p["kind"] == "searched" and p["accuracy"] >= full_acc - 0.02),
-               key=lambda p: -p["measured_bytes"], default=None)
+
+# %% [markdown]
+# ## Derived at build time: what the pages and figures show
+
+# %%
+SAME_BENEFIT = 1e-12        # the DP and exhaustive search agree when their benefits are this close
+NEAR_FULL_ACCURACY = 0.02   # "as good as the full update": within this much test accuracy
+FIXED_LABELS = {"classifier_only": "classifier only", "full_update": "full update", "bias_only": "bias only"}
+
+
+def option_labels(option_ids: list[str]) -> dict:
+    """Column headers ("weight 0.5") and short cell marks ("W 0.5", "·" for not updated)."""
+    return {"none": {"label": "not updated", "short": "·"},
+            **{o: {"label": o.replace("_", " "), "short": o.replace("weight_", "W ")} for o in option_ids}}
+
+
+def summarize(data: dict) -> dict:
+    """Costs and benefits per option, the cost model against measurement, the frontier table with labels."""
+    options, path_list = search_options(data)
+    units, base_bytes = data["units"], data["base_bytes"]
+    base_acc = data["classifier_only_accuracy"]
+    layers = {}
+    for i, u in enumerate(units):
+        later = sum(path_list[i:])
+        layers[u] = {"path_bytes": path_list[i], "options": {}}
+        for o, (cost, benefit) in zip(data["options"], options[i][1:]):
+            layers[u]["options"][o] = {
+                "cost_bytes": cost, "benefit": benefit,
+                # The step predicted: the classifier's step, this option, and backward from the output to here.
+                "predicted_total_bytes": base_bytes + cost + later,
+            }
+
+    def point(key: str, p: dict, label: str, budget_bytes: int | None) -> dict:
+        choice = choice_indices(data, p["choice"])
+        return {"label": label, "k": p["k"] if key.startswith("last_") else None, "budget_bytes": budget_bytes,
+                "measured_bytes": p["measured_bytes"],
+                "predicted_bytes": base_bytes + B.config_cost(options, path_list, choice),
+                "accuracy": p["accuracy"], "predicted_benefit": B.config_benefit(options, choice),
+                "measured_benefit": p["accuracy"] - base_acc}
+
+    frontier = {}
+    for key, p in data["frontier"].items():
+        frontier[key] = point(key, p, FIXED_LABELS.get(key, "last-k layers"), None)
+    searches = []
+    for i, s in enumerate(data["searches"]):
+        row = point("searched", s, "searched sparse update", s["budget_bytes"])
+        frontier[f"searched_{i + 1}"] = row
+        searches.append({
+            **row, "budget_fraction": s["budget_fraction"],
+            "choice": {u: option_labels(data["options"])[c]["short"] for u, c in s["choice"].items()},
+            "dp_equals_exhaustive": abs(s["exhaustive_tail_benefit"] - s["dp_tail_benefit"]) < SAME_BENEFIT,
+            # On the costs' own grid the DP is exact; a coarser grid rounds costs up.
+            "dp_grid_exact": s["dp_quantum_bytes"] == s["cost_gcd_bytes"],
+        })
+    all_layer_rows = [o for row in data["layers"].values() for o in row["options"].values()]
+    layer_errors = [abs(o["measured_total_bytes"] / d["predicted_total_bytes"] - 1)
+                    for o, d in zip(all_layer_rows, [d for row in layers.values() for d in row["options"].values()])]
+    point_errors = [abs(p["measured_bytes"] / p["predicted_bytes"] - 1) for p in frontier.values()]
+    full = frontier["full_update"]
+    near_full = [s for s in searches if s["accuracy"] >= full["accuracy"] - NEAR_FULL_ACCURACY]
+    stock = data["stock_torch_conv"]
     return {
-        "units": units,
-        "source_test_accuracy": source_acc,
-        "classifier_only_accuracy": base_acc,
-        "base_bytes": base_bytes,
-        "full_update_bytes": points[1]["measured_bytes"],
-        "full_update_accuracy": full_acc,
+        "option_labels": option_labels(data["options"]),
         "layers": layers,
+        "frontier": frontier,
         "searches": searches,
-        "frontier": points,
+        "largest_budget_search": searches[-1],
         "all_dp_equal_exhaustive": all(s["dp_equals_exhaustive"] for s in searches),
-        "cost_model_max_rel_error": max(abs(p["measured_bytes"] / p["predicted_bytes"] - 1) for p in points),
-        "smallest_searched_near_full": best,
-        "stock_torch_conv": stock,
-        "finetune_steps": cfg.finetune_steps,
-        "seeds": len(cfg.seeds),
-        "exhaustive_units": tail,
+        "cost_model_max_rel_error": max(point_errors),
+        "layer_cost_model_max_rel_error": max(layer_errors),
+        "smallest_searched_near_full": min(near_full, key=lambda s: s["measured_bytes"]) if near_full else None,
+        "seeds_averaged": data["seeds"] > 1,
+        "stock_torch_conv": {
+            "sparse_bias_only_bytes": data["frontier"]["bias_only"]["measured_bytes"],
+            "bias_only_over_full_update_fraction": stock["bias_only_bytes"] / stock["full_update_bytes"],
+            "bias_only_saving_bytes": stock["bias_only_bytes"] - data["frontier"]["bias_only"]["measured_bytes"],
+        },
     }
 
 
 # %%
-def plot(data: dict):
+def plot(data: dict, summary: dict):
     import matplotlib.pyplot as plt
 
-    layers = data["layers"]
-    names = [l["name"] for l in layers]
-    labels = [o["option"] for o in layers[0]["options"]]
+    layers = summary["layers"]
+    names = list(layers)
+    option_ids = data["options"]
     fig, ax = plt.subplots(figsize=(7.5, 3.8))
-    width = 0.8 / (len(labels) + 1)
+    width = 0.8 / (len(option_ids) + 1)
     pick = data["searches"][len(data["searches"]) // 2]
-    for j, label in enumerate(labels):
-        vals = [l["options"][j]["cost_bytes"] / 1024 for l in layers]
-        xs = [i + (j - len(labels) / 2) * width for i in range(len(layers))]
-        ax.bar(xs, vals, width, label=f"update {label.replace('_', ' ')}")
+    for j, option in enumerate(option_ids):
+        vals = [layers[n]["options"][option]["cost_bytes"] / 1024 for n in names]
+        xs = [i + (j - len(option_ids) / 2) * width for i in range(len(names))]
+        ax.bar(xs, vals, width, label=f"update {summary['option_labels'][option]['label']}")
         for i, x in enumerate(xs):
-            if pick["choice"][i] == label:
+            if pick["choice"][names[i]] == option:
                 ax.plot(x, vals[i] * 1.15, "v", color="black", ms=6)
-    through = [(i + (len(labels) / 2) * width, l["path_bytes"] / 1024) for i, l in enumerate(layers)
-               if l["path_bytes"] > 0]      # a linear projection keeps nothing: no bar
+    through = [(i + (len(option_ids) / 2) * width, layers[n]["path_bytes"] / 1024) for i, n in enumerate(names)
+               if layers[n]["path_bytes"] > 0]      # a linear projection keeps nothing: no bar
     ax.bar([t[0] for t in through], [t[1] for t in through], width, color="grey", label="backward through it")
     ax.set_yscale("log")
-    ax.set_xticks(range(len(layers)), names, rotation=30, ha="right", fontsize=8)
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
     ax.set_ylabel("memory added to training (KiB)")
     ax.set_title(f"Per-layer cost; ▼ = chosen at a budget of {pick['budget_bytes'] / 1024:.0f} KiB", fontsize=10)
     ax.legend(fontsize=7, ncol=4, loc="lower center", bbox_to_anchor=(0.5, 1.08), frameon=False)
     fig.tight_layout()
 
     fig2, ax2 = plt.subplots(figsize=(7, 3.8))
-    styles = {"classifier only": "k*", "full update": "rs", "bias only": "g^"}
-    for kind, style in styles.items():
-        p = [q for q in data["frontier"] if q["kind"] == kind]
-        ax2.plot([q["measured_bytes"] / 1024 for q in p], [100 * q["accuracy"] for q in p], style, ms=9, label=kind)
-    for kind, style in (("last-k", "o--"), ("searched", "D-")):
-        p = sorted((q for q in data["frontier"] if q["kind"] == kind), key=lambda q: q["measured_bytes"])
-        ax2.plot([q["measured_bytes"] / 1024 for q in p], [100 * q["accuracy"] for q in p], style,
-                 label=kind + (" layers" if kind == "last-k" else " sparse update"))
+    frontier = summary["frontier"]
+    for key, style in (("classifier_only", "k*"), ("full_update", "rs"), ("bias_only", "g^")):
+        p = frontier[key]
+        ax2.plot([p["measured_bytes"] / 1024], [100 * p["accuracy"]], style, ms=9, label=p["label"])
+    for label, style in (("last-k layers", "o--"), ("searched sparse update", "D-")):
+        p = sorted((q for q in frontier.values() if q["label"] == label), key=lambda q: q["measured_bytes"])
+        ax2.plot([q["measured_bytes"] / 1024 for q in p], [100 * q["accuracy"] for q in p], style, label=label)
     ax2.set_xscale("log")
     ax2.set_xlabel("training memory beyond inference (KiB, measured)")
     ax2.set_ylabel("test accuracy after fine-tuning (%)")
