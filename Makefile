@@ -7,7 +7,7 @@ SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export NO_MKDOCS_2_WARNING := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system handbook test bench run serve clean
+.PHONY: help setup system handbook test test-fast bench run serve clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -29,10 +29,13 @@ setup: $(SETUP) system ## create .venv and install everything (torch 2.13.0 CPU,
 handbook: setup ## run the experiments for this host, build site/, site/handbook.pdf and site/cheatsheet.pdf
 	$(BIN)/handbook build
 
-test: setup ## run the whole test suite
+test: setup ## run the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q
 
-bench: setup ## time a cold build, a no-change rebuild and a one-page rebuild
+test-fast: setup ## the fast tier: formulas, runner and site on canned results (the edit-test loop)
+	$(BIN)/python -m pytest -q -m fast
+
+bench: setup ## time the test suite (whole and fast tier), a cold build, a no-change rebuild, a one-page rebuild
 	$(BIN)/python -m generator.bench
 
 run: setup ## run the experiments only (cached)

@@ -1,5 +1,6 @@
-"""``make bench``: whole-build timings on this machine, and what each experiment costs.
+"""``make bench``: test-suite and whole-build timings on this machine, and what each experiment costs.
 
+0. the whole test suite (``pytest``, target 90 s) and its fast tier (``pytest -m fast``, 30 s);
 1. a cold ``handbook build``: empty results folder, no caches;
 2. the same build again with nothing changed;
 3. the build after one page's text changed (the page is restored afterwards);
@@ -21,6 +22,7 @@ from pathlib import Path
 from generator.runner import REPO
 
 TARGETS_S = {"cold": 90.0, "nothing changed": 5.0, "one page changed": 10.0}
+SUITE_TARGETS_S = {"whole test suite": 90.0, "fast tier (-m fast)": 30.0}
 PAGE = REPO / "docs" / "01-where-the-memory-goes.md"
 
 
@@ -45,7 +47,21 @@ def _pages_reading(names: list[str]) -> dict[str, list[str]]:
     return pages
 
 
+def _suite(args: list[str]) -> tuple[float, str]:
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], cwd=REPO,
+                          capture_output=True, text=True, env=dict(os.environ, NO_MKDOCS_2_WARNING="1"))
+    seconds = time.monotonic() - t0
+    lines = proc.stdout.strip().splitlines()
+    return seconds, lines[-1] if lines else f"exit status {proc.returncode}"
+
+
 def main() -> int:
+    suites = {"whole test suite": _suite([]), "fast tier (-m fast)": _suite(["-m", "fast"])}
+    print("Test suite timings on this machine:")
+    for name, (seconds, last) in suites.items():
+        verdict = "ok" if seconds <= SUITE_TARGETS_S[name] else "OVER TARGET"
+        print(f"  {name:<20} {seconds:6.1f} s   (target <= {SUITE_TARGETS_S[name]:.0f} s: {verdict})  {last}")
     timings: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="handbook-bench-") as tmp:
         results, site = Path(tmp) / "results", Path(tmp) / "site"

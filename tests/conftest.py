@@ -182,3 +182,25 @@ def build_chapter_site(root: Path, data: dict[str, dict], pages: tuple[str, ...]
     proc = build_site(root / "out", root / "results", docs=docs)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root / "out" / "site"
+
+
+# The fast tier (`make test-fast`): formulas, the runner and the site on canned results. Everything
+# that runs a real experiment, builds the real site, prints PDFs or drives Chromium is outside it.
+FAST_FILES = {"test_formulas.py", "test_formatting.py", "test_estimate.py", "test_runner.py", "test_site.py",
+              "test_cli.py", "test_pages_do_not_compute.py", "test_fingerprint.py", "test_budget_search.py",
+              "test_hosts_table.py", "test_errors.py"}
+FAST_CONTRACT_CHECKS = ("test_shape_of_the_module", "test_summarize_reaches_no_torch", "test_unit_check",
+                        "test_every_experiment_is_checked")
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "fast: the fast tier (make test-fast): formulas, runner, site on canned results")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    for item in items:
+        name = Path(str(item.fspath)).name
+        fixtures = getattr(item, "fixturenames", ())
+        contract_fast = name == "test_experiment_contract.py" and item.name.startswith(FAST_CONTRACT_CHECKS)
+        if (name in FAST_FILES or contract_fast) and "built_site" not in fixtures:
+            item.add_marker(pytest.mark.fast)

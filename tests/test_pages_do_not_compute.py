@@ -38,3 +38,34 @@ def test_the_check_catches_arithmetic() -> None:
     assert computations("{{ rows | map(attribute='v') | max }}")
     assert not computations("{{ a.x_ratio | ratio }} {{ name | replace('_', ' ') }} {% if a.ok %}")
     assert not computations('{{ "one input per " ~ row.k ~ "-layer segment" }}')
+
+
+SEARCHES = re.compile(r"\|\s*selectattr\b|\|\s*rejectattr\b")
+GUARDS = re.compile(r"""(?:["'][\w.-]+["']|\b[a-z_]\w*)\s+(?:not\s+)?in\s+(?:r|h\.r|h\.runs|[a-z_]\w*)\b(?!\s*\|)""")
+LABEL_MAPS = re.compile(r"\{%-?\s*set\s+\w+\s*=\s*\{")
+
+
+def workarounds(text: str) -> list[str]:
+    """Places where a page works around the data: list searches, ``in`` guards, label maps."""
+    found = []
+    for match in EXPRESSION.finditer(text):
+        expr = match.group(1) or match.group(2) or ""
+        if SEARCHES.search(expr) or GUARDS.search(STRINGS.sub(lambda m: m.group(0) if re.fullmatch(
+                r"""["'][\w.-]+["']""", m.group(0)) else '""', expr)) or LABEL_MAPS.match(match.group(0)):
+            found.append(" ".join(match.group(0).split())[:120])
+    return found
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(DOCS)))
+def test_page_reads_the_data_as_it_is(page: Path) -> None:
+    """Keyed data and labels in the summary: no searching lists, no ``in`` guards, no label maps."""
+    assert workarounds(page.read_text(encoding="utf-8")) == []
+
+
+def test_the_check_catches_workarounds() -> None:
+    assert workarounds('{% set a = rows | selectattr("name", "equalto", "x") | first %}')
+    assert workarounds('{% if "hardware" in r %}x{% endif %}')
+    assert workarounds('{{ "yes" if "fp32" in h.r.hardware.matmul else "no" }}')
+    assert workarounds('{% set labels = {"a": "b"} %}')
+    assert not workarounds("{% for name, row in summary.x.rows.items() %}{{ row.label }}{% endfor %}")
+    assert not workarounds("{% for h in hosts %}{{ h.slug }}{% endfor %}")
