@@ -60,6 +60,7 @@ def build(results_dir: Path, host: str | None = None, site_dir: Path = Path("sit
     from mkdocs.commands.build import build as mkdocs_build
     from mkdocs.config import load_config
 
+    check_results(Path(results_dir), host)
     _settings(Path(results_dir), host)
     _log_warnings()
     t0 = time.monotonic()
@@ -78,6 +79,15 @@ def build(results_dir: Path, host: str | None = None, site_dir: Path = Path("sit
     STAMP.write_text(json.dumps({"key": key}))
     _report(outputs)
     return outputs
+
+
+def check_results(results_dir: Path, host: str | None) -> None:
+    """Load every result and derive its summary before mkdocs starts: a bad file is one line, ours."""
+    from generator.site.results import attach_summaries, load_all, pick_primary
+
+    hosts = load_all(results_dir)
+    attach_summaries(hosts, results_dir)
+    pick_primary(hosts, results_dir, host)
 
 
 def _log_warnings() -> None:

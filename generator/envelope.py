@@ -85,6 +85,8 @@ def load(path: Path) -> dict:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ResultError(f"{path}: cannot read ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ResultError(f"{path}: not a result file (not UTF-8 text at byte {exc.start})") from None
     try:
         obj = json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(f"{c} is not JSON")))
     except ValueError as exc:
