@@ -48,6 +48,7 @@ class Config:
 
 
 PROFILES = {
+    "test": Config(widths=(64, 96, 128, 10), batch=16, steps=2),
     "quick": Config(),
     "full": Config(widths=(64, 4096, 4096, 4096, 4096, 10), batch=256, steps=10),
 }
@@ -165,24 +166,9 @@ def compare_fused(cfg: Config, data: dict, device: str, optimizer: str) -> dict:
             "cuda_max_allocated_bytes": tracker.cuda_max_allocated_bytes,
             "events": step.events,
             "grads_left_after_step": grads_left,
-            "max_live_grad_bytes": max(sum(e["live_grad_bytes_by_layer"].values()) for e in step.events),
         }
     diffs = [float((a.detach() - b.detach()).abs().max()) for a, b in zip(models["vanilla"].parameters(), models["fused"].parameters())]
-    sizes = [tensor_bytes(p) for p in base.parameters()]
-    return {
-        **out,
-        "param_bytes": param_bytes(base),
-        "largest_param_bytes": max(sizes),
-        "predicted_vanilla_grad_bytes": sum(sizes),
-        "predicted_fused_grad_bytes": max(sizes),
-        "grad_saving_bytes": out["vanilla"]["max_live_grad_bytes"] - out["fused"]["max_live_grad_bytes"],
-        "peak_saving_bytes": out["vanilla"]["peak"]["total_bytes"] - out["fused"]["peak"]["total_bytes"],
-        "peak_saving_fraction": 1 - out["fused"]["peak"]["total_bytes"] / out["vanilla"]["peak"]["total_bytes"],
-        "weights_identical": all(d == 0.0 for d in diffs),
-        "max_abs_weight_diff": max(diffs),
-        "steps_compared": cfg.steps,
-        "layers": sorted(set(layer_names(base).values()), key=lambda s: int(s[2:])),
-    }
+    return {**out, "max_abs_weight_diff": max(diffs)}
 
 
 # %% [markdown]
@@ -208,10 +194,11 @@ def saved_bytes(fn, model: torch.nn.Module, x: torch.Tensor) -> tuple[int, torch
     return sum(seen.values()), out
 
 
-def inplace_rows(cfg: Config, data: dict, device: str) -> list[dict]:
+def inplace_rows(cfg: Config, data: dict, device: str) -> dict[str, dict]:
+    """Keyed ``relu``, ``relu_inplace``, ``relu6``, ``relu6_inplace``."""
     x = data["x_train"][: cfg.batch].flatten(1).clone()
     y = data["y_train"][: cfg.batch].clone()
-    rows = []
+    rows = {}
     for act in ("relu", "relu6"):
         grads = {}
         for inplace in (False, True):
@@ -227,29 +214,18 @@ def inplace_rows(cfg: Config, data: dict, device: str) -> list[dict]:
                 loss.backward()
                 peak = tracker.peak()
             grads[inplace] = [p.grad.clone() for p in model.parameters()]
-            hidden = len(cfg.widths) - 2
-            rows.append({"activation": act, "inplace": inplace, "saved_bytes": nbytes,
-                         "peak_total_bytes": peak.total, "peak_activation_bytes": peak.by_category["activations"],
-                         "inference_peak_activation_bytes": inference.by_category["activations"]
-                         + inference.by_category["temporaries"],
-                         "hidden_activation_bytes": sum(cfg.batch * w * 4 for w in cfg.widths[1:-1]),
-                         "hidden_layers": hidden})
-        rows[-1]["grads_equal_out_of_place"] = all(torch.equal(a, b) for a, b in zip(grads[False], grads[True]))
-        rows[-2]["grads_equal_out_of_place"] = True
-    # Each row against the same activation out of place, and against ReLU with the same in-place flag.
-    by = {(r["activation"], r["inplace"]): r for r in rows}
-    for r in rows:
-        out_of_place, relu = by[(r["activation"], False)], by[("relu", r["inplace"])]
-        r["saved_bytes_change_from_out_of_place"] = r["saved_bytes"] - out_of_place["saved_bytes"]
-        r["inference_peak_activation_bytes_change_from_out_of_place"] = (
-            r["inference_peak_activation_bytes"] - out_of_place["inference_peak_activation_bytes"])
-        r["memory_equal_out_of_place"] = (r["saved_bytes_change_from_out_of_place"] == 0
-                                          and r["inference_peak_activation_bytes_change_from_out_of_place"] == 0)
-        r["extra_saved_bytes_vs_relu"] = r["saved_bytes"] - relu["saved_bytes"]
+            rows[f"{act}_inplace" if inplace else act] = {
+                "activation": act, "inplace": inplace, "saved_bytes": nbytes,
+                "peak_total_bytes": peak.total, "peak_activation_bytes": peak.by_category["activations"],
+                "inference_peak_activation_bytes": inference.by_category["activations"]
+                + inference.by_category["temporaries"]}
+        rows[act]["grads_equal_out_of_place"] = True
+        rows[f"{act}_inplace"]["grads_equal_out_of_place"] = all(torch.equal(a, b) for a, b in
+                                                                 zip(grads[False], grads[True]))
     return rows
 
 
-def update_rows(cfg: Config, data: dict, device: str) -> list[dict]:
+def update_rows(cfg: Config, data: dict, device: str) -> dict[str, dict]:
     """Extra bytes the SGD weight update itself needs: out of place, in place, torch.optim (for-loop, foreach)."""
     x = data["x_train"][: cfg.batch].flatten(1).clone()
     y = data["y_train"][: cfg.batch].clone()
@@ -270,9 +246,9 @@ def update_rows(cfg: Config, data: dict, device: str) -> list[dict]:
             torch.optim.SGD(params, lr=lr, foreach=foreach).step()
         return step
 
-    rows, finals = [], {}
-    for label, fn in (("out of place: p = p - lr * g", out_of_place), ("in place: p.add_(g, alpha=-lr)", in_place),
-                      ("torch.optim.SGD (for-loop)", optim(False)), ("torch.optim.SGD (foreach)", optim(True))):
+    rows, finals = {}, {}
+    for key, fn in (("out_of_place", out_of_place), ("in_place", in_place),
+                    ("optim_for_loop", optim(False)), ("optim_foreach", optim(True))):
         torch.manual_seed(cfg.seed)
         model = make_mlp(cfg).to(device)
         F.cross_entropy(model(x), y).backward()
@@ -283,18 +259,14 @@ def update_rows(cfg: Config, data: dict, device: str) -> list[dict]:
             tracker.reset_peak()
             fn(params)
             peak = tracker.peak().total
-        finals[label] = [p.detach().clone() for p in params]
-        rows.append({"update": label, "extra_peak_bytes": peak - before,
-                     "largest_param_bytes": max(tensor_bytes(p) for p in params),
-                     "param_bytes": param_bytes(model)})
-    ref = finals[rows[1]["update"]]
-    for row in rows:
-        row["weights_equal_in_place"] = all(torch.equal(a, b) for a, b in zip(finals[row["update"]], ref))
-        row["max_abs_diff_in_place"] = max(float((a - b).abs().max()) for a, b in zip(finals[row["update"]], ref))
+        finals[key] = [p.detach().clone() for p in params]
+        rows[key] = {"resident_before_bytes": before, "peak_total_bytes": peak}
+    for key, row in rows.items():
+        row["max_abs_diff_in_place"] = max(float((a - b).abs().max()) for a, b in zip(finals[key], finals["in_place"]))
     return rows
 
 
-def breakages(device: str) -> list[dict]:
+def breakages(device: str) -> dict[str, dict]:
     """Small programs where an in-place op meets autograd; which of them raise, and with what."""
     from torch.utils.checkpoint import checkpoint
 
@@ -322,21 +294,21 @@ def breakages(device: str) -> list[dict]:
     def with_checkpoint(reentrant: bool):
         return lambda: checkpoint(segment, lin(x0), use_reentrant=reentrant).sum().backward()
 
-    cases = [
-        ("in-place on a tensor autograd saved (sigmoid output)", saved_output_modified),
-        ("in-place on a leaf that requires grad (ReLU(inplace=True) on a parameter)", leaf_inplace),
-        ("in-place on a segment's input, no checkpoint", no_checkpoint),
-        ("the same segment under checkpoint (non-reentrant)", with_checkpoint(False)),
-        ("the same segment under checkpoint (reentrant)", with_checkpoint(True)),
-    ]
-    rows = []
-    for label, fn in cases:
+    cases = {
+        "saved_output_modified": saved_output_modified,
+        "leaf_inplace": leaf_inplace,
+        "segment_no_checkpoint": no_checkpoint,
+        "checkpoint_non_reentrant": with_checkpoint(False),
+        "checkpoint_reentrant": with_checkpoint(True),
+    }
+    rows = {}
+    for key, fn in cases.items():
         try:
             fn()
-            rows.append({"case": label, "raises": False, "error_type": "", "error_message": ""})
+            rows[key] = {"raises": False, "error_type": "", "error_message": ""}
         except RuntimeError as e:
             first = str(e).split(":")[0].split("\n")[0]
-            rows.append({"case": label, "raises": True, "error_type": type(e).__name__, "error_message": first})
+            rows[key] = {"raises": True, "error_type": type(e).__name__, "error_message": first}
     return rows
 
 
@@ -344,6 +316,8 @@ def breakages(device: str) -> list[dict]:
 def run(cfg: Config, device: str) -> dict:
     with single_thread(device):
         data = load(device, size=8, seed=cfg.seed)
+        torch.manual_seed(cfg.seed)
+        model = make_mlp(cfg)
         return {
             "fused": {name: compare_fused(cfg, data, device, name) for name in cfg.optimizers},
             "inplace": inplace_rows(cfg, data, device),
@@ -351,15 +325,86 @@ def run(cfg: Config, device: str) -> dict:
             "breakages": breakages(device),
             "widths": list(cfg.widths),
             "batch": cfg.batch,
+            "steps_compared": cfg.steps,
+            "layers": sorted(set(layer_names(model).values()), key=lambda s: int(s[2:])),
+            "param_bytes": param_bytes(model),
+            "largest_param_bytes": max(tensor_bytes(p) for p in model.parameters()),
+            # The fp32 outputs of the hidden layers, one batch: what an activation keeps for backward.
+            "hidden_activation_bytes": sum(cfg.batch * w * 4 for w in cfg.widths[1:-1]),
         }
 
 
+# %% [markdown]
+# ## Derived at build time: what the pages and figures show
+
 # %%
-def plot(data: dict):
+OPTIMIZER_LABELS = {"adam": "Adam", "sgd": "SGD"}
+ACTIVATION_LABELS = {"relu": "ReLU", "relu6": "ReLU6"}
+UPDATE_LABELS = {"out_of_place": "p = p - lr * g", "in_place": "p.add_(g, alpha=-lr)",
+                 "optim_for_loop": "torch.optim.SGD (for-loop)", "optim_foreach": "torch.optim.SGD (foreach)"}
+CASE_LABELS = {
+    "saved_output_modified": "in-place on a tensor autograd saved (sigmoid output)",
+    "leaf_inplace": "in-place on a leaf that requires grad (ReLU(inplace=True) on a parameter)",
+    "segment_no_checkpoint": "in-place on a segment's input, no checkpoint",
+    "checkpoint_non_reentrant": "the same segment under checkpoint (non-reentrant)",
+    "checkpoint_reentrant": "the same segment under checkpoint (reentrant)",
+}
+
+
+def max_live_grad_bytes(events: list) -> int:
+    return max(sum(e["live_grad_bytes_by_layer"].values()) for e in events)
+
+
+def summarize(data: dict) -> dict:
+    """Savings of the fused step, in-place differences, update extras, verdicts and labels."""
+    fused = {}
+    for name, f in data["fused"].items():
+        live = {mode: max_live_grad_bytes(f[mode]["events"]) for mode in ("vanilla", "fused")}
+        peak = {mode: f[mode]["peak"]["total_bytes"] for mode in ("vanilla", "fused")}
+        fused[name] = {
+            "label": OPTIMIZER_LABELS.get(name, name),
+            "vanilla": {"max_live_grad_bytes": live["vanilla"]},
+            "fused": {"max_live_grad_bytes": live["fused"]},
+            "grad_saving_bytes": live["vanilla"] - live["fused"],
+            "peak_saving_bytes": peak["vanilla"] - peak["fused"],
+            "peak_saving_fraction": 1 - peak["fused"] / peak["vanilla"],
+            "weights_identical": f["max_abs_weight_diff"] == 0.0,
+        }
+    rows = data["inplace"]
+    inplace = {}
+    for key, r in rows.items():
+        # Each row against the same activation out of place, and against ReLU with the same in-place flag.
+        out_of_place, relu = rows[r["activation"]], rows["relu_inplace" if r["inplace"] else "relu"]
+        saved_change = r["saved_bytes"] - out_of_place["saved_bytes"]
+        inference_change = r["inference_peak_activation_bytes"] - out_of_place["inference_peak_activation_bytes"]
+        inplace[key] = {
+            "activation_label": ACTIVATION_LABELS[r["activation"]],
+            "mode_label": "in place" if r["inplace"] else "out of place",
+            "saved_bytes_change_from_out_of_place": saved_change,
+            "inference_peak_activation_bytes_change_from_out_of_place": inference_change,
+            "memory_equal_out_of_place": saved_change == 0 and inference_change == 0,
+            "extra_saved_bytes_vs_relu": r["saved_bytes"] - relu["saved_bytes"],
+        }
+    updates = {key: {"label": UPDATE_LABELS[key], "extra_peak_bytes": u["peak_total_bytes"] - u["resident_before_bytes"],
+                     "weights_equal_in_place": u["max_abs_diff_in_place"] == 0.0}
+               for key, u in data["updates"].items()}
+    return {
+        "fused": fused,
+        # Vanilla keeps every gradient until optimizer.step(); fused keeps the one being applied.
+        "predicted_vanilla_grad_bytes": data["param_bytes"],
+        "predicted_fused_grad_bytes": data["largest_param_bytes"],
+        "inplace": inplace,
+        "updates": updates,
+        "breakages": {key: {"label": CASE_LABELS[key]} for key in data["breakages"]},
+    }
+
+
+# %%
+def plot(data: dict, summary: dict):
     import matplotlib.pyplot as plt
 
     fused = data["fused"]["adam"]
-    layers = fused["layers"]
+    layers = data["layers"]
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.6), sharey=True)
     for ax, mode in zip(axes, ("vanilla", "fused")):
         events = fused[mode]["events"]
@@ -378,12 +423,13 @@ def plot(data: dict):
 
     fig2, ax = plt.subplots(figsize=(7, 3.4))
     rows = data["inplace"]
-    labels = [f"{r['activation']}\n{'in place' if r['inplace'] else 'out of place'}" for r in rows]
-    ax.bar([i - 0.2 for i in range(len(rows))], [r["saved_bytes"] / 2 ** 20 for r in rows], 0.4,
+    labels = [f"{summary['inplace'][k]['activation_label']}\n{summary['inplace'][k]['mode_label']}" for k in rows]
+    xs = range(len(rows))
+    ax.bar([i - 0.2 for i in xs], [r["saved_bytes"] / 2 ** 20 for r in rows.values()], 0.4,
            label="saved for backward")
-    ax.bar([i + 0.2 for i in range(len(rows))], [r["inference_peak_activation_bytes"] / 2 ** 20 for r in rows], 0.4,
+    ax.bar([i + 0.2 for i in xs], [r["inference_peak_activation_bytes"] / 2 ** 20 for r in rows.values()], 0.4,
            label="inference forward, peak activations")
-    ax.set_xticks(range(len(rows)), labels)
+    ax.set_xticks(xs, labels)
     ax.set_ylabel("MiB")
     ax.set_title("MLP with in-place and out-of-place activations")
     ax.legend()
