@@ -56,6 +56,9 @@ class Config:
 
 
 PROFILES = {
+    "test": Config(hidden=32, heads=2, seq=32, batch=2, seq_lens=(16, 32, 64), batches=(1, 2), share_layers=2,
+                   share_vocab=64, share_batches=(1,), shapes=(("toy", 2, 64, 4, 100),), share_seqs=(64, 128),
+                   share_batch_list=(1, 2)),
     "quick": Config(),
     "full": Config(hidden=1024, heads=16, seq=1024, batch=4, seq_lens=(256, 512, 1024, 2048, 4096, 8192),
                    batches=(1, 2, 4, 8, 16), share_layers=4, share_vocab=8192, share_batches=(1, 4, 16)),
@@ -118,13 +121,11 @@ def by_group(by_module: dict) -> dict:
 
 # %%
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
-# a float64 scalar tensor: what autograd keeps for a multiplication by a Python float without calling the pack hook
-FLOAT64_SCALAR_BYTES = torch.finfo(torch.float64).bits // 8
 
 
 def measure_layer(cfg: Config, s: int, b: int, dtype: str, attention: str, device: str,
                   attn_dropout: float | None = None, autocast: bool = False) -> dict:
-    """Saved bytes of one forward pass through one DecoderLayer, by submodule."""
+    """Saved bytes of one forward pass through one DecoderLayer, by submodule and by autograd node."""
     torch.manual_seed(0)
     shape = LayerShape(cfg.hidden, cfg.heads, dropout=cfg.dropout,
                        attn_dropout=cfg.dropout if attn_dropout is None else attn_dropout)
@@ -148,52 +149,24 @@ def measure_layer(cfg: Config, s: int, b: int, dtype: str, attention: str, devic
         out, res = count_saved(lambda: layer(x), exclude=[layer], attribute=layer)
     by_op = saved_by_node(out, exclude=[layer])  # the same bytes, found by walking the autograd graph
     del out
-    walk_total = sum(by_op.values())
     return {"saved_bytes": res.total_bytes, "by_module_bytes": res.by_module,
             "by_op_bytes": dict(sorted(by_op.items(), key=lambda kv: -kv[1])),
-            "graph_walk_total_bytes": walk_total,
-            # what the graph walk finds beyond the pack hook, and whether that is exactly one float64 scalar
-            # (the attention's 1/sqrt(d), kept as a wrapped Python number)
-            "graph_walk_extra_bytes": walk_total - res.total_bytes,
-            "graph_walk_extra_is_one_float64_scalar": walk_total - res.total_bytes == FLOAT64_SCALAR_BYTES,
+            "graph_walk_total_bytes": sum(by_op.values()),
             "tensors": [{"module": e.module, "shape": list(e.shape), "dtype": e.dtype, "bytes": e.bytes, "kind": e.kind}
                         for e in res.entries]}
 
 
 def breakdown(cfg: Config, dtype: str, device: str, autocast: bool = False) -> dict:
-    s, b, h, a = cfg.seq, cfg.batch, cfg.hidden, cfg.heads
-    m = measure_layer(cfg, s, b, dtype, "math", device, autocast=autocast)
-    # Under autocast the 16-bit copies of the weights are saved too (they are not parameters).
-    weight_casts = sum(t["bytes"] for t in m["tensors"] if t["kind"] == "weight_cast")
-    act_bytes = 2 if dtype == "bf16" else 4
-    pred16 = predicted_by_module(s, b, h, a)                 # the paper: 16-bit, 1-byte masks
-    pred_dtype = predicted_by_module(s, b, h, a, act_bytes)  # the paper's pieces at this dtype's width
-    meas_g, p16_g, pdt_g = by_group(m["by_module_bytes"]), by_group(pred16), by_group(pred_dtype)
-    return {
-        **m,
-        "dtype": dtype,
-        "autocast": autocast,
-        "weight_cast_bytes": weight_casts,
-        "groups": {g: {"measured_bytes": meas_g[g], "paper_16bit_bytes": p16_g[g],
-                       "paper_at_dtype_bytes": pdt_g[g],
-                       "ratio": meas_g[g] / pdt_g[g]} for g in GROUPS},
-        "modules": {mod: {"measured_bytes": m["by_module_bytes"].get(mod, 0),
-                          "paper_at_dtype_bytes": pred_dtype[mod]} for mod in PAPER_PIECES},
-        "paper_16bit_total_bytes": sum(pred16.values()),
-        "paper_at_dtype_total_bytes": sum(pred_dtype.values()),
-        "ratio_to_paper_16bit": m["saved_bytes"] / sum(pred16.values()),
-        "ratio_to_paper_at_dtype": m["saved_bytes"] / sum(pred_dtype.values()),
-    }
+    """The base shape's layer in one precision: what it saved (the paper's side is derived in summarize)."""
+    m = measure_layer(cfg, cfg.seq, cfg.batch, dtype, "math", device, autocast=autocast)
+    return {**m, "dtype": dtype, "autocast": autocast}
 
 # %% [markdown]
 # ## Sweeps: sequence length (the s² term) and batch size
 
 # %%
-# growth over one doubling of s above which a variant still keeps an s x s term (2 is linear, 4 quadratic)
-QUADRATIC_GROWTH_THRESHOLD = 2.5
-
 ATTENTION_VARIANTS = (
-    # label, attention, attention-dropout (None: the config's)
+    # key, attention, attention-dropout (None: the config's)
     ("math", "math", None),
     ("math_no_attn_dropout", "math", 0.0),
     ("sdpa", "sdpa", 0.0),
@@ -202,34 +175,19 @@ ATTENTION_VARIANTS = (
 
 
 def seq_sweep(cfg: Config, device: str) -> dict:
-    b, h, a = cfg.batch, cfg.hidden, cfg.heads
     rows = []
     for s in cfg.seq_lens:
-        row = {"seq": s,
-               "paper_bytes": korthikanti_activation_bytes(s, b, h, a),
-               "paper_linear_bytes": 34 * s * b * h,
-               "paper_quadratic_bytes": 5 * a * s * s * b}
-        for label, attention, p in ATTENTION_VARIANTS:
-            row[f"{label}_bytes"] = measure_layer(cfg, s, b, "bf16", attention, device, attn_dropout=p)["saved_bytes"]
-        row["sdpa_attn_dropout_above_math"] = row["sdpa_attn_dropout_bytes"] > row["math_bytes"]
+        row = {"seq": s}
+        for key, attention, p in ATTENTION_VARIANTS:
+            row[f"{key}_bytes"] = measure_layer(cfg, s, cfg.batch, "bf16", attention, device, attn_dropout=p)["saved_bytes"]
         rows.append(row)
-    # Which SDPA variants kept the s^2 term: compare growth between the two longest sequences.
-    last, prev = rows[-1], rows[-2]
-    growth = {label: last[f"{label}_bytes"] / prev[f"{label}_bytes"] for label, _, _ in ATTENTION_VARIANTS}
-    return {"batch": b, "rows": rows, "growth_last_doubling": growth,
-            "seq_ratio_last_doubling": last["seq"] / prev["seq"],
-            "quadratic_growth_threshold": QUADRATIC_GROWTH_THRESHOLD,
-            "kept_quadratic_term": {label: g > QUADRATIC_GROWTH_THRESHOLD for label, g in growth.items()}}
+    return {"batch": cfg.batch, "rows": rows}
 
 
 def batch_sweep(cfg: Config, device: str) -> dict:
-    rows = []
-    for b in cfg.batches:
-        m = measure_layer(cfg, cfg.seq, b, "bf16", "math", device)["saved_bytes"]
-        rows.append({"batch": b, "saved_bytes": m, "saved_bytes_per_sample": m / b,
-                     "paper_bytes": korthikanti_activation_bytes(cfg.seq, b, cfg.hidden, cfg.heads)})
-    per = [r["saved_bytes_per_sample"] for r in rows]
-    return {"seq": cfg.seq, "rows": rows, "per_sample_spread_ratio": max(per) / min(per)}
+    rows = [{"batch": b, "saved_bytes": measure_layer(cfg, cfg.seq, b, "bf16", "math", device)["saved_bytes"]}
+            for b in cfg.batches]
+    return {"seq": cfg.seq, "rows": rows}
 
 # %% [markdown]
 # ## The share of activations in training memory
@@ -262,31 +220,21 @@ def measured_share(cfg: Config, device: str) -> list:
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
-        peak = tracker.peak().as_dict()
-        transient = peak["activations_bytes"] + peak["temporaries_bytes"]
-        rows.append({"batch": b, "seq": cfg.seq, "layers": cfg.share_layers, "peak": peak,
+        rows.append({"batch": b, "seq": cfg.seq, "layers": cfg.share_layers, "peak": tracker.peak().as_dict(),
                      "params": sum(p.numel() for p in model.parameters()),
-                     "saved_bytes_total": res.total_bytes, "saved_bytes_per_layer": per_layer,
-                     "activations_and_temporaries_bytes": transient,
-                     "activation_share": transient / peak["total_bytes"]})
+                     "saved_bytes_total": res.total_bytes, "saved_bytes_per_layer": per_layer})
     return rows
 
 
-def predicted_share(cfg: Config) -> list:
-    per_param = sum(PRECISION_REGIMES["mixed-master"])
+def predicted_share_shapes(cfg: Config) -> list:
+    """The model shapes, sequence lengths and batches of the predicted share, with the model's parameter count."""
     rows = []
     for name, layers, h, a, vocab in cfg.shapes:
+        params = gpt_param_count(vocab, 0, layers, h)  # token embedding (tied head) + layers; no position table
         for s in cfg.share_seqs:
-            params = gpt_param_count(vocab, 0, layers, h)  # token embedding (tied head) + layers; no position table
             for b in cfg.share_batch_list:
-                act = layers * korthikanti_activation_bytes(s, b, h, a)
-                act_flash = layers * 34 * s * b * h
-                state = params * per_param
                 rows.append({"model": name, "layers": layers, "hidden": h, "heads": a, "seq": s, "batch": b,
-                             "params": params, "state_bytes": state, "activation_bytes": act,
-                             "activation_flash_bytes": act_flash,
-                             "activation_share": act / (act + state),
-                             "activation_flash_share": act_flash / (act_flash + state)})
+                             "params": params})
     return rows
 
 # %% [markdown]
@@ -301,44 +249,165 @@ def run(cfg: Config, device: str) -> dict:
 def _run(cfg: Config, device: str) -> dict:
     torch.manual_seed(0)
     bf16 = breakdown(cfg, "bf16", device)
-    fp32 = breakdown(cfg, "fp32", device)
-    amp = breakdown(cfg, "bf16", device, autocast=True)
-    s, b, h, a = cfg.seq, cfg.batch, cfg.hidden, cfg.heads
     return {
-        "shape": {"seq": s, "batch": b, "hidden": h, "heads": a, "dropout": cfg.dropout,
-                  "sbh": s * b * h, "as_over_h": a * s / h},
-        "paper_terms_16bit_bytes": korthikanti_activation_terms(s, b, h, a),
+        "shape": {"seq": cfg.seq, "batch": cfg.batch, "hidden": cfg.hidden, "heads": cfg.heads,
+                  "dropout": cfg.dropout},
         "dropout_mask_dtype": next(t["dtype"] for t in bf16["tensors"] if t["module"] == "drop1"),
-        "layernorm_stats_bytes": sum(t["bytes"] for t in bf16["tensors"]
-                                     if t["module"] in ("ln1", "ln2") and t["shape"][-1] == 1),
         "bf16": bf16,
-        "fp32": fp32,
-        "autocast_bf16": amp,
+        "fp32": breakdown(cfg, "fp32", device),
+        "autocast_bf16": breakdown(cfg, "bf16", device, autocast=True),
         "seq_sweep": seq_sweep(cfg, device),
         "batch_sweep": batch_sweep(cfg, device),
         "measured_share": measured_share(cfg, device),
-        "predicted_share": predicted_share(cfg),
+        "predicted_share": predicted_share_shapes(cfg),
+    }
+
+# %% [markdown]
+# ## What the pages show, derived from what was measured
+#
+# Everything below runs at build time, without torch: the paper's pieces at the
+# measured shape, ratios against them, the growth of the sequence sweep and the
+# verdict on the s² term, the shares of training memory, and the row labels.
+
+# %%
+ACT_BYTES = {"bf16": 2, "fp32": 4}
+# a float64 scalar tensor: what autograd keeps for a multiplication by a Python float without calling the pack hook
+FLOAT64_SCALAR_BYTES = 8
+# growth over one doubling of s above which a variant still keeps an s x s term (2 is linear, 4 quadratic)
+QUADRATIC_GROWTH_THRESHOLD = 2.5
+MODULE_LABELS = {
+    "ln1": "LayerNorm 1: input",
+    "qkv": "QKV projection: input",
+    "core": "attention core: Q, K, V, softmax output, dropout output",
+    "core.attn_drop": "attention-dropout mask",
+    "proj": "output projection: input",
+    "drop1": "residual dropout mask (attention)",
+    "ln2": "LayerNorm 2: input",
+    "fc1": "MLP up-projection: input",
+    "gelu": "GELU: input",
+    "fc2": "MLP down-projection: input",
+    "drop2": "residual dropout mask (MLP)",
+}
+GROUP_LABELS = {"attention": "attention", "mlp": "mlp", "norms": "norms", "dropout_masks": "dropout masks"}
+VARIANT_LABELS = {
+    "math": "explicit softmax (attention dropout)",
+    "math_no_attn_dropout": "explicit softmax, no attention dropout",
+    "sdpa": "scaled_dot_product_attention",
+    "sdpa_attn_dropout": "SDPA with attention dropout",
+}
+RUN_LABELS = {"bf16": "measured bf16", "fp32": "measured fp32", "autocast_bf16": "measured autocast bf16"}
+
+
+def summarize_breakdown(m: dict, shape: dict) -> dict:
+    """One precision's layer against the paper: by group, by submodule, in total; the graph walk's extra bytes."""
+    s, b, h, a = shape["seq"], shape["batch"], shape["hidden"], shape["heads"]
+    pred16 = predicted_by_module(s, b, h, a)                                 # the paper: 16-bit, 1-byte masks
+    pred_dtype = predicted_by_module(s, b, h, a, ACT_BYTES[m["dtype"]])      # the paper's pieces at this width
+    meas_g, p16_g, pdt_g = by_group(m["by_module_bytes"]), by_group(pred16), by_group(pred_dtype)
+    extra = m["graph_walk_total_bytes"] - m["saved_bytes"]
+    return {
+        "groups": {g: {"label": GROUP_LABELS[g], "measured_bytes": meas_g[g], "paper_16bit_bytes": p16_g[g],
+                       "paper_at_dtype_bytes": pdt_g[g], "ratio": meas_g[g] / pdt_g[g]} for g in GROUPS},
+        "modules": {mod: {"label": MODULE_LABELS[mod], "measured_bytes": m["by_module_bytes"].get(mod, 0),
+                          "paper_at_dtype_bytes": pred_dtype[mod]} for mod in PAPER_PIECES},
+        "paper_16bit_total_bytes": sum(pred16.values()),
+        "paper_at_dtype_total_bytes": sum(pred_dtype.values()),
+        "ratio_to_paper_16bit": m["saved_bytes"] / sum(pred16.values()),
+        "ratio_to_paper_at_dtype": m["saved_bytes"] / sum(pred_dtype.values()),
+        # under autocast the 16-bit copies of the weights are saved too (they are not parameters)
+        "weight_cast_bytes": sum(t["bytes"] for t in m["tensors"] if t["kind"] == "weight_cast"),
+        # what the graph walk finds beyond the pack hook, and whether that is exactly one float64 scalar
+        # (the attention's 1/sqrt(d), kept as a wrapped Python number)
+        "graph_walk_extra_bytes": extra,
+        "graph_walk_extra_is_one_float64_scalar": extra == FLOAT64_SCALAR_BYTES,
+    }
+
+
+def by_op_table(runs: dict) -> dict:
+    """Bytes per autograd node type, one column per precision (0 where a precision has no such node)."""
+    ops = list(dict.fromkeys(op for m in runs.values() for op in m["by_op_bytes"]))
+    return {op: {f"{key}_bytes": m["by_op_bytes"].get(op, 0) for key, m in runs.items()} for op in ops}
+
+
+def summarize_seq_sweep(sw: dict, shape: dict) -> dict:
+    b, h, a = sw["batch"], shape["hidden"], shape["heads"]
+    rows = [{"seq": r["seq"],
+             "paper_bytes": korthikanti_activation_bytes(r["seq"], b, h, a),
+             "paper_linear_bytes": 34 * r["seq"] * b * h,
+             "paper_quadratic_bytes": 5 * a * r["seq"] * r["seq"] * b,
+             "sdpa_attn_dropout_above_math": r["sdpa_attn_dropout_bytes"] > r["math_bytes"]} for r in sw["rows"]]
+    # which variants kept the s^2 term: the growth between the two longest sequences
+    last, prev = sw["rows"][-1], sw["rows"][-2]
+    growth = {key: last[f"{key}_bytes"] / prev[f"{key}_bytes"] for key in VARIANT_LABELS}
+    return {"rows": rows, "labels": dict(VARIANT_LABELS), "growth_last_doubling": growth,
+            "seq_ratio_last_doubling": last["seq"] / prev["seq"],
+            "quadratic_growth_threshold": QUADRATIC_GROWTH_THRESHOLD,
+            "kept_quadratic_term": {key: g > QUADRATIC_GROWTH_THRESHOLD for key, g in growth.items()}}
+
+
+def summarize_batch_sweep(bs: dict, shape: dict) -> dict:
+    rows = [{"batch": r["batch"], "saved_bytes_per_sample": r["saved_bytes"] / r["batch"],
+             "paper_bytes": korthikanti_activation_bytes(bs["seq"], r["batch"], shape["hidden"], shape["heads"])}
+            for r in bs["rows"]]
+    per = [r["saved_bytes_per_sample"] for r in rows]
+    return {"rows": rows, "per_sample_spread_ratio": max(per) / min(per)}
+
+
+def summarize_predicted_share(rows: list) -> list:
+    per_param = sum(PRECISION_REGIMES["mixed-master"])
+    out = []
+    for r in rows:
+        layers, s, b, h, a = r["layers"], r["seq"], r["batch"], r["hidden"], r["heads"]
+        act = layers * korthikanti_activation_bytes(s, b, h, a)
+        act_flash = layers * 34 * s * b * h
+        state = r["params"] * per_param
+        out.append({"model": r["model"], "layers": layers, "hidden": h, "heads": a, "seq": s, "batch": b,
+                    "params": r["params"], "state_bytes": state, "activation_bytes": act,
+                    "activation_flash_bytes": act_flash, "activation_share": act / (act + state),
+                    "activation_flash_share": act_flash / (act_flash + state)})
+    return out
+
+
+def summarize(data: dict) -> dict:
+    shape = data["shape"]
+    s, b, h, a = shape["seq"], shape["batch"], shape["hidden"], shape["heads"]
+    runs = {key: data[key] for key in RUN_LABELS}
+    shares = []
+    for r in data["measured_share"]:
+        transient = r["peak"]["activations_bytes"] + r["peak"]["temporaries_bytes"]
+        shares.append({"activations_and_temporaries_bytes": transient,
+                               "activation_share": transient / r["peak"]["total_bytes"]})
+    return {
+        "shape": {"sbh": s * b * h, "as_over_h": a * s / h},
+        "paper_terms_16bit_bytes": korthikanti_activation_terms(s, b, h, a),
+        "dropout_masks_are_bool": data["dropout_mask_dtype"] == "bool",
+        "layernorm_stats_bytes": sum(t["bytes"] for t in data["bf16"]["tensors"]
+                                     if t["module"] in ("ln1", "ln2") and t["shape"][-1] == 1),
+        **{key: summarize_breakdown(m, shape) for key, m in runs.items()},
+        "run_labels": dict(RUN_LABELS),
+        "by_op": by_op_table(runs),
+        "seq_sweep": summarize_seq_sweep(data["seq_sweep"], shape),
+        "batch_sweep": summarize_batch_sweep(data["batch_sweep"], shape),
+        "measured_share": shares,
+        "predicted_share": summarize_predicted_share(data["predicted_share"]),
     }
 
 # %% [markdown]
 # ## Figures
 
 # %%
-def plot(data: dict) -> dict:
+def plot(data: dict, summary: dict) -> dict:
     import matplotlib.pyplot as plt
 
     figs = {}
-    sw = data["seq_sweep"]
+    sw, ssw = data["seq_sweep"], summary["seq_sweep"]
     seqs = [r["seq"] for r in sw["rows"]]
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    for key, label, style in (("math", "explicit softmax (attention dropout)", "o-"),
-                              ("math_no_attn_dropout", "explicit softmax, no attention dropout", "s-"),
-                              ("sdpa", "scaled_dot_product_attention", "^-"),
-                              ("sdpa_attn_dropout", "SDPA with attention dropout", "v--")):
+    for (key, label), style in zip(ssw["labels"].items(), ("o-", "s-", "^-", "v--")):
         ax.plot(seqs, [r[f"{key}_bytes"] for r in sw["rows"]], style, label=f"measured: {label}")
-    ax.plot(seqs, [r["paper_bytes"] for r in sw["rows"]], "k-", lw=2, alpha=0.4, label="paper: sbh(34 + 5as/h)")
-    ax.plot(seqs, [r["paper_linear_bytes"] for r in sw["rows"]], "k:", label="paper linear part 34sbh")
-    ax.plot(seqs, [r["paper_quadratic_bytes"] for r in sw["rows"]], "k--", label="paper quadratic part 5as²b")
+    ax.plot(seqs, [r["paper_bytes"] for r in ssw["rows"]], "k-", lw=2, alpha=0.4, label="paper: sbh(34 + 5as/h)")
+    ax.plot(seqs, [r["paper_linear_bytes"] for r in ssw["rows"]], "k:", label="paper linear part 34sbh")
+    ax.plot(seqs, [r["paper_quadratic_bytes"] for r in ssw["rows"]], "k--", label="paper quadratic part 5as²b")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
     ax.set_xlabel("sequence length s (tokens)")
@@ -350,14 +419,16 @@ def plot(data: dict) -> dict:
     figs["seq_sweep"] = fig
 
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    groups = list(data["bf16"]["groups"])
+    groups = summary["bf16"]["groups"]
     width = 0.2
-    series = (("bf16", "measured_bytes", "measured bf16"), ("bf16", "paper_16bit_bytes", "paper (16-bit)"),
-              ("fp32", "measured_bytes", "measured fp32"), ("autocast_bf16", "measured_bytes", "measured autocast bf16"))
+    series = [("bf16", "measured_bytes", summary["run_labels"]["bf16"]),
+              ("bf16", "paper_16bit_bytes", "paper (16-bit)"),
+              ("fp32", "measured_bytes", summary["run_labels"]["fp32"]),
+              ("autocast_bf16", "measured_bytes", summary["run_labels"]["autocast_bf16"])]
     for i, (run_key, field, label) in enumerate(series):
-        vals = [data[run_key]["groups"][g][field] / 2**10 for g in groups]
+        vals = [summary[run_key]["groups"][g][field] / 2**10 for g in groups]
         ax.bar([j + (i - 1.5) * width for j in range(len(groups))], vals, width, label=label)
-    ax.set_xticks(range(len(groups)), [g.replace("_", " ") for g in groups])
+    ax.set_xticks(range(len(groups)), [g["label"] for g in groups.values()])
     ax.set_ylabel("KiB saved, one layer")
     ax.set_title(f"Term by term: s={data['shape']['seq']}, b={data['shape']['batch']}, "
                  f"h={data['shape']['hidden']}, a={data['shape']['heads']}")
@@ -366,7 +437,7 @@ def plot(data: dict) -> dict:
     figs["breakdown"] = fig
 
     fig, ax = plt.subplots(figsize=(7, 3.8))
-    rows = data["predicted_share"]
+    rows = summary["predicted_share"]
     batches = sorted({r["batch"] for r in rows})
     for i, name in enumerate(dict.fromkeys(r["model"] for r in rows)):
         for b, style in zip(batches, ("-", "--", ":")):

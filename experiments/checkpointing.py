@@ -39,8 +39,6 @@ from experiments.lib.threads import cpu_threads
 from experiments.lib.timing import interleaved_times
 
 TIMEOUT_S = 900
-# step-time ratio over FLOP ratio above which a step is called overhead-bound rather than FLOP-bound
-TIME_OVER_FLOPS_THRESHOLD = 1.2
 
 
 @dataclass(frozen=True)
@@ -60,6 +58,8 @@ class Config:
 
 
 PROFILES = {
+    "test": Config(layers=4, hidden=16, heads=2, seq=16, batch=2, vocab=32, min_run_time_s=0.01,
+                   budget_bytes_cpu=450 * 2**10, max_batch=64),
     "quick": Config(),
     "full": Config(layers=16, hidden=1024, heads=16, seq=1024, batch=8, vocab=8192, min_run_time_s=1.0),
 }
@@ -122,10 +122,6 @@ def loss_fn(model: GPT, idx: torch.Tensor, kind: str, k: int, preserve_rng_state
         raise ValueError(f"unknown policy kind {kind!r}")
     logits = model.ln_f(x) @ model.tok.weight.t()
     return torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), idx.flatten())
-
-def with_half_iqr(t: dict) -> dict:
-    """A timing dict with the half interquartile range beside the median (the "median ± half IQR" of the pages)."""
-    return {**t, "half_iqr_ms": t["iqr_ms"] / 2}
 
 # %% [markdown]
 # ## One measurement per policy
@@ -251,10 +247,7 @@ def rng_check(cfg: Config, device: str, reference_grads: list) -> dict:
         out[key] = {"max_abs_grad_diff_vs_none": max_abs_diff(grads, reference_grads),
                     "grads_equal_to_none": bool(all(torch.equal(a, b) for a, b in zip(grads, reference_grads)))}
     for key, t in interleaved_times(steps, cfg.min_run_time_s).items():
-        out[key]["time"] = with_half_iqr(t)
-    p, n = out["preserve"]["time"], out["no_preserve"]["time"]
-    out["preserve_overhead_ratio"] = p["median_ms"] / n["median_ms"]
-    out["overhead_within_spread"] = abs(p["median_ms"] - n["median_ms"]) <= max(p["iqr_ms"], n["iqr_ms"])
+        out[key]["time"] = t
     return out
 
 # %% [markdown]
@@ -284,26 +277,11 @@ def _run(cfg: Config, device: str) -> dict:
         row["largest_batch"] = largest_batch(cfg, device, kind, k, budget, known)
         rows[name] = row
     for name, t in interleaved_times(steps, cfg.min_run_time_s).items():
-        rows[name]["time"] = with_half_iqr(t)
-    base = rows["none"]
-    for row in rows.values():
-        row["peak_ratio_vs_none"] = row["peak_bytes"] / base["peak_bytes"]
-        row["activations_ratio_vs_none"] = row["activations_bytes"] / max(1, base["activations_bytes"])
-        row["time_ratio_vs_none"] = row["time"]["median_ms"] / base["time"]["median_ms"]
-        row["flops_ratio_vs_none"] = row["flops"] / base["flops"]
-        row["time_over_flops_ratio"] = row["time_ratio_vs_none"] / row["flops_ratio_vs_none"]
-        row["time_well_above_flops"] = row["time_over_flops_ratio"] > TIME_OVER_FLOPS_THRESHOLD
-        row["batch_ratio_vs_none"] = row["largest_batch"]["max_batch"] / max(1, base["largest_batch"]["max_batch"])
-    k_sqrt = max(1, round(math.sqrt(cfg.layers)))
-    sq, full = rows[f"segments_k{k_sqrt}"], rows["every_layer"]
+        rows[name]["time"] = t
     return {
         "model": {"layers": cfg.layers, "hidden": cfg.hidden, "heads": cfg.heads, "seq": cfg.seq,
                   "batch": cfg.batch, "vocab": cfg.vocab, "params": sum(p.numel() for p in build(cfg, device, "none").parameters())},
-        "sqrt_k": k_sqrt,
-        # segments of k = sqrt(N) against checkpointing every layer (k = 1): which peak is higher
-        "sqrt_k_peak_above_every_layer": sq["peak_bytes"] > full["peak_bytes"],
-        "sqrt_k_peak_below_every_layer": sq["peak_bytes"] < full["peak_bytes"],
-        "time_over_flops_threshold": TIME_OVER_FLOPS_THRESHOLD,
+        "sqrt_k": max(1, round(math.sqrt(cfg.layers))),
         "budget_bytes": budget,
         "budget_source": budget_source,
         "policies": rows,
@@ -311,15 +289,75 @@ def _run(cfg: Config, device: str) -> dict:
     }
 
 # %% [markdown]
+# ## What the pages show, derived from what was measured
+#
+# At build time, without torch: every ratio against no checkpointing, the
+# verdict on time against FLOPs, which k won, the cost of preserving the RNG
+# state, the half interquartile ranges the pages print, and the row labels.
+
+# %%
+# step-time ratio over FLOP ratio above which a step is called overhead-bound rather than FLOP-bound
+TIME_OVER_FLOPS_THRESHOLD = 1.2
+# what each policy keeps for backward, and a short name for the cheat sheet
+KEPT = {"none": "everything", "every_layer": "each layer's input", "segments_k2": "every 2nd layer's input",
+        "selective_attention_core": "all but the attention core", "sac_save_matmuls": "layer inputs and matmul outputs"}
+SHORT = {"none": "none", "every_layer": "every layer", "selective_attention_core": "attn core only",
+         "sac_save_matmuls": "SAC: keep mm"}
+
+
+def half_iqr_ms(timing: dict) -> float:
+    """Half the interquartile range: the "median ± half IQR" of the pages."""
+    return timing["iqr_ms"] / 2
+
+
+def summarize(data: dict) -> dict:
+    p = data["policies"]
+    base = p["none"]
+    derived = {}
+    for name, row in p.items():
+        time_ratio = row["time"]["median_ms"] / base["time"]["median_ms"]
+        flops_ratio = row["flops"] / base["flops"]
+        derived[name] = {
+            "kept": KEPT.get(name, f"one input per {row['k']}-layer segment"),
+            "short_label": SHORT.get(name, name.replace("_", " ")),
+            "time_half_iqr_ms": half_iqr_ms(row["time"]),
+            "peak_ratio_vs_none": row["peak_bytes"] / base["peak_bytes"],
+            "activations_ratio_vs_none": row["activations_bytes"] / max(1, base["activations_bytes"]),
+            "time_ratio_vs_none": time_ratio,
+            "flops_ratio_vs_none": flops_ratio,
+            "time_over_flops_ratio": time_ratio / flops_ratio,
+            "time_well_above_flops": time_ratio / flops_ratio > TIME_OVER_FLOPS_THRESHOLD,
+            "batch_ratio_vs_none": row["largest_batch"]["max_batch"] / max(1, base["largest_batch"]["max_batch"]),
+        }
+    sqrt_name = f"segments_k{data['sqrt_k']}"
+    sq, full = p[sqrt_name], p["every_layer"]
+    pre, nopre = data["rng"]["preserve"]["time"], data["rng"]["no_preserve"]["time"]
+    return {
+        "policies": derived,
+        "sqrt_k_policy": sqrt_name,
+        # segments of k = sqrt(N) against checkpointing every layer (k = 1): which peak is higher
+        "sqrt_k_peak_above_every_layer": sq["peak_bytes"] > full["peak_bytes"],
+        "sqrt_k_peak_below_every_layer": sq["peak_bytes"] < full["peak_bytes"],
+        "time_over_flops_threshold": TIME_OVER_FLOPS_THRESHOLD,
+        "budget_from_config": data["budget_source"] == "config",
+        "rng": {
+            "preserve": {"time_half_iqr_ms": half_iqr_ms(pre)},
+            "no_preserve": {"time_half_iqr_ms": half_iqr_ms(nopre)},
+            "preserve_overhead_ratio": pre["median_ms"] / nopre["median_ms"],
+            "overhead_within_spread": abs(pre["median_ms"] - nopre["median_ms"]) <= max(pre["iqr_ms"], nopre["iqr_ms"]),
+        },
+    }
+
+# %% [markdown]
 # ## Figure: the trade-off frontier
 
 # %%
-def plot(data: dict):
+def plot(data: dict, summary: dict):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name, row in data["policies"].items():
-        t, half = row["time"]["median_ms"], row["time"]["half_iqr_ms"]
+        t, half = row["time"]["median_ms"], summary["policies"][name]["time_half_iqr_ms"]
         mem = row["peak_bytes"] / 2**20
         ax.errorbar([t], [mem], xerr=[[half], [half]], fmt="o", capsize=3)
         ax.annotate(name.replace("_", " "), (t, mem), textcoords="offset points", xytext=(6, 4), fontsize=8)

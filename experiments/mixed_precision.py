@@ -58,6 +58,9 @@ class Config:
 
 
 PROFILES = {
+    "test": Config(layers=1, hidden=16, heads=2, seq=16, batch=4, vocab=32, train_steps=3,
+                   scale_exponents=(0, 8, 16, 24), min_run_time_s=0.01, scaler_steps=8, scaler_init_exp=30,
+                   scaler_growth_interval=2),
     "quick": Config(),
     "full": Config(layers=12, hidden=768, heads=12, seq=1024, batch=8, vocab=50304, train_steps=50,
                    scale_exponents=tuple(range(0, 25, 2)), min_run_time_s=1.0, scaler_steps=200,
@@ -99,15 +102,9 @@ def format_table() -> dict:
     table = {}
     for name, dt in names.items():
         fi = torch.finfo(dt)
-        formula = fi.smallest_normal * fi.eps
-        smallest = smallest_positive(dt, fi.smallest_normal)
         table[name] = {"dtype": str(dt).replace("torch.", ""), "bits": fi.bits, "max": fi.max,
                        "smallest_normal": fi.smallest_normal, "eps": fi.eps, "resolution": fi.resolution,
-                       "smallest_subnormal_formula": formula,
-                       "smallest_subnormal": smallest,
-                       "formula_matches_format": formula == smallest,
-                       "has_subnormals": smallest < fi.smallest_normal,
-                       "log2_range": math.log2(fi.max / smallest)}
+                       "smallest_subnormal": smallest_positive(dt, fi.smallest_normal)}
     return table
 
 # %% [markdown]
@@ -178,9 +175,9 @@ def cast_stats(g: torch.Tensor, scale: float, dtype: torch.dtype) -> dict:
     # the error of the whole vector, with lost values counted as lost (overflow counts as lost)
     err = torch.where(finite, back, torch.zeros_like(back)) - g
     small_rel = (err[small].abs() / g[small].abs()) if bool(small.any()) else torch.zeros(1, dtype=torch.float64)
-    return {"small_values_median_relative_error": float(small_rel.median()), "scale_log2": math.log2(scale),"scale": scale, "zero_fraction": float(zero.double().mean()),
+    return {"scale": scale, "zero_fraction": float(zero.double().mean()),
             "subnormal_fraction": float(sub.double().mean()), "overflow_fraction": float((~finite).double().mean()),
-            "any_overflow": bool((~finite).any()),
+            "small_values_median_relative_error": float(small_rel.median()),
             "median_relative_error": float(rel.median()), "norm_relative_error": float(err.norm() / g.norm())}
 
 
@@ -196,13 +193,6 @@ def loss_scaling(cfg: Config, grads: dict) -> dict:
             "fp16": [cast_stats(g, 2.0 ** e, torch.float16) for e in cfg.scale_exponents],
             "bf16": [cast_stats(g, 2.0 ** e, torch.bfloat16) for e in cfg.scale_exponents],
         }
-        # the smallest scale that loses the fewest values (flushed, subnormal or overflowed)
-        rows = out[pop]["fp16"]
-        lost = [r["zero_fraction"] + r["subnormal_fraction"] + r["overflow_fraction"] for r in rows]
-        best = rows[lost.index(min(lost))]
-        out[pop]["best_fp16_scale"] = best["scale"]
-        out[pop]["best_fp16_scale_log2"] = best["scale_log2"]
-        out[pop]["best_fp16_lost_fraction"] = min(lost)
     return out
 
 # %% [markdown]
@@ -259,12 +249,7 @@ def training_step_costs(cfg: Config, device: str) -> dict:
     for name, dtype in amp_modes(device):
         out[name], steps[name] = measure_mode(cfg, device, dtype)
     for name, t in interleaved_times(steps, cfg.min_run_time_s).items():  # timed in turns
-        out[name]["time"] = {**t, "half_iqr_ms": t["iqr_ms"] / 2}  # the page's "median ± half IQR"
-    base = out["fp32"]
-    for row in out.values():
-        row["peak_ratio_vs_fp32"] = row["peak"]["total_bytes"] / base["peak"]["total_bytes"]
-        row["saved_ratio_vs_fp32"] = row["saved_bytes"] / base["saved_bytes"]
-        row["time_ratio_vs_fp32"] = row["time"]["median_ms"] / base["time"]["median_ms"]
+        out[name]["time"] = t
     return out
 
 
@@ -323,15 +308,11 @@ def grad_scaler_run(cfg: Config, device: str) -> dict:
         opt.zero_grad(set_to_none=True)
         new_scale = scaler.get_scale()
         rows.append({"step": i, "scale": scale, "next_scale": new_scale, "loss": float(loss.detach()),
-                     "skipped": new_scale < scale, "weights_changed": not torch.equal(before, watch.detach())})
-    skipped = [r for r in rows if r["skipped"]]
-    return {"supported": True, "init_scale": 2.0 ** cfg.scaler_init_exp, "init_scale_log2": cfg.scaler_init_exp,
+                     "weights_changed": not torch.equal(before, watch.detach())})
+    return {"supported": True, "init_scale": 2.0 ** cfg.scaler_init_exp,
             "growth_interval": cfg.scaler_growth_interval,
             "backoff_factor": scaler.get_backoff_factor(), "growth_factor": scaler.get_growth_factor(),
-            "steps": rows, "skipped_steps": len(skipped),
-            "skipped_steps_left_weights_unchanged": all(not r["weights_changed"] for r in skipped),
-            "applied_steps_changed_weights": all(r["weights_changed"] for r in rows if not r["skipped"]),
-            "final_scale": rows[-1]["next_scale"], "final_scale_log2": math.log2(rows[-1]["next_scale"])}
+            "steps": rows}
 
 # %% [markdown]
 # ## Run
@@ -353,10 +334,95 @@ def run(cfg: Config, device: str) -> dict:
         }
 
 # %% [markdown]
+# ## What the pages show, derived from what was measured
+#
+# At build time, without torch: the smallest subnormal by formula and whether
+# the format agrees, the range in powers of two, the best loss scale, ratios
+# against fp32, which autocast set-up this host measured, and GradScaler's
+# skipped steps (a step is skipped when ``update()`` lowered the scale).
+
+# %%
+CHEATSHEET_FORMATS = ("fp32", "fp16", "bf16", "fp8_e4m3fn", "fp8_e5m2")
+# the autocast set-up a page quotes, in order of preference: (step_costs key, dtype name)
+AUTOCAST_MODES = (("autocast_bf16", "bf16"), ("autocast_fp16", "fp16"))
+POPULATION_LABELS = {"params": "parameter gradients", "activations": "gradients between layers"}
+
+
+def summarize_formats(formats: dict) -> dict:
+    out = {}
+    for name, x in formats.items():
+        formula = x["smallest_normal"] * x["eps"]
+        out[name] = {"smallest_subnormal_formula": formula,
+                     "formula_matches_format": formula == x["smallest_subnormal"],
+                     "has_subnormals": x["smallest_subnormal"] < x["smallest_normal"],
+                     "log2_range": math.log2(x["max"] / x["smallest_subnormal"])}
+    return out
+
+
+def summarize_population(pop: dict) -> dict:
+    def cast(rows: list) -> list:
+        return [{"scale_log2": math.log2(r["scale"]), "any_overflow": r["overflow_fraction"] > 0,
+                 "lost_fraction": r["zero_fraction"] + r["subnormal_fraction"] + r["overflow_fraction"]}
+                for r in rows]
+
+    fp16 = cast(pop["fp16"])
+    # the smallest scale that loses the fewest values (flushed, subnormal or overflowed)
+    lost = [r["lost_fraction"] for r in fp16]
+    best = lost.index(min(lost))
+    return {"fp16": fp16, "bf16": cast(pop["bf16"]), "best_fp16_scale": pop["fp16"][best]["scale"],
+            "best_fp16_scale_log2": fp16[best]["scale_log2"], "best_fp16_lost_fraction": lost[best]}
+
+
+def summarize_step_costs(sc: dict) -> dict:
+    base = sc["fp32"]
+    return {name: {"label": name.replace("_", " "),
+                   "time_half_iqr_ms": row["time"]["iqr_ms"] / 2,  # the page's "median ± half IQR"
+                   "peak_ratio_vs_fp32": row["peak"]["total_bytes"] / base["peak"]["total_bytes"],
+                   "saved_ratio_vs_fp32": row["saved_bytes"] / base["saved_bytes"],
+                   "time_ratio_vs_fp32": row["time"]["median_ms"] / base["time"]["median_ms"]}
+            for name, row in sc.items()}
+
+
+def summarize_autocast(data: dict) -> dict:
+    """The one autocast set-up the pages quote (bf16 where measured, else fp16), and whether fp16 was measured."""
+    mode, dtype = next((m, d) for m, d in AUTOCAST_MODES if m in data["step_costs"])
+    return {"mode": mode, "dtype": dtype, "label": mode.replace("_", " "),
+            "fp16_measured": "autocast_fp16" in data["step_costs"],
+            "layer_norm_dtype": data["autocast_dtypes"][mode]["layer_norm"]}
+
+
+def summarize_grad_scaler(gs: dict) -> dict:
+    if not gs["supported"]:
+        return {"supported": False}
+    steps = [{"skipped": r["next_scale"] < r["scale"], "scale_log2": math.log2(r["scale"])} for r in gs["steps"]]
+    skipped = [r for r, s in zip(gs["steps"], steps) if s["skipped"]]
+    applied = [r for r, s in zip(gs["steps"], steps) if not s["skipped"]]
+    final = gs["steps"][-1]["next_scale"]
+    return {"supported": True, "steps": steps, "skipped_steps": len(skipped),
+            "init_scale_log2": math.log2(gs["init_scale"]),
+            "skipped_steps_left_weights_unchanged": all(not r["weights_changed"] for r in skipped),
+            "applied_steps_changed_weights": all(r["weights_changed"] for r in applied),
+            "final_scale": final, "final_scale_log2": math.log2(final)}
+
+
+def summarize(data: dict) -> dict:
+    formats = summarize_formats(data["formats"])
+    return {
+        "formats": formats,
+        "formula_mismatch": [data["formats"][n]["dtype"] for n, x in formats.items() if not x["formula_matches_format"]],
+        "cheatsheet_formats": [n for n in CHEATSHEET_FORMATS if n in data["formats"]],
+        "loss_scaling": {pop: {"label": POPULATION_LABELS[pop], **summarize_population(data["loss_scaling"][pop])}
+                         for pop in POPULATION_LABELS},
+        "step_costs": summarize_step_costs(data["step_costs"]),
+        "autocast": summarize_autocast(data),
+        "grad_scaler": summarize_grad_scaler(data["grad_scaler"]),
+    }
+
+# %% [markdown]
 # ## Figures
 
 # %%
-def plot(data: dict) -> dict:
+def plot(data: dict, summary: dict) -> dict:
     import matplotlib.pyplot as plt
 
     figs = {}
@@ -374,7 +440,7 @@ def plot(data: dict) -> dict:
         ax.set_xscale("log", base=2)
         ax.set_yscale("symlog", linthresh=1e-3)  # fractions span 0 to tens of percent
         ax.set_xlabel("loss scale")
-        ax.set_title({"params": "parameter gradients", "activations": "gradients between layers"}[pop])
+        ax.set_title(summary["loss_scaling"][pop]["label"])
         ax.grid(True, alpha=0.3)
     axes[0].set_ylabel("% of nonzero values; errors in % (symlog)")
     handles, labels = axes[0].get_legend_handles_labels()
@@ -383,11 +449,11 @@ def plot(data: dict) -> dict:
     figs["loss_scaling"] = fig
 
     gs = data["grad_scaler"]
-    if gs.get("supported"):
+    if summary["grad_scaler"]["supported"]:
         fig, ax = plt.subplots(figsize=(7, 3))
         steps = [r["step"] for r in gs["steps"]]
         ax.step(steps, [r["scale"] for r in gs["steps"]], where="post", label="scale")
-        sk = [r for r in gs["steps"] if r["skipped"]]
+        sk = [r for r, s in zip(gs["steps"], summary["grad_scaler"]["steps"]) if s["skipped"]]
         ax.plot([r["step"] for r in sk], [r["scale"] for r in sk], "rx", ms=9, label="skipped step (inf/NaN)")
         ax.set_yscale("log", base=2)
         ax.set_xlabel("training step")
