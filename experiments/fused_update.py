@@ -340,7 +340,7 @@ def run(cfg: Config, device: str) -> dict:
 # %%
 OPTIMIZER_LABELS = {"adam": "Adam", "sgd": "SGD"}
 ACTIVATION_LABELS = {"relu": "ReLU", "relu6": "ReLU6"}
-UPDATE_LABELS = {"out_of_place": "p = p - lr * g", "in_place": "p.add_(g, alpha=-lr)",
+UPDATE_LABELS = {"out_of_place": "out of place: p = p - lr * g", "in_place": "in place: p.add_(g, alpha=-lr)",
                  "optim_for_loop": "torch.optim.SGD (for-loop)", "optim_foreach": "torch.optim.SGD (foreach)"}
 CASE_LABELS = {
     "saved_output_modified": "in-place on a tensor autograd saved (sigmoid output)",

@@ -233,6 +233,8 @@ def summarize(data: dict) -> dict:
         narrowest = min(row["by_bits"], key=lambda b: b["bits"])
         accumulator.append({
             "reduction_length": row["reduction_length"],
+            "max_abs_accumulator": row["max_abs_accumulator"],
+            "fake_fp32_codes_differ_fraction": row["fake_fp32_codes_differ_fraction"],
             "bits_needed": bits_for(row["max_abs_accumulator"]),
             # The worst case: every product at 127 * 127 with the same sign.
             "predicted_worst_case_bits": bits_for(row["reduction_length"] * qmax * qmax),

@@ -324,10 +324,12 @@ NEAR_FULL_ACCURACY = 0.02   # "as good as the full update": within this much tes
 FIXED_LABELS = {"classifier_only": "classifier only", "full_update": "full update", "bias_only": "bias only"}
 
 
+NOT_UPDATED_MARK = "·"
+
+
 def option_labels(option_ids: list[str]) -> dict:
-    """Column headers ("weight 0.5") and short cell marks ("W 0.5", "·" for not updated)."""
-    return {"none": {"label": "not updated", "short": "·"},
-            **{o: {"label": o.replace("_", " "), "short": o.replace("weight_", "W ")} for o in option_ids}}
+    """Column headers ("weight 0.5") and short cell marks ("W 0.5") of the options, in table order."""
+    return {o: {"label": o.replace("_", " "), "short": o.replace("weight_", "W ")} for o in option_ids}
 
 
 def summarize(data: dict) -> dict:
@@ -354,6 +356,7 @@ def summarize(data: dict) -> dict:
                 "accuracy": p["accuracy"], "predicted_benefit": B.config_benefit(options, choice),
                 "measured_benefit": p["accuracy"] - base_acc}
 
+    labels = option_labels(data["options"])
     frontier = {}
     for key, p in data["frontier"].items():
         frontier[key] = point(key, p, FIXED_LABELS.get(key, "last-k layers"), None)
@@ -363,7 +366,8 @@ def summarize(data: dict) -> dict:
         frontier[f"searched_{i + 1}"] = row
         searches.append({
             **row, "budget_fraction": s["budget_fraction"],
-            "choice": {u: option_labels(data["options"])[c]["short"] for u, c in s["choice"].items()},
+            "choice": {u: NOT_UPDATED_MARK if c == "none" else labels[c]["short"] for u, c in s["choice"].items()},
+            "dp_quantum_bytes": s["dp_quantum_bytes"], "cost_gcd_bytes": s["cost_gcd_bytes"],
             "dp_equals_exhaustive": abs(s["exhaustive_tail_benefit"] - s["dp_tail_benefit"]) < SAME_BENEFIT,
             # On the costs' own grid the DP is exact; a coarser grid rounds costs up.
             "dp_grid_exact": s["dp_quantum_bytes"] == s["cost_gcd_bytes"],
@@ -376,7 +380,7 @@ def summarize(data: dict) -> dict:
     near_full = [s for s in searches if s["accuracy"] >= full["accuracy"] - NEAR_FULL_ACCURACY]
     stock = data["stock_torch_conv"]
     return {
-        "option_labels": option_labels(data["options"]),
+        "option_labels": labels,
         "layers": layers,
         "frontier": frontier,
         "searches": searches,
