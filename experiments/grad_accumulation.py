@@ -20,6 +20,10 @@ The method, on small MLPs with random data:
 4. Why anyone does it: peak memory of one cycle and the time per effective
    batch against micro-batch size at a fixed effective batch.
 
+``run`` stores the measured differences, norms, peaks and times; ``summarize``
+derives the relative differences, the ratios, the verdicts (with their tolerances)
+and the predicted activations that the pages show.
+
 Run it: ``python -m experiments.grad_accumulation --profile quick``.
 """
 from __future__ import annotations
@@ -52,11 +56,12 @@ class Config:
     mem_depth: int = 4
     mem_micro: tuple = (512, 256, 128, 64, 32)
     min_run_time_s: float = 0.05
-    match_tolerance: float = 1e-5        # relative difference below which two gradients count as the same
     seed: int = 0
 
 
 PROFILES = {
+    "test": Config(batch=32, features=16, hidden=32, ks=(1, 2, 4, 8), unequal_sizes=(20, 8, 3, 1), amp_cycles=2,
+                   mem_batch=128, mem_width=64, mem_depth=2, mem_micro=(128, 32), min_run_time_s=0.01),
     "quick": Config(),
     "full": Config(batch=256, features=1024, hidden=4096, mem_batch=8192, mem_width=2048, mem_depth=8,
                    mem_micro=(8192, 4096, 2048, 1024, 512, 256), min_run_time_s=0.5, unequal_sizes=(160, 64, 24, 8)),
@@ -132,7 +137,7 @@ def mlp(cfg: Config, norm: str = "none", dropout: float = 0.0) -> nn.Module:
     return nn.Sequential(*layers)
 
 
-def data(cfg: Config, device: str, n: int | None = None, dtype=torch.float32):
+def random_batch(cfg: Config, device: str, n: int | None = None, dtype=torch.float32):
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed + 1)
     n = n or cfg.batch
     x = torch.randn(n, cfg.features, generator=gen).to(device=device, dtype=dtype)
@@ -175,9 +180,8 @@ def correctness(cfg: Config, device: str) -> list[dict]:
         dtype = DTYPES[dname]
         torch.manual_seed(cfg.seed)
         model = mlp(cfg).to(device=device, dtype=dtype)
-        x, y = data(cfg, device, dtype=dtype)
+        x, y = random_batch(cfg, device, dtype=dtype)
         ref = snapshot_grads(model, [(x, y)], F.cross_entropy)
-        scale = max_abs(ref)
         for k in cfg.ks:
             mbs = split(x, y, [cfg.batch // k] * k)
             acc = snapshot_grads(model, mbs, F.cross_entropy)
@@ -190,11 +194,9 @@ def correctness(cfg: Config, device: str) -> list[dict]:
             for p in model.parameters():
                 p.grad = None
             rows.append({"dtype": dname, "k": k, "micro_batch": cfg.batch // k,
-                         "max_abs_diff": max_abs_diff(acc, ref), "max_abs_grad": scale,
-                         "rel_diff": max_abs_diff(acc, ref) / scale,
-                         "no_division_norm_ratio": norm(wrong) / norm(ref),
-                         "no_division_predicted_ratio": float(k),
-                         "no_division_rel_diff": max_abs_diff(wrong, ref) / scale})
+                         "max_abs_diff": max_abs_diff(acc, ref), "max_abs_grad": max_abs(ref),
+                         "grad_norm": norm(ref), "no_division_grad_norm": norm(wrong),
+                         "no_division_max_abs_diff": max_abs_diff(wrong, ref)})
     return rows
 
 
@@ -235,7 +237,7 @@ def cosine(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
 # %%
 def breakers(cfg: Config, device: str) -> dict:
     k = 4
-    x, y = data(cfg, device)
+    x, y = random_batch(cfg, device)
     equal = [cfg.batch // k] * k
     out = {"k": k}
 
@@ -247,14 +249,14 @@ def breakers(cfg: Config, device: str) -> dict:
     running_full = bn.running_mean.clone()
     bn.reset_running_stats()
     acc = snapshot_grads(model, split(x, y, equal), F.cross_entropy)
-    out["batchnorm"] = {"rel_diff": max_abs_diff(acc, ref) / max_abs(ref),
+    out["batchnorm"] = {"max_abs_diff": max_abs_diff(acc, ref), "max_abs_grad": max_abs(ref),
                         "running_mean_max_abs_diff": float((bn.running_mean - running_full).abs().max()),
                         "num_batches_tracked": int(bn.num_batches_tracked)}
     # eval-mode BatchNorm uses running statistics: then accumulation is exact again
     model.eval()
     ref = snapshot_grads(model, [(x, y)], F.cross_entropy)
     acc = snapshot_grads(model, split(x, y, equal), F.cross_entropy)
-    out["batchnorm_eval"] = {"rel_diff": max_abs_diff(acc, ref) / max_abs(ref)}
+    out["batchnorm_eval"] = {"max_abs_diff": max_abs_diff(acc, ref), "max_abs_grad": max_abs(ref)}
 
     # Dropout: same seed, but K smaller masks are not one big mask.
     torch.manual_seed(cfg.seed)
@@ -262,12 +264,8 @@ def breakers(cfg: Config, device: str) -> dict:
     ref = snapshot_grads(model, [(x, y)], F.cross_entropy, seed=cfg.seed)
     acc = snapshot_grads(model, split(x, y, equal), F.cross_entropy, seed=cfg.seed)
     ref2 = snapshot_grads(model, [(x, y)], F.cross_entropy, seed=cfg.seed + 1)
-    dropout_rel_diff = max_abs_diff(acc, ref) / max_abs(ref)
-    out["dropout"] = {"rel_diff": dropout_rel_diff,
-                      "other_seed_rel_diff": max_abs_diff(ref2, ref) / max_abs(ref), "p": cfg.dropout,
-                      # the K small masks drawn in sequence were the big mask (this host, this torch)
-                      "masks_match": dropout_rel_diff < cfg.match_tolerance,
-                      "match_tolerance": cfg.match_tolerance}
+    out["dropout"] = {"p": cfg.dropout, "max_abs_diff": max_abs_diff(acc, ref), "max_abs_grad": max_abs(ref),
+                      "other_seed_max_abs_diff": max_abs_diff(ref2, ref)}
 
     # reduction="mean" over unequal micro-batches weights each sample by 1/(K * size of its micro-batch).
     torch.manual_seed(cfg.seed)
@@ -284,23 +282,23 @@ def breakers(cfg: Config, device: str) -> dict:
         return F.cross_entropy(logits, target, reduction="sum") * kk / n_total
 
     acc_sum = snapshot_grads(model, split(x, y, sizes), sum_over_total)
-    out["unequal_mean"] = {"sizes": sizes, "rel_diff_mean": max_abs_diff(acc_mean, ref) / max_abs(ref),
-                           "rel_diff_sum_over_total": max_abs_diff(acc_sum, ref) / max_abs(ref)}
+    out["unequal_mean"] = {"sizes": sizes, "max_abs_grad": max_abs(ref),
+                           "mean_max_abs_diff": max_abs_diff(acc_mean, ref),
+                           "sum_over_total_max_abs_diff": max_abs_diff(acc_sum, ref)}
 
     # Clipping: the norm of the summed gradient is not built from the micro-batch norms.
     max_norm = cfg.clip_fraction * norm(ref)
     mbs = split(x, y, equal)
     once = clipped_cycle(model, mbs, max_norm, "once")
-    out["clipping"] = {"max_norm": max_norm, "batch_grad_norm": norm(ref), "clipped_once_norm": norm(once)}
+    out["clipping"] = {"max_norm": max_norm, "batch_grad_norm": norm(ref), "clipped_once_norm": norm(once),
+                       "clipped_once_max_abs": max_abs(once)}
     for mode in ("running", "each"):
         grads = clipped_cycle(model, mbs, max_norm, mode)
-        out["clipping"][mode] = {"norm": norm(grads), "rel_diff": max_abs_diff(grads, once) / max_abs(once),
+        out["clipping"][mode] = {"norm": norm(grads), "max_abs_diff": max_abs_diff(grads, once),
                                  "cosine": cosine(grads, once)}
-    micro_norms = [norm(snapshot_grads(model, [mb], F.cross_entropy)) / k for mb in mbs]
-    out["clipping"]["micro_contribution_norms"] = micro_norms
-    out["clipping"]["micro_contribution_norm_max"] = max(micro_norms)
-    # all below the limit: clipping each micro-batch's own gradient clips nothing
-    out["clipping"]["micro_contributions_all_below_max_norm"] = max(micro_norms) < max_norm
+    # each micro-batch's contribution to the cycle's gradient (its own gradient over K)
+    out["clipping"]["micro_contribution_norms"] = [norm(snapshot_grads(model, [mb], F.cross_entropy)) / k
+                                                   for mb in mbs]
     return out
 
 
@@ -322,9 +320,10 @@ def amp_clip_before_unscale(model, optimizer, micro_batches, loss_fn, amp_dtype,
     optimizer.zero_grad(set_to_none=True)
 
 
-def amp_checks(cfg: Config, device: str) -> list[dict]:
+def amp_checks(cfg: Config, device: str) -> dict[str, dict]:
+    """Keyed by the autocast dtype, in the order run (the device's usual dtype first)."""
     k = 4
-    x, y = data(cfg, device)
+    x, y = random_batch(cfg, device)
     mbs = split(x, y, [cfg.batch // k] * k)
     torch.manual_seed(cfg.seed)
     model = mlp(cfg).to(device)
@@ -333,7 +332,7 @@ def amp_checks(cfg: Config, device: str) -> list[dict]:
     max_norm = cfg.clip_fraction * ref_norm
     ref_clipped = [g * (max_norm / (ref_norm + 1e-6)) for g in ref]
     variants = [("bf16", False), ("fp16", True)] if device.startswith("cpu") else [("fp16", True), ("bf16", False)]
-    rows = []
+    rows = {}
     for dname, use_scaler in variants:
         dtype = DTYPES[dname]
         device_type = torch.device(device).type
@@ -341,19 +340,19 @@ def amp_checks(cfg: Config, device: str) -> list[dict]:
         scaler = torch.amp.GradScaler(device_type) if use_scaler else None
         norms = [float(amp_accumulation_step(model, rec, mbs, F.cross_entropy, dtype, scaler, max_norm))
                  for _ in range(cfg.amp_cycles)]
-        row = {"amp_dtype": dname, "device_type": device_type, "scaler": use_scaler, "k": k,
+        row = {"device_type": device_type, "scaler": use_scaler, "k": k,
                "cycles": cfg.amp_cycles, "optimizer_steps": rec.steps,
                "pre_clip_norm": norms[-1], "fp32_batch_norm": ref_norm, "max_norm": max_norm,
-               "clipped_rel_diff_vs_fp32": max_abs_diff(rec.grads, ref_clipped) / max_abs(ref_clipped),
-               "clipped_norm": norm(rec.grads)}
+               "clipped_max_abs_diff_vs_fp32": max_abs_diff(rec.grads, ref_clipped),
+               "fp32_clipped_max_abs": max_abs(ref_clipped), "clipped_norm": norm(rec.grads),
+               "scale_final": None, "clip_before_unscale_norm": None}
         if scaler is not None:
             row["scale_final"] = float(scaler.get_scale())
             wrong = GradSnapshot(model.parameters())
             amp_clip_before_unscale(model, wrong, mbs, F.cross_entropy, dtype,
                                     torch.amp.GradScaler(device_type), max_norm)
             row["clip_before_unscale_norm"] = norm(wrong.grads)
-            row["clip_before_unscale_shrink"] = norm(rec.grads) / max(norm(wrong.grads), 1e-30)
-        rows.append(row)
+        rows[dname] = row
     return rows
 
 
@@ -380,8 +379,6 @@ def memory_and_time(cfg: Config, device: str) -> list[dict]:
         with tracker:
             accumulation_step(model, opt, mbs, F.cross_entropy)
         peak = tracker.peak()
-        # saved for backward, per sample: the output of every Linear and of every GELU, and the logits (fp32)
-        predicted_acts = 4 * micro * (2 * cfg.mem_depth * cfg.mem_width + cfg.classes)
         timing = time_fn(lambda: accumulation_step(model, opt, mbs, F.cross_entropy), cfg.min_run_time_s)
         rows.append({"micro_batch": micro, "k": k, "peak_total_bytes": peak.total,
                      "peak_activations_bytes": peak.by_category["activations"],
@@ -389,11 +386,8 @@ def memory_and_time(cfg: Config, device: str) -> list[dict]:
                      "peak_params_bytes": peak.by_category["params"],
                      "peak_optimizer_bytes": peak.by_category["optimizer"],
                      "peak_temporaries_bytes": peak.by_category["temporaries"],
-                     "predicted_saved_activations_bytes": predicted_acts,
-                     "activations_over_predicted_ratio": peak.by_category["activations"] / predicted_acts,
                      "cuda_max_allocated_bytes": tracker.cuda_max_allocated_bytes,
-                     "step_time_ms": timing["median_ms"], "step_time_iqr_ms": timing["iqr_ms"],
-                     "step_time_half_iqr_ms": timing["iqr_ms"] / 2})
+                     "step_time_ms": timing["median_ms"], "step_time_iqr_ms": timing["iqr_ms"]})
     return rows
 
 
@@ -406,22 +400,107 @@ def run(cfg: Config, device: str) -> dict:
     return {
         "batch": cfg.batch,
         "correctness": rows,
-        "summary": {f"{d}_max_rel_diff": max(r["rel_diff"] for r in rows if r["dtype"] == d)
-                    for d in ("fp32", "bf16")},
         "breakers": broken,
         "amp": amp,
         "memory": memory,
         "cpu_threads": threads if device.startswith("cpu") else None,
         "mem_batch": cfg.mem_batch,
-        "mem_model": {"width": cfg.mem_width, "depth": cfg.mem_depth},
+        "mem_model": {"width": cfg.mem_width, "depth": cfg.mem_depth, "classes": cfg.classes},
     }
 
 
+# %% [markdown]
+# ## What the pages show, derived from what was measured
+# Differences are relative to the largest entry of the reference gradient. Whether the K small
+# dropout masks were the big one is a verdict at a tolerance set here, not in the measurement.
+
 # %%
-def plot(data: dict):
+MATCH_TOLERANCE = 1e-5  # relative difference below which two gradients count as the same
+
+
+def relative(diff: float, scale: float) -> float:
+    """A max absolute difference over the largest entry of the reference gradient."""
+    return diff / scale
+
+
+def predicted_saved_activations_bytes(micro_batch: int, depth: int, width: int, classes: int) -> int:
+    """Saved for backward, per sample: the output of every Linear and of every GELU, and the logits (fp32)."""
+    return 4 * micro_batch * (2 * depth * width + classes)
+
+
+def summarize_breakers(b: dict) -> dict:
+    c = b["clipping"]
+    dropout_rel = relative(b["dropout"]["max_abs_diff"], b["dropout"]["max_abs_grad"])
+    micro_max = max(c["micro_contribution_norms"])
+    return {
+        "batchnorm": {"rel_diff": relative(b["batchnorm"]["max_abs_diff"], b["batchnorm"]["max_abs_grad"])},
+        "batchnorm_eval": {"rel_diff": relative(b["batchnorm_eval"]["max_abs_diff"],
+                                                b["batchnorm_eval"]["max_abs_grad"])},
+        "dropout": {"rel_diff": dropout_rel,
+                    "other_seed_rel_diff": relative(b["dropout"]["other_seed_max_abs_diff"],
+                                                    b["dropout"]["max_abs_grad"]),
+                    # the K small masks drawn in sequence were the big mask (this host, this torch)
+                    "masks_match": dropout_rel < MATCH_TOLERANCE, "match_tolerance": MATCH_TOLERANCE},
+        "unequal_mean": {"rel_diff_mean": relative(b["unequal_mean"]["mean_max_abs_diff"],
+                                                   b["unequal_mean"]["max_abs_grad"]),
+                         "rel_diff_sum_over_total": relative(b["unequal_mean"]["sum_over_total_max_abs_diff"],
+                                                             b["unequal_mean"]["max_abs_grad"])},
+        "clipping": {
+            **{mode: {"rel_diff": relative(c[mode]["max_abs_diff"], c["clipped_once_max_abs"])}
+               for mode in ("running", "each")},
+            "micro_contribution_norm_max": micro_max,
+            # all below the limit: clipping each micro-batch's own gradient clips nothing
+            "micro_contributions_all_below_max_norm": micro_max < c["max_norm"],
+        },
+    }
+
+
+def summarize_amp(x: dict) -> dict:
+    wrong = x["clip_before_unscale_norm"]
+    return {
+        "clipped_rel_diff_vs_fp32": relative(x["clipped_max_abs_diff_vs_fp32"], x["fp32_clipped_max_abs"]),
+        # clipping the scaled gradient: the update comes out this many times too small (null: no scaler)
+        "clip_before_unscale_shrink": x["clipped_norm"] / max(wrong, 1e-30) if wrong is not None else None,
+    }
+
+
+def summarize(data: dict) -> dict:
+    rows = data["correctness"]
+    accumulated = [{"dtype": r["dtype"], "k": r["k"], "micro_batch": r["micro_batch"],
+                    "rel_diff": relative(r["max_abs_diff"], r["max_abs_grad"]),
+                    "no_division_norm_ratio": r["no_division_grad_norm"] / r["grad_norm"],
+                    "no_division_predicted_ratio": float(r["k"]),
+                    "no_division_rel_diff": relative(r["no_division_max_abs_diff"], r["max_abs_grad"])}
+                   for r in rows]
+    dtypes = list(dict.fromkeys(r["dtype"] for r in rows))
+    mm = data["mem_model"]
+    memory = []
+    for r in data["memory"]:
+        predicted = predicted_saved_activations_bytes(r["micro_batch"], mm["depth"], mm["width"], mm["classes"])
+        memory.append({"micro_batch": r["micro_batch"], "predicted_saved_activations_bytes": predicted,
+                       "activations_over_predicted_ratio": r["peak_activations_bytes"] / predicted,
+                       "step_time_half_iqr_ms": r["step_time_iqr_ms"] / 2})
+    scaled = [name for name, x in data["amp"].items() if x["scaler"]]
+    return {
+        "correctness": accumulated,
+        "max_rel_diff": {d: max(r["rel_diff"] for r in accumulated if r["dtype"] == d) for d in dtypes},
+        "breakers": summarize_breakers(data["breakers"]),
+        "amp": {name: summarize_amp(x) for name, x in data["amp"].items()},
+        # the autocast dtype run with a GradScaler (fp16 on every device), null if none was
+        "amp_scaler_variant": scaled[0] if scaled else None,
+        "memory": memory,
+    }
+
+
+# %% [markdown]
+# ## Figures
+
+# %%
+def plot(data: dict, summary: dict):
     import matplotlib.pyplot as plt
 
     rows = data["memory"]
+    predicted = [r["predicted_saved_activations_bytes"] for r in summary["memory"]]
     micro = [r["micro_batch"] for r in rows]
     mib = 2 ** 20
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9.5, 3.8), constrained_layout=True)
@@ -435,15 +514,14 @@ def plot(data: dict):
         vals = [r[key] / mib for r in rows]
         ax0.bar([str(m) for m in micro], vals, bottom=bottom, label=label)
         bottom = [b + v for b, v in zip(bottom, vals)]
-    ax0.plot([str(m) for m in micro],
-             [u + r["predicted_saved_activations_bytes"] / mib for u, r in zip(under_activations, rows)], "k--",
+    ax0.plot([str(m) for m in micro], [u + p / mib for u, p in zip(under_activations, predicted)], "k--",
              marker="o", label="top of predicted activations")
     ax0.set_xlabel(f"micro-batch size (effective batch {data['mem_batch']})")
     ax0.set_ylabel("peak memory during one cycle (MiB)")
     ax0.set_title("Peak memory by category")
     ax0.legend(fontsize=7)
     ax1.errorbar([str(m) for m in micro], [r["step_time_ms"] for r in rows],
-                 yerr=[r["step_time_half_iqr_ms"] for r in rows], marker="o", capsize=3)
+                 yerr=[r["step_time_half_iqr_ms"] for r in summary["memory"]], marker="o", capsize=3)
     ax1.set_xlabel(f"micro-batch size (effective batch {data['mem_batch']})")
     ax1.set_ylabel("time per effective batch (ms, median)")
     ax1.set_ylim(bottom=0)

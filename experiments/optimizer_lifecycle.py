@@ -20,6 +20,9 @@ The method, for each ``torch.optim`` optimizer on a small MLP:
 3. Step twice, the second time with a layer's gradient ``None`` or all zeros
    (``zero_grad(set_to_none=False)`` leaves zeros): the update each one gets.
 
+``run`` stores what was counted and measured, per optimizer (keyed by name, in table
+order); ``summarize`` derives the overheads and ratios of the checkpoints.
+
 Run it: ``python -m experiments.optimizer_lifecycle --profile quick``.
 """
 from __future__ import annotations
@@ -49,6 +52,7 @@ class Config:
 
 
 PROFILES = {
+    "test": Config(in_features=8, hidden=16, out_features=4, batch=4),
     "quick": Config(),
     "full": Config(in_features=4096, hidden=16384, out_features=4096, batch=64),
 }
@@ -97,10 +101,10 @@ def serialise(obj: object) -> bytes:
 # ## 1. What the state holds after one step, and what saving it costs
 
 # %%
-def describe_state(opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> list[dict]:
-    """Keys of the first parameter's state: dtype and shape relative to the parameter."""
+def describe_state(opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> dict[str, dict]:
+    """The first parameter's state by key, in the optimizer's order: dtype and shape relative to the parameter."""
     first = params[0]
-    out = []
+    out = {}
     for key, value in opt.state.get(first, {}).items():
         if isinstance(value, torch.Tensor):
             if value.shape == first.shape:
@@ -109,15 +113,14 @@ def describe_state(opt: torch.optim.Optimizer, params: list[torch.Tensor]) -> li
                 shape = "scalar"
             else:
                 shape = "x".join(str(s) for s in value.shape)
-            out.append({"key": key, "dtype": str(value.dtype).replace("torch.", ""), "shape": shape,
-                        "device": value.device.type})
+            out[key] = {"dtype": str(value.dtype).replace("torch.", ""), "shape": shape, "device": value.device.type}
         else:
-            out.append({"key": key, "dtype": type(value).__name__, "shape": "python object", "device": "none"})
+            out[key] = {"dtype": type(value).__name__, "shape": "python object", "device": "none"}
     return out
 
 
-def state_table(cfg: Config, device: str) -> list[dict]:
-    rows = []
+def state_table(cfg: Config, device: str) -> dict[str, dict]:
+    rows = {}
     for name, (make, formula_key) in optimizers(cfg).items():
         model = mlp(cfg).to(device)
         params = list(model.parameters())
@@ -132,7 +135,6 @@ def state_table(cfg: Config, device: str) -> list[dict]:
         state_tensors = sum(isinstance(v, torch.Tensor) for s in opt.state.values() for v in s.values())
         predicted = formulas.optimizer_state_bytes(formula_key, [tuple(p.shape) for p in params])
         blob = serialise(sd)
-        saved = len(blob)
         # state_dict() is not a snapshot: its tensors are the live state, updated by the next step
         live = next(iter(opt.state.values()), {})
         aliases = any(isinstance(v, torch.Tensor) and v.data_ptr() == live[k].data_ptr()
@@ -149,9 +151,7 @@ def state_table(cfg: Config, device: str) -> list[dict]:
         opt2.step()
         resume_diff = max(float((a.detach() - b.detach()).abs().max())
                           for a, b in zip(model.parameters(), model2.parameters()))
-        model_saved = saved_bytes(model.state_dict())
-        rows.append({
-            "optimizer": name,
+        rows[name] = {
             "state_entries_before_step": entries_before,
             "state_bytes_before_step": bytes_before,
             "saved_bytes_before_step": saved_before,
@@ -161,19 +161,13 @@ def state_table(cfg: Config, device: str) -> list[dict]:
             "state_tensors": state_tensors,
             "state_bytes": in_memory,
             "predicted_state_bytes": predicted,
-            "state_ratio": in_memory / predicted if predicted else None,
-            "saved_state_dict_bytes": saved,
-            "saved_overhead_bytes": saved - in_memory,
-            "saved_over_memory_ratio": saved / in_memory if in_memory else None,
+            "saved_state_dict_bytes": len(blob),
             "param_bytes": param_bytes(model),
-            "saved_model_bytes": model_saved,
-            # a checkpoint of model + optimizer, and how many model-only checkpoints that is
-            "saved_model_and_state_dict_bytes": model_saved + saved,
-            "saved_model_and_state_dict_over_model_ratio": (model_saved + saved) / model_saved,
+            "saved_model_bytes": saved_bytes(model.state_dict()),
             "param_groups_keys": sorted(k for k in sd["param_groups"][0] if k != "params"),
             "resume_max_abs_diff": resume_diff,
             "state_dict_aliases_live_state": aliases,
-        })
+        }
     return rows
 
 
@@ -189,9 +183,9 @@ def state_table(cfg: Config, device: str) -> list[dict]:
 SEMANTICS_OPTIMIZERS = ("sgd-momentum", "adam", "adamw")
 
 
-def grad_none_semantics(cfg: Config, device: str) -> list[dict]:
+def grad_none_semantics(cfg: Config, device: str) -> dict[str, dict]:
     table = optimizers(cfg)
-    rows = []
+    rows = {}
     for name in SEMANTICS_OPTIMIZERS:
         make = table[name][0]
         if name == "sgd-momentum":  # with weight decay too, to show that decay is skipped as well
@@ -237,7 +231,7 @@ def grad_none_semantics(cfg: Config, device: str) -> list[dict]:
                 "trained_layer_step_count": (float(opt.state[model[0].weight]["step"])
                                              if "step" in opt.state[model[0].weight] else None),
             }
-        rows.append({"optimizer": name, "first_step_with_none": first, "second_step": second})
+        rows[name] = {"first_step_with_none": first, "second_step": second}
     return rows
 
 
@@ -246,24 +240,50 @@ def run(cfg: Config, device: str) -> dict:
     torch.manual_seed(cfg.seed)
     model = mlp(cfg)
     with single_thread(device):  # small tensors: one thread is faster on a small shared CPU
-        state = state_table(cfg, device)
         return {
             "model": {"shapes": [list(p.shape) for p in model.parameters()],
                       "numel": sum(p.numel() for p in model.parameters())},
-            "state": state,
-            # the largest difference after reloading, over every optimizer of the state table
-            "resume_max_abs_diff_all_optimizers": max(r["resume_max_abs_diff"] for r in state),
+            "state": state_table(cfg, device),
             "grad_none": grad_none_semantics(cfg, device),
             "hyper": {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "momentum": cfg.momentum},
         }
 
 
+# %% [markdown]
+# ## What the pages show, derived from what was measured
+
 # %%
-def plot(data: dict):
+def summarize_state(x: dict) -> dict:
+    """What a checkpoint adds to the state it holds; ratios are null where there is nothing to divide by."""
+    saved, held, model = x["saved_state_dict_bytes"], x["state_bytes"], x["saved_model_bytes"]
+    return {
+        "state_ratio": held / x["predicted_state_bytes"] if x["predicted_state_bytes"] else None,
+        "saved_overhead_bytes": saved - held,
+        "saved_over_memory_ratio": saved / held if held else None,
+        # a checkpoint of model + optimizer, and how many model-only checkpoints that is
+        "saved_model_and_state_dict_bytes": model + saved,
+        "saved_model_and_state_dict_over_model_ratio": (model + saved) / model,
+    }
+
+
+def summarize(data: dict) -> dict:
+    state = data["state"]
+    return {
+        "state": {name: summarize_state(x) for name, x in state.items()},
+        # the largest difference after reloading, over every optimizer of the state table
+        "resume_max_abs_diff_all_optimizers": max(x["resume_max_abs_diff"] for x in state.values()),
+    }
+
+
+# %% [markdown]
+# ## Figures
+
+# %%
+def plot(data: dict, summary: dict):
     import matplotlib.pyplot as plt
 
-    rows = data["state"]
-    names = [r["optimizer"] for r in rows]
+    names = list(data["state"])
+    rows = list(data["state"].values())
     mib = 2 ** 20
     fig, ax = plt.subplots(figsize=(8, 3.6), constrained_layout=True)
     xs = range(len(rows))

@@ -21,6 +21,10 @@ The method:
    built by module type on a small transformer, counted, and checked by one
    AdamW step under zero gradient.
 
+``run`` stores what was measured (θ after each step, the means of θ, the parameter
+counts); ``summarize`` derives the rules iterated by hand, the effective decay rates and
+their predictions, and the shares of the parameter groups.
+
 Run it: ``python -m experiments.weight_decay --profile quick``.
 """
 from __future__ import annotations
@@ -57,6 +61,8 @@ class Config:
 
 
 PROFILES = {
+    "test": Config(steps=200, params_per_scale=512, noise_scales=(1e-3, 1e-1, 1.0), trajectory_points=11,
+                   vocab=64, d_model=16, n_heads=2, d_ff=32, n_layers=2),
     "quick": Config(),
     "full": Config(lr=2e-4, steps=2000, params_per_scale=16384, noise_scales=(1e-4, 1e-3, 1e-2, 1e-1, 1.0),
                    vocab=32000, d_model=768, n_heads=12, d_ff=3072, n_layers=12),
@@ -74,13 +80,16 @@ def has_decoupled_adam() -> bool:
 # %% [markdown]
 # ## 1. One step on a scalar, measured against the update rule
 #
-# Each function below returns ``θ₁`` computed by hand (in float64) from the
-# update rule in the ``torch.optim`` documentation, for ``θ₀`` and gradient ``g``.
+# ``run`` measures ``θ₁`` for ``θ₀ = 1``; ``summarize`` sets beside it ``θ₁`` computed by
+# hand (in float64) from the update rule in the ``torch.optim`` documentation.
 
 # %%
-def by_hand(kind: str, theta: float, grads: list[float], cfg: Config) -> list[float]:
-    """``θ`` after each step, iterating the update rule in float64 for the gradients ``grads``."""
-    lr, lam, b1, b2, eps = cfg.lr, cfg.weight_decay, cfg.beta1, cfg.beta2, cfg.eps
+def by_hand(kind: str, theta: float, grads: list[float], hyper: dict) -> list[float]:
+    """``θ`` after each step, iterating the update rule in float64 for the gradients ``grads``.
+
+    ``hyper`` holds ``lr``, ``weight_decay``, ``beta1``, ``beta2`` and ``eps`` (``run`` stores them).
+    """
+    lr, lam, b1, b2, eps = hyper["lr"], hyper["weight_decay"], hyper["beta1"], hyper["beta2"], hyper["eps"]
     m = v = 0.0
     out = []
     for t, g in enumerate(grads, start=1):
@@ -146,10 +155,7 @@ def one_step_proofs(cfg: Config, device: str) -> dict:
                 continue
             theta.grad = torch.full((), g, device=device)
             optimizer_step(kind, opt, [theta], cfg)
-            measured = float(theta.detach())
-            expected = by_hand(kind, 1.0, [g], cfg)[-1]
-            rows[kind] = {"grad": g, "available": True, "theta_measured": measured, "theta_by_hand": expected,
-                          "abs_diff": abs(measured - expected), "shrink": 1.0 - measured}
+            rows[kind] = {"grad": g, "available": True, "theta_measured": float(theta.detach())}
         out[label] = rows
     return out
 
@@ -163,6 +169,7 @@ def one_step_proofs(cfg: Config, device: str) -> dict:
 # per-step decay rate is ``−ln(mean θ_T)/T``; divided by the nominal ``ηλ`` it is
 # 1 for decoupled decay. Adam's L2 term ``λθ`` is divided by ``√v̂ ≈ √(σ² + (λθ)²)``,
 # so the predicted ratio is ``1/√(σ² + (λθ̄)²)``, with ``θ̄`` the row's mean over the run.
+# ``run`` records the means; ``summarize`` derives the rates and the predictions.
 
 # %%
 def trajectories(cfg: Config, device: str) -> dict:
@@ -174,7 +181,6 @@ def trajectories(cfg: Config, device: str) -> dict:
     steps_kept = [0] + [t for t in range(1, cfg.steps + 1) if t in keep]
     kinds = [k for k in KINDS if not (k == "adam_decoupled" and not has_decoupled_adam())]
     zero_grad_paths: dict[str, list[float]] = {}
-    zero_grad_by_hand: dict[str, list[float]] = {}
     noisy: dict[str, dict] = {}
     finals: dict[str, torch.Tensor] = {}
     for kind in kinds:
@@ -188,8 +194,6 @@ def trajectories(cfg: Config, device: str) -> dict:
             if t in keep:
                 path.append(float(theta.detach()))
         zero_grad_paths[kind] = path
-        rule = [1.0] + by_hand(kind, 1.0, [0.0] * cfg.steps, cfg)
-        zero_grad_by_hand[kind] = [rule[t] for t in steps_kept]
         # noisy gradients, many parameters per scale
         w = torch.ones(shape, device=device, requires_grad=True)
         opt = make_optimizer(kind, [w], cfg)
@@ -201,45 +205,22 @@ def trajectories(cfg: Config, device: str) -> dict:
             running_mean += w.detach().mean(dim=1)
             if t + 1 in keep:
                 kept_means.append(w.detach().mean(dim=1))
-        mean_paths = torch.stack(kept_means, dim=1).tolist()  # [scale][kept step]
-        final_mean = w.detach().mean(dim=1)
-        theta_bar = (running_mean / cfg.steps)
+        final_mean = w.detach().mean(dim=1).tolist()
+        theta_bar = (running_mean / cfg.steps).tolist()
         finals[kind] = w.detach().clone()
-        nominal = cfg.lr * cfg.weight_decay
-        rows = []
-        for i, sigma in enumerate(cfg.noise_scales):
-            m = float(final_mean[i])
-            rate = -math.log(m) / cfg.steps if m > 0 else None
-            if kind in ("adam_l2",):
-                predicted = 1.0 / math.sqrt(sigma ** 2 + (cfg.weight_decay * float(theta_bar[i])) ** 2)
-            else:
-                predicted = 1.0  # SGD-L2 and decoupled forms: the decay is exactly ηλθ per step
-            effective = (rate / nominal) if rate is not None else None
-            rows.append({"noise_scale": float(sigma), "mean_theta_final": m,
-                         "decay_rate_per_step": rate,
-                         "effective_over_nominal": effective,
-                         "predicted_effective_over_nominal": predicted,
-                         "measured_over_predicted_ratio": (effective / predicted) if effective is not None else None})
-        measured = [r["effective_over_nominal"] for r in rows if r["effective_over_nominal"] is not None]
-        noisy[kind] = {"rows": rows, "mean_theta_by_scale": mean_paths,
-                       # the range over the noise scales where mean θ stayed positive (None if at none)
-                       "effective_over_nominal_min": min(measured) if measured else None,
-                       "effective_over_nominal_max": max(measured) if measured else None}
+        rows = [{"noise_scale": float(sigma), "mean_theta_final": final_mean[i], "mean_theta_over_run": theta_bar[i]}
+                for i, sigma in enumerate(cfg.noise_scales)]
+        noisy[kind] = {"rows": rows, "mean_theta_by_scale": torch.stack(kept_means, dim=1).tolist()}  # [scale][kept]
     return {
         "momentum": momentum_decay(cfg, device),
         "steps_kept": steps_kept,
         "zero_grad_theta": zero_grad_paths,
-        "zero_grad_theta_by_hand": zero_grad_by_hand,
-        "zero_grad_max_abs_diff_vs_rule": max(abs(a - b) for k in zero_grad_paths
-                                              for a, b in zip(zero_grad_paths[k], zero_grad_by_hand[k])),
         "noisy": noisy,
         "sgd_l2_vs_decoupled_max_abs_diff": float((finals["sgd_l2"] - finals["sgd_decoupled"]).abs().max()),
         "adam_l2_vs_adamw_max_abs_diff": float((finals["adam_l2"] - finals["adamw"]).abs().max()),
+        # null where this torch has no Adam(decoupled_weight_decay=True)
         "adam_decoupled_vs_adamw_max_abs_diff": (
             float((finals["adam_decoupled"] - finals["adamw"]).abs().max()) if "adam_decoupled" in finals else None),
-        "nominal_decay_per_step": cfg.lr * cfg.weight_decay,
-        # closed forms: decoupled decay alone is geometric; Adam-L2's first step moves θ by η whatever λ is
-        "adamw_zero_grad_closed_form_final": (1 - cfg.lr * cfg.weight_decay) ** cfg.steps,
     }
 
 
@@ -250,7 +231,7 @@ def momentum_decay(cfg: Config, device: str) -> dict:
     ``λ`` applied decoupled: the two agree only after rescaling ``λ``.
     """
     nominal = cfg.lr * cfg.weight_decay
-    out = {"momentum": cfg.momentum}
+    out: dict = {"momentum": cfg.momentum}
     for kind in ("l2", "decoupled"):
         theta = torch.ones((), device=device, requires_grad=True)
         opt = torch.optim.SGD([theta], lr=cfg.lr, momentum=cfg.momentum,
@@ -261,10 +242,7 @@ def momentum_decay(cfg: Config, device: str) -> dict:
                 with torch.no_grad():
                     theta.mul_(1 - nominal)
             opt.step()
-        final = float(theta.detach())
-        out[kind] = {"final_theta": final,
-                     "effective_over_nominal": -math.log(final) / cfg.steps / nominal,
-                     "predicted_effective_over_nominal": 1.0 / (1.0 - cfg.momentum) if kind == "l2" else 1.0}
+        out[kind] = {"final_theta": float(theta.detach())}
     return out
 
 
@@ -338,19 +316,13 @@ def parameter_groups(cfg: Config, device: str) -> dict:
     worst_decay = max(float((names[n].detach() - before[n] * (1 - cfg.lr * cfg.weight_decay)).abs().max())
                       for n in groups[0]["names"])
     worst_nodecay = max(float((names[n].detach() - before[n]).abs().max()) for n in groups[1]["names"])
-    decay_params = sum(p.numel() for p in groups[0]["params"])
-    no_decay_params = sum(p.numel() for p in groups[1]["params"])
     return {
         "total_params": total,
-        "decay_params": decay_params,
-        "no_decay_params": no_decay_params,
-        "decay_params_fraction": decay_params / total,
-        "no_decay_params_fraction": no_decay_params / total,
+        "decay_params": sum(p.numel() for p in groups[0]["params"]),
+        "no_decay_params": sum(p.numel() for p in groups[1]["params"]),
         "decay_tensors": len(groups[0]["params"]),
         "no_decay_tensors": len(groups[1]["params"]),
-        # names outside blocks 1.. (the other blocks repeat block 0)
-        "no_decay_names_shown": [n for n in groups[1]["names"]
-                                 if not n.startswith("blocks.") or n.startswith("blocks.0.")],
+        "no_decay_names": groups[1]["names"],
         "substring_rule_disagreements": disagree(substring),
         "ndim2_rule_disagreements": disagree(ndim2),
         "zero_grad_step_decay_group_max_abs_err": worst_decay,
@@ -367,30 +339,113 @@ def run(cfg: Config, device: str) -> dict:
             "decoupled_adam_available": has_decoupled_adam(),
             "torch_version": torch.__version__.split("+")[0],
             "hyper": {"lr": cfg.lr, "weight_decay": cfg.weight_decay, "beta1": cfg.beta1, "beta2": cfg.beta2,
-                      "eps": cfg.eps, "steps": cfg.steps},
+                      "eps": cfg.eps, "steps": cfg.steps, "momentum": cfg.momentum},
             "one_step": one_step_proofs(cfg, device),
             "trajectories": trajectories(cfg, device),
             "groups": parameter_groups(cfg, device),
         }
 
 
+# %% [markdown]
+# ## What the pages show, derived from what was measured
+
 # %%
 LABELS = {"sgd_l2": "SGD, weight_decay (L2)", "sgd_decoupled": "SGD, decay by hand",
           "adam_l2": "Adam, weight_decay (L2)", "adam_decoupled": "Adam, decoupled_weight_decay",
           "adamw": "AdamW"}
+
+
+def summarize_one_step(rows: dict, hyper: dict) -> dict:
+    """θ₁ by hand beside each measured θ₁, their difference, and how far the step moved θ from 1."""
+    out = {}
+    for kind, x in rows.items():
+        if not x["available"]:
+            out[kind] = {"available": False}
+            continue
+        expected = by_hand(kind, 1.0, [x["grad"]], hyper)[-1]
+        out[kind] = {"available": True, "theta_by_hand": expected, "abs_diff": abs(x["theta_measured"] - expected),
+                     "shrink": 1.0 - x["theta_measured"]}
+    return out
+
+
+def summarize_noisy(kind: str, block: dict, hyper: dict) -> dict:
+    """Effective decay rate per noise scale, relative to the nominal ηλ, beside its first-order prediction.
+
+    The rate is ``−ln(mean θ_T)/T``; where mean θ crossed zero it has none (null). Adam's L2 term is divided
+    by ``√v̂ ≈ √(σ² + (λθ̄)²)``; SGD-L2 and the decoupled forms decay by exactly ηλθ per step (prediction 1).
+    """
+    steps, lam = hyper["steps"], hyper["weight_decay"]
+    nominal = hyper["lr"] * lam
+    rows = []
+    for r in block["rows"]:
+        m, sigma = r["mean_theta_final"], r["noise_scale"]
+        rate = -math.log(m) / steps if m > 0 else None
+        predicted = 1.0 / math.sqrt(sigma ** 2 + (lam * r["mean_theta_over_run"]) ** 2) if kind == "adam_l2" else 1.0
+        effective = rate / nominal if rate is not None else None
+        rows.append({"noise_scale": sigma, "decay_rate_per_step": rate, "effective_over_nominal": effective,
+                     "predicted_effective_over_nominal": predicted,
+                     "measured_over_predicted_ratio": effective / predicted if effective is not None else None})
+    measured = [r["effective_over_nominal"] for r in rows if r["effective_over_nominal"] is not None]
+    # the range over the noise scales where mean θ stayed positive (null if at none)
+    return {"rows": rows, "effective_over_nominal_min": min(measured) if measured else None,
+            "effective_over_nominal_max": max(measured) if measured else None}
+
+
+def summarize(data: dict) -> dict:
+    hyper, tr, groups = data["hyper"], data["trajectories"], data["groups"]
+    steps, nominal = hyper["steps"], hyper["lr"] * hyper["weight_decay"]
+    kept = tr["steps_kept"]
+    by_hand_paths = {}
+    for kind in tr["zero_grad_theta"]:
+        rule = [1.0] + by_hand(kind, 1.0, [0.0] * steps, hyper)
+        by_hand_paths[kind] = [rule[t] for t in kept]
+    momentum = tr["momentum"]
+    total = groups["total_params"]
+    return {
+        "labels": {kind: LABELS[kind] for kind in data["one_step"]["zero_grad"]},
+        "one_step": {case: summarize_one_step(rows, hyper) for case, rows in data["one_step"].items()},
+        "trajectories": {
+            "nominal_decay_per_step": nominal,
+            "zero_grad_theta_by_hand": by_hand_paths,
+            "zero_grad_max_abs_diff_vs_rule": max(abs(a - b) for kind, path in tr["zero_grad_theta"].items()
+                                                  for a, b in zip(path, by_hand_paths[kind])),
+            # decoupled decay alone is geometric
+            "adamw_zero_grad_closed_form_final": (1 - nominal) ** steps,
+            "momentum": {
+                "l2": {"effective_over_nominal": -math.log(momentum["l2"]["final_theta"]) / steps / nominal,
+                       "predicted_effective_over_nominal": 1.0 / (1.0 - momentum["momentum"])},
+                "decoupled": {"effective_over_nominal": -math.log(momentum["decoupled"]["final_theta"]) / steps / nominal,
+                              "predicted_effective_over_nominal": 1.0},
+            },
+            "noisy": {kind: summarize_noisy(kind, block, hyper) for kind, block in tr["noisy"].items()},
+        },
+        "groups": {
+            "decay_params_fraction": groups["decay_params"] / total,
+            "no_decay_params_fraction": groups["no_decay_params"] / total,
+            # outside the blocks, and block 0's (the other blocks repeat it)
+            "no_decay_names_shown": [n for n in groups["no_decay_names"]
+                                     if not n.startswith("blocks.") or n.startswith("blocks.0.")],
+        },
+    }
+
+
+# %% [markdown]
+# ## Figures
+
+# %%
 STYLES = {"sgd_l2": ("C0", "-"), "sgd_decoupled": ("C1", ":"), "adam_l2": ("C3", "-"),
           "adam_decoupled": ("C2", "--"), "adamw": ("C4", ":")}
 
 
-def plot(data: dict) -> dict:
+def plot(data: dict, summary: dict) -> dict:
     import matplotlib.pyplot as plt
 
-    tr = data["trajectories"]
+    tr, labels = data["trajectories"], summary["labels"]
     steps = tr["steps_kept"]
     traj, (ax0, ax1) = plt.subplots(1, 2, figsize=(9.5, 3.8), constrained_layout=True)
     for kind, path in tr["zero_grad_theta"].items():
         color, ls = STYLES[kind]
-        ax0.plot(steps, path, color=color, linestyle=ls, label=LABELS[kind], linewidth=2)
+        ax0.plot(steps, path, color=color, linestyle=ls, label=labels[kind], linewidth=2)
     ax0.set_xlabel("optimizer step")
     ax0.set_ylabel("θ (started at 1, gradient 0)")
     ax0.set_title("Zero gradient: decay alone")
@@ -412,12 +467,12 @@ def plot(data: dict) -> dict:
     markers = {"adam_l2": dict(marker="o", markersize=7), "adamw": dict(marker="s", markersize=11, fillstyle="none"),
                "sgd_l2": dict(marker="x", markersize=7)}
     for kind in ("adam_l2", "adamw", "sgd_l2"):
-        rows = [r for r in tr["noisy"][kind]["rows"] if r["effective_over_nominal"] is not None]
+        rows = [r for r in summary["trajectories"]["noisy"][kind]["rows"] if r["effective_over_nominal"] is not None]
         color, ls = STYLES[kind]
         ax.plot([r["noise_scale"] for r in rows], [r["effective_over_nominal"] for r in rows], linestyle="none",
-                color=color, label=f"{LABELS[kind]}: measured", **markers[kind])
+                color=color, label=f"{labels[kind]}: measured", **markers[kind])
         ax.plot([r["noise_scale"] for r in rows], [r["predicted_effective_over_nominal"] for r in rows],
-                color=color, linestyle="--", linewidth=1, label=f"{LABELS[kind]}: predicted")
+                color=color, linestyle="--", linewidth=1, label=f"{labels[kind]}: predicted")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("gradient noise σ (standard deviation)")
