@@ -13,10 +13,26 @@ import time
 from pathlib import Path
 
 from generator import pdf
+from generator.errors import HandbookError
 from generator.runner import REPO
+
+
+class BuildRefused(HandbookError):
+    """The build will not write where it was asked to."""
 
 CACHE = REPO / ".cache"
 STAMP = CACHE / "build-stamp.json"
+MARKER = ".handbook-site"  # in every site folder the build made; mkdocs' clean step keeps dot files
+
+
+def check_site_dir(site_dir: Path) -> None:
+    """Refuse to build into (and so empty) a folder that the build did not create."""
+    if site_dir.exists() and not site_dir.is_dir():
+        raise BuildRefused(f"{site_dir}: --site-dir is a file, not a folder")
+    earlier_build = (site_dir / "handbook.html").is_file() and (site_dir / "search" / "search_index.json").is_file()
+    if site_dir.is_dir() and any(site_dir.iterdir()) and not (site_dir / MARKER).exists() and not earlier_build:
+        raise BuildRefused(f"{site_dir}: --site-dir holds files that a handbook build did not write; "
+                           f"the build empties its site folder, so it refuses this one (pick a new or empty folder)")
 
 
 def _inputs_fingerprint(results_dir: Path, host: str | None, site_dir: Path) -> str:
@@ -46,6 +62,7 @@ def build(results_dir: Path, host: str | None = None, site_dir: Path = Path("sit
           force: bool = False) -> dict[str, Path]:
     """Build the site (and the PDFs) unless nothing changed; return what was written."""
     site_dir = Path(site_dir).resolve()
+    check_site_dir(site_dir)
     outputs = {"site": site_dir / "index.html"}
     if pdf_too:
         outputs["handbook"] = site_dir / "handbook.pdf"
@@ -63,9 +80,14 @@ def build(results_dir: Path, host: str | None = None, site_dir: Path = Path("sit
     check_results(Path(results_dir), host)
     _settings(Path(results_dir), host)
     _log_warnings()
+    old_pdfs = [p for p in (site_dir / "handbook.pdf", site_dir / "cheatsheet.pdf") if p.exists()]
     t0 = time.monotonic()
     config = load_config(str(REPO / "mkdocs.yml"), site_dir=str(site_dir))
     mkdocs_build(config)
+    (site_dir / MARKER).write_text("written by handbook build; the next build may empty this folder\n")
+    if not pdf_too and old_pdfs:
+        print(f"handbook: --no-pdf: the PDFs of the previous build were removed with the old site "
+              f"({', '.join(p.name for p in old_pdfs)}); build without --no-pdf to print them again")
     print(f"handbook: site built in {time.monotonic() - t0:.1f} s")
     if pdf_too:
         t0 = time.monotonic()
@@ -111,5 +133,8 @@ def serve(results_dir: Path, host: str | None, addr: str) -> None:
     """Serve the site with live reload; the hook also watches the results folder."""
     from mkdocs.commands.serve import serve as mkdocs_serve
 
+    check_results(Path(results_dir), host)
     _settings(Path(results_dir), host)
+    _log_warnings()
+    print(f"handbook: serving the site on http://{addr}/ (live reload; Ctrl-C stops)", flush=True)
     mkdocs_serve(config_file=str(REPO / "mkdocs.yml"), dev_addr=addr, livereload=True)

@@ -8,11 +8,25 @@ experiments' torch; the others import the site dependencies when called.
 from __future__ import annotations
 
 import argparse
+import math
+import signal
 import sys
 from pathlib import Path
 
 from generator import runner
+from generator.argv import attach_negative_values
 from generator.errors import HandbookError, InputError
+
+
+def positive_seconds(text: str) -> float:
+    """A positive, finite number of seconds (0, negatives, nan and inf are refused)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number of seconds, not {text!r}")
+    return value
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -24,7 +38,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", choices=("quick", "full"),
                    help="experiment size (default: full when CUDA is present, else quick)")
     p.add_argument("--device", help="torch device to measure on (default: cuda when available, else cpu)")
-    p.add_argument("--timeout", type=float, metavar="SECONDS",
+    p.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
                    help="per-experiment time limit (default: each experiment's TIMEOUT_S, else 600)")
     p.add_argument("--plain", action="store_true", help="plain progress lines even on a terminal")
     p.add_argument("--root", type=Path, default=runner.REPO,
@@ -32,7 +46,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_site_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", help="results host slug the prose uses (default: this machine's, when present)")
+    p.add_argument("--primary-host", metavar="SLUG",
+                   help="the results host whose numbers the prose uses (a folder name under results/; "
+                        "default: this machine's, when present)")
     p.add_argument("--site-dir", type=Path, default=Path("site"), help="output folder (default: %(default)s)")
 
 
@@ -60,9 +76,10 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("serve", help="serve the site with live reload (rebuilds when results change)",
                        description="Serve the site on localhost; pages rebuild when docs or results change.")
-    p.add_argument("--host", help="results host slug the prose uses")
+    p.add_argument("--primary-host", metavar="SLUG", help="the results host whose numbers the prose uses")
     p.add_argument("--results", type=Path, default=runner.DEFAULT_RESULTS, help="results folder")
-    p.add_argument("--addr", default="127.0.0.1:8000", help="address to serve on (default: %(default)s)")
+    p.add_argument("--addr", default="127.0.0.1:8000", metavar="IP:PORT",
+                   help="network address to serve on (default: %(default)s)")
 
     p = sub.add_parser("estimate", help="estimate the training memory of a model (no torch needed)",
                        add_help=False)
@@ -85,17 +102,23 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return cmd_run(args)
     if args.command == "build":
-        from generator.build import build
+        from generator.build import build, check_site_dir
 
+        check_site_dir(args.site_dir.resolve())  # before measuring anything
         status = 0 if args.no_run else cmd_run(args)
-        build(results_dir=args.results, host=args.host, site_dir=args.site_dir, pdf_too=not args.no_pdf)
+        build(results_dir=args.results, host=args.primary_host, site_dir=args.site_dir, pdf_too=not args.no_pdf)
         return status
     if args.command == "serve":
         from generator.build import serve
 
-        serve(results_dir=args.results, host=args.host, addr=args.addr)
+        serve(results_dir=args.results, host=args.primary_host, addr=args.addr)
         return 0
     raise InputError(f"unknown command {args.command!r}")
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM ends a run as Ctrl-C does: children stopped, nothing half-written, one line."""
+    raise KeyboardInterrupt
 
 
 def _one_line(exc: BaseException) -> str:
@@ -114,9 +137,15 @@ def main(argv: list[str] | None = None) -> int:
         from generator.estimate import main as estimate_main
 
         return estimate_main(argv[1:])
-    args = parser().parse_args(argv)
+    top = parser()
+    args = top.parse_args(attach_negative_values(top, argv))
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return dispatch(args)
+    except (KeyboardInterrupt, runner.Interrupted) as exc:
+        detail = str(exc) if isinstance(exc, runner.Interrupted) else "interrupted"
+        print(f"handbook: {args.command}: {detail}; the results on disk are as they were", file=sys.stderr)
+        return 130
     except HandbookError as exc:  # the one handler: one line, non-zero exit
         print(f"handbook: {args.command}: {exc}", file=sys.stderr)
         return 2
@@ -125,3 +154,5 @@ def main(argv: list[str] | None = None) -> int:
             print(f"handbook: {args.command} failed: {_one_line(exc)}", file=sys.stderr)
             return 1
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 
+from generator.argv import attach_negative_values
 from generator.errors import InputError
 
 from experiments.lib import estimator
@@ -156,7 +157,8 @@ def render_table(result: dict) -> str:
 
 def main(argv: list[str]) -> int:
     try:
-        args = parser().parse_args(argv)
+        p = parser()
+        args = p.parse_args(attach_negative_values(p, argv))
         if args.list_models:
             for key, m in BUILTIN.items():
                 print(f"{key:<12} {m.family:<6} hidden {m.hidden}, layers {m.layers}, heads {m.heads}"

@@ -14,11 +14,12 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import math
 import os
 import signal
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,8 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_RESULTS = REPO / "results"
 THIS_HOST_FILE = ".this-host"  # in the results folder, not committed: the slug of this machine
 STDERR_TAIL = 2000
+PR_SET_PDEATHSIG = 1
+BAD_DEVICE = 3  # experiments.lib.describe's exit status for a device it refuses
 
 
 @dataclass
@@ -70,6 +73,8 @@ def describe(device: str | None, python: str, root: Path) -> Plan:
     """Ask a subprocess (which imports torch) for the host, versions and configs."""
     cmd = [python, "-m", "experiments.lib.describe"] + (["--device", device] if device else [])
     proc = subprocess.run(cmd, cwd=root, env=child_env(root), capture_output=True, text=True, timeout=300)
+    if proc.returncode == BAD_DEVICE:  # a device torch cannot measure here: its one line says which
+        raise RunError(proc.stderr.strip().splitlines()[-1])
     if proc.returncode != 0:
         raise RunError(f"could not describe the experiments ({' '.join(cmd)}):\n{proc.stderr[-STDERR_TAIL:]}")
     info = json.loads(proc.stdout)
@@ -119,30 +124,72 @@ def _describe_exit(code: int) -> str:
     return f"exited with status {code}"
 
 
+def _die_with_parent() -> None:
+    """In the child, before it starts: the kernel kills it if the runner dies, even by SIGKILL (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):  # not Linux: interrupts and timeouts still end the child's group
+        pass
+
+
+class Interrupted(RunError):
+    """The run was interrupted (Ctrl-C, SIGTERM); the child was ended and nothing was written."""
+
+
 def run_one(name: str, profile: str, timeout_s: float, plan: Plan, python: str,
             root: Path) -> tuple[dict | None, str | None]:
-    """Run one experiment in a fresh process; return (data, None) or (None, error)."""
-    with tempfile.TemporaryDirectory(prefix=f"handbook-{name}-") as tmp:
-        out = Path(tmp) / "data.json"
-        cmd = [python, "-m", f"experiments.{name}", "--profile", profile, "--device", plan.device, "--out", str(out)]
-        proc = subprocess.Popen(cmd, cwd=root, env=child_env(root), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)
-        try:
-            _, stderr = proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
-            return None, f"timed out after {timeout_s:g} s and was killed"
-        if proc.returncode != 0:
-            tail = (stderr or "").strip()[-STDERR_TAIL:]
-            return None, f"{_describe_exit(proc.returncode)}" + (f":\n{tail}" if tail else "")
-        try:
-            data = json.loads(out.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            return None, f"wrote no readable result ({exc})"
-        if not isinstance(data, dict):
-            return None, f"run() returned {type(data).__name__}, not a dict"
-        return data, None
+    """Run one experiment in a fresh process; return (data, None) or (None, error).
+
+    The child writes its JSON into a pipe (``--out-fd``), so nothing is left on disk whatever
+    happens. It runs in its own process group, which is killed on a timeout or an interrupt, and
+    it dies with the runner if the runner is killed.
+    """
+    cmd = [python, "-m", f"experiments.{name}", "--profile", profile, "--device", plan.device]
+    read_fd, write_fd = os.pipe()
+    chunks: list[bytes] = []
+    try:
+        proc = subprocess.Popen(cmd + ["--out-fd", str(write_fd)], cwd=root, env=child_env(root),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True, pass_fds=(write_fd,), preexec_fn=_die_with_parent)
+    finally:
+        os.close(write_fd)
+    reader = threading.Thread(target=lambda: chunks.append(_read_all(read_fd)), daemon=True)
+    reader.start()
+    try:
+        _, stderr = proc.communicate(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        return None, f"timed out after {timeout_s:g} s and was killed"
+    except BaseException:  # Ctrl-C, SIGTERM: the child's whole group goes with us
+        _kill_group(proc)
+        raise
+    finally:
+        reader.join(timeout=5)
+    if proc.returncode != 0:
+        tail = (stderr or "").strip()[-STDERR_TAIL:]
+        return None, f"{_describe_exit(proc.returncode)}" + (f":\n{tail}" if tail else "")
+    try:
+        data = json.loads(b"".join(chunks).decode("utf-8"))
+    except ValueError as exc:
+        return None, f"wrote no readable result ({exc})"
+    if not isinstance(data, dict):
+        return None, f"run() returned {type(data).__name__}, not a dict"
+    return data, None
+
+
+def _read_all(fd: int) -> bytes:
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.communicate()
 
 
 def make_envelope(name: str, profile: str, config: dict, plan: Plan, key: str, started: dt.datetime,
@@ -174,6 +221,14 @@ def run(results_dir: Path = DEFAULT_RESULTS, only: list[str] | None = None, forc
 
     ``root`` is the folder holding the ``experiments`` package (the repository; tests use others).
     """
+    root, results_dir = Path(root), Path(results_dir)
+    if not (root / "experiments" / "__init__.py").is_file():
+        raise RunError(f"{root}: --root holds no experiments package (experiments/__init__.py)")
+    if results_dir.exists() and not results_dir.is_dir():
+        raise RunError(f"{results_dir}: --results must be a folder, and this is a file")
+    if timeout_s is not None and not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s)
+                                      and timeout_s > 0):
+        raise RunError(f"--timeout must be a positive number of seconds, not {timeout_s!r}")
     plan = describe(device, python, root)
     names = sorted(plan.experiments)
     if only:
@@ -182,7 +237,6 @@ def run(results_dir: Path = DEFAULT_RESULTS, only: list[str] | None = None, forc
             raise RunError(f"unknown experiment(s): {', '.join(unknown)}; known: {', '.join(names) or 'none'}")
         names = [n for n in names if n in only]
     profile = profile or default_profile(plan.device)
-    results_dir = Path(results_dir)
     slug = plan.host["slug"]
     (results_dir / slug).mkdir(parents=True, exist_ok=True)
     (results_dir / THIS_HOST_FILE).write_text(slug + "\n", encoding="utf-8")
@@ -190,40 +244,49 @@ def run(results_dir: Path = DEFAULT_RESULTS, only: list[str] | None = None, forc
     progress = make_progress(names, plain=plain)
     outcomes: list[Outcome] = []
     try:
-        for name in names:
-            spec = plan.experiments[name]
-            good = envelope.result_path(results_dir, slug, name)
-            failed = envelope.result_path(results_dir, slug, name, failed=True)
-            progress.start(name)
-            started, t0 = dt.datetime.now(dt.timezone.utc), time.monotonic()
-            if spec["error"]:
-                config, key, data, error = {}, "import-error", None, spec["error"]
-            elif profile not in spec["profiles"]:
-                config, key, data, error = {}, "no-profile", None, f"experiments/{name}.py has no profile {profile!r}"
-            else:
-                config = spec["profiles"][profile]
-                key = cache_key(name, profile, config, plan, root)
-                if not force and not failed.exists() and cached_ok(good, key):  # a failed last run is retried
-                    progress.finish(name, "cached", 0.0)
-                    outcomes.append(Outcome(name, "cached", 0.0, good))
-                    continue
-                data, error = run_one(name, profile, timeout_s or spec["timeout_s"], plan, python, root)
-            seconds = time.monotonic() - t0
-            env = make_envelope(name, profile, config, plan, key, started, seconds, data, error)
-            if error is None:
-                try:
-                    envelope.write_atomic(good, env)
-                except envelope.ResultError as exc:
-                    error = f"returned data that is not a valid result: {exc}"
-                    env = make_envelope(name, profile, config, plan, key, started, seconds, None, error)
-            if error is None:
-                failed.unlink(missing_ok=True)
-                outcomes.append(Outcome(name, "ok", seconds, good))
-                progress.finish(name, "ok", seconds)
-            else:
-                envelope.write_atomic(failed, env)
-                outcomes.append(Outcome(name, "failed", seconds, failed, error))
-                progress.finish(name, "failed", seconds, error.splitlines()[0])
+        _run_all(names, plan, profile, results_dir, slug, force, timeout_s, python, root, progress, outcomes)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; the experiment that was running was stopped and nothing it measured "
+                          f"was written ({len(outcomes)} of {len(names)} finished before)") from None
     finally:
         progress.close()
     return outcomes
+
+
+def _run_all(names: list[str], plan: Plan, profile: str, results_dir: Path, slug: str, force: bool,
+             timeout_s: float | None, python: str, root: Path, progress, outcomes: list[Outcome]) -> None:
+    """Run or reuse each experiment in turn, appending its outcome (kept if the run is interrupted)."""
+    for name in names:
+        spec = plan.experiments[name]
+        good = envelope.result_path(results_dir, slug, name)
+        failed = envelope.result_path(results_dir, slug, name, failed=True)
+        progress.start(name)
+        started, t0 = dt.datetime.now(dt.timezone.utc), time.monotonic()
+        if spec["error"]:
+            config, key, data, error = {}, "import-error", None, spec["error"]
+        elif profile not in spec["profiles"]:
+            config, key, data, error = {}, "no-profile", None, f"experiments/{name}.py has no profile {profile!r}"
+        else:
+            config = spec["profiles"][profile]
+            key = cache_key(name, profile, config, plan, root)
+            if not force and not failed.exists() and cached_ok(good, key):  # a failed last run is retried
+                progress.finish(name, "cached", 0.0)
+                outcomes.append(Outcome(name, "cached", 0.0, good))
+                continue
+            data, error = run_one(name, profile, timeout_s or spec["timeout_s"], plan, python, root)
+        seconds = time.monotonic() - t0
+        env = make_envelope(name, profile, config, plan, key, started, seconds, data, error)
+        if error is None:
+            try:
+                envelope.write_atomic(good, env)
+            except envelope.ResultError as exc:
+                error = f"returned data that is not a valid result: {exc}"
+                env = make_envelope(name, profile, config, plan, key, started, seconds, None, error)
+        if error is None:
+            failed.unlink(missing_ok=True)
+            outcomes.append(Outcome(name, "ok", seconds, good))
+            progress.finish(name, "ok", seconds)
+        else:
+            envelope.write_atomic(failed, env)
+            outcomes.append(Outcome(name, "failed", seconds, failed, error))
+            progress.finish(name, "failed", seconds, error.splitlines()[0])

@@ -44,14 +44,16 @@ def test_serve_rebuilds_when_a_result_changes(tmp_path: Path, committed_results:
     target = next(results.glob("*/optimizer_state.json"))
     port = free_port()
     url = f"http://127.0.0.1:{port}/01-where-the-memory-goes/"
-    proc = subprocess.Popen([sys.executable, "-m", "generator", "serve", "--results", str(results), "--host",
-                             target.parent.name, "--addr", f"127.0.0.1:{port}"], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    log = (tmp_path / "serve.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "generator", "serve", "--results", str(results),
+                             "--primary-host", target.parent.name, "--addr", f"127.0.0.1:{port}"], cwd=REPO,
+                            stdout=log, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ, PYTHONPATH=str(REPO), NO_MKDOCS_2_WARNING="1"))
     try:
         env = json.loads(target.read_text())
         before = f"{env['data']['model']['parameters']:,}-parameter model"
         page = wait_for(lambda: fetch(url), 240, "the first build to be served")
+        assert f"serving the site on http://127.0.0.1:{port}/" in (tmp_path / "serve.log").read_text()
         assert before in page
         env["data"]["model"]["parameters"] = 987654321
         target.write_text(json.dumps(env))

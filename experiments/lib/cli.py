@@ -51,6 +51,7 @@ def main(module: ModuleType, argv: list[str] | None = None) -> int:
                         help="configuration size (default: full with CUDA, else quick)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--out", default=None, help="write the JSON here instead of printing it")
+    parser.add_argument("--out-fd", type=int, default=None, help=argparse.SUPPRESS)  # the runner's pipe
     # parse_known_args: inside Jupyter, argv carries the kernel's own flags.
     args, _unknown = parser.parse_known_args(argv)
     if args.device is None:
@@ -62,7 +63,10 @@ def main(module: ModuleType, argv: list[str] | None = None) -> int:
     profile = args.profile or ("full" if device.startswith("cuda") else "quick")
     data = module.run(module.PROFILES[profile], device)
     text = to_json(data)
-    if args.out:
+    if args.out_fd is not None:  # the runner reads this pipe: no file on disk to leave behind
+        with os.fdopen(args.out_fd, "w", encoding="utf-8") as f:
+            f.write(text)
+    elif args.out:
         tmp = f"{args.out}.tmp{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)

@@ -23,11 +23,40 @@ def experiment_names() -> list[str]:
                   if not m.ispkg and not m.name.startswith("_"))
 
 
+BAD_DEVICE = 3  # the exit status the runner reads as "refused device", with one line on stderr
+
+
+def measurable(device: str) -> str | None:
+    """Why torch cannot measure a training step on ``device`` here, or None when it can."""
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        return f"--device {device!r} is not a torch device (try cpu or cuda)"
+    if dev.type == "cpu":
+        return None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            return f"--device {device!r}: this machine has no CUDA device torch can use"
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            return f"--device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        return None
+    if dev.type == "mps" and torch.backends.mps.is_available():
+        return None
+    return (f"--device {device!r}: the handbook measures real memory and time, on cpu or cuda "
+            f"(a {dev.type} device cannot be measured here)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m experiments.lib.describe")
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
     device = args.device or default_device()
+    refused = measurable(device)
+    if refused:
+        print(refused, file=sys.stderr)
+        return BAD_DEVICE
     found: dict[str, dict] = {}
     for name in experiment_names():
         try:

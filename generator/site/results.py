@@ -58,6 +58,9 @@ def load_host(folder: Path) -> HostResults:
         obj = envelope.load(path)  # raises ResultError naming the file and field
         failed = path.name.endswith(".failed.json")
         name = path.name[: -len(".failed.json")] if failed else path.stem
+        if obj["host"]["slug"] != folder.name:
+            raise envelope.ResultError(f"{path}: field 'host.slug' is {obj['host']['slug']!r}, but the folder is "
+                                       f"named for host {folder.name!r}")
         if obj["experiment"] != name:
             raise envelope.ResultError(f"{path}: field 'experiment' is {obj['experiment']!r}, but the file is "
                                        f"named for {name!r}")
