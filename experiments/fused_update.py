@@ -385,7 +385,8 @@ def summarize(data: dict) -> dict:
             "memory_equal_out_of_place": saved_change == 0 and inference_change == 0,
             "extra_saved_bytes_vs_relu": r["saved_bytes"] - relu["saved_bytes"],
         }
-    updates = {key: {"label": UPDATE_LABELS[key], "extra_peak_bytes": u["peak_total_bytes"] - u["resident_before_bytes"],
+    updates = {key: {"label": UPDATE_LABELS[key],
+                     "extra_peak_bytes": u["peak_total_bytes"] - u["resident_before_bytes"],
                      "weights_equal_in_place": u["max_abs_diff_in_place"] == 0.0}
                for key, u in data["updates"].items()}
     return {

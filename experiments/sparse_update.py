@@ -217,8 +217,8 @@ def option_cost_bytes(o: dict) -> int:
 def search_options(data: dict) -> tuple[list[list[tuple[int, float]]], list[int]]:
     """Per unit, ``(cost_bytes, benefit)`` of "none" and of every option; and the backward-path bytes."""
     base = data["classifier_only_accuracy"]
-    options = [[(0, 0.0)] + [(option_cost_bytes(o), o["accuracy"] - base) for o in data["layers"][u]["options"].values()]
-               for u in data["units"]]
+    options = [[(0, 0.0)] + [(option_cost_bytes(o), o["accuracy"] - base)
+                             for o in data["layers"][u]["options"].values()] for u in data["units"]]
     return options, [data["layers"][u]["path_bytes"] for u in data["units"]]
 
 

@@ -49,10 +49,12 @@ def test_inplace_rows(data, summary):
 
 def test_inplace_differences_by_hand():
     def row(act, inplace, saved, inference):
-        return {"activation": act, "inplace": inplace, "saved_bytes": saved, "inference_peak_activation_bytes": inference}
+        return {"activation": act, "inplace": inplace, "saved_bytes": saved,
+                "inference_peak_activation_bytes": inference}
 
     data = {"fused": {}, "param_bytes": 10, "largest_param_bytes": 4, "breakages": {},
-            "updates": {"in_place": {"resident_before_bytes": 100, "peak_total_bytes": 100, "max_abs_diff_in_place": 0.0},
+            "updates": {"in_place": {"resident_before_bytes": 100, "peak_total_bytes": 100,
+                                     "max_abs_diff_in_place": 0.0},
                         "out_of_place": {"resident_before_bytes": 100, "peak_total_bytes": 108,
                                          "max_abs_diff_in_place": 1e-9}},
             "inplace": {"relu": row("relu", False, 100, 50), "relu_inplace": row("relu", True, 100, 40),
@@ -64,7 +66,8 @@ def test_inplace_differences_by_hand():
     assert s["inplace"]["relu6"]["extra_saved_bytes_vs_relu"] == 50
     assert s["inplace"]["relu6_inplace"]["extra_saved_bytes_vs_relu"] == 30
     assert s["updates"]["out_of_place"]["extra_peak_bytes"] == 8
-    assert not s["updates"]["out_of_place"]["weights_equal_in_place"] and s["updates"]["in_place"]["weights_equal_in_place"]
+    assert not s["updates"]["out_of_place"]["weights_equal_in_place"]
+    assert s["updates"]["in_place"]["weights_equal_in_place"]
 
 
 def test_inplace_update_and_breakages(data, summary):

@@ -49,6 +49,7 @@ def test_accumulator_width(data):
 def test_int32_capacity_and_bits_by_hand():
     s = E.summarize({"int8_max": 127, "layers": {}, "clipping": [{"percentile": 100.0, "real_vs_fp32_rel_rms": 0.1}],
                      "accumulator": [{"reduction_length": 64, "max_abs_accumulator": 65535,
+                                      "fake_fp32_codes_differ_fraction": 0.0,
                                       "by_bits": [{"bits": 16, "codes_wrong_fraction": 0.5}]}]})
     # int32 holds 2**31 // 127**2 worst-case products.
     assert s["int32_max_products"] == 133144
