@@ -1,21 +1,23 @@
 # %%
 """What can this host do at best? Achievable matmul throughput, memory bandwidth, and (on CUDA) memory overheads.
 
-Every other chapter reports times and bytes; this experiment gives them a
-scale. It measures, on the device it is given:
+Question: every other chapter reports times and bytes; what scale do they
+have on this host? How fast can a matrix multiply run in each format, how fast
+does memory move, and what does CUDA hold that no tensor owns?
+
+Method: on the device it is given, the experiment measures
 
 - **Matrix-multiply throughput** for fp32, tf32, bf16 and fp16 over a sweep of
-  shapes, and keeps the best figure and the shape that reached it, in the
-  spirit of Stas Bekman's "maximum achievable matmul FLOPS" (MAMF) finder: a
-  datasheet peak is not what a real kernel reaches, and the best shape is
-  not necessarily the biggest. FLOPs of one ``(m, k) @ (k, n)`` product are
-  ``2 m n k``; a FlopCounterMode count checks that figure. tf32 is a CUDA
-  tensor-core mode (``torch.set_float32_matmul_precision("high")``); on a CPU
-  it is recorded as not applicable. Shapes run smallest first; a dtype whose
-  single call takes longer than ``max_call_s`` (fp16 on most CPUs) stops its
-  sweep there and lists the shapes it skipped. Beside the speed, the relative
-  error of one product against float64 shows what each format costs in
-  accuracy, next to its unit roundoff.
+  shapes, in the spirit of Stas Bekman's "maximum achievable matmul FLOPS"
+  (MAMF) finder: a datasheet peak is not what a real kernel reaches, and the
+  best shape is not necessarily the biggest. FLOPs of one ``(m, k) @ (k, n)``
+  product are ``2 m n k``; a FlopCounterMode count checks that figure. tf32 is
+  a CUDA tensor-core mode (``torch.set_float32_matmul_precision("high")``); on
+  a CPU it is recorded as not applicable. Shapes run smallest first; a dtype
+  whose single call takes longer than ``max_call_s`` (fp16 on most CPUs) stops
+  its sweep there and lists the shapes it skipped. Beside the speed, the
+  relative error of one product against float64 shows what each format costs
+  in accuracy, next to its unit roundoff.
 - **Memory bandwidth**: ``dst.copy_(src)`` over a sweep of sizes; each copy
   reads and writes the buffer, so the bytes moved are twice its size. The
   largest size, far beyond any cache, is the device's bandwidth. The best
@@ -29,8 +31,12 @@ scale. It measures, on the device it is given:
   caching allocator reserved), the allocator's reserved against allocated bytes
   after the training step, and the agreement between the handbook's memory
   tracker and ``torch.cuda.max_memory_allocated`` on that step.
-- **How busy the CPU was**: a background thread counts the runnable tasks, so
-  figures measured on a shared machine are flagged as lower bounds.
+- **How busy the CPU was**: a background thread counts the runnable tasks
+  (``experiments.lib.load``), so figures measured on a shared machine are
+  flagged as lower bounds.
+
+``run`` stores what was measured; ``summarize`` picks the best shapes, the
+speed-ups, ridge points, ratios, verdicts and units the page shows.
 
 Run it: ``python -m experiments.hardware --profile quick`` (CPU, seconds) or
 ``--profile full`` on a GPU host. The runner starts each experiment in a fresh
@@ -42,19 +48,20 @@ the GPU.
 from __future__ import annotations
 
 import gc
-import os
-import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import torch
 
 from experiments.lib.flops import count_flops
 from experiments.lib.formulas import DTYPE_BYTES, optimizer_state_bytes as predicted_optimizer_state_bytes
+from experiments.lib.host import cores
+from experiments.lib.load import LoadSampler
+from experiments.lib.load import busy  # summarize only: a separate import keeps it out of the cache key
 from experiments.lib.memory import MemoryTracker, grad_bytes, optimizer_state_bytes, param_bytes
 from experiments.lib.timing import time_fn
+from experiments.lib.units import iec_bytes  # summarize only
 
 DTYPES = ("fp32", "tf32", "bf16", "fp16")
 TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -82,6 +89,15 @@ def _squares(*sizes: int) -> tuple[tuple[int, int, int], ...]:
 
 
 PROFILES = {
+    "test": Config(
+        shapes=((32, 32, 32), (16, 16, 16), (64, 48, 32)),
+        min_run_time_s=0.01,
+        max_call_s=0.5,
+        copy_sizes_bytes=(2**16, 2**12),
+        train_width=16,
+        train_blocks=2,
+        train_batch=8,
+    ),
     "quick": Config(
         shapes=_squares(64, 128, 256, 500, 512, 1024),
         min_run_time_s=0.03,
@@ -140,73 +156,6 @@ def _by_flops(shapes: tuple[tuple[int, int, int], ...]) -> list[tuple[int, int, 
     return sorted({tuple(int(x) for x in s) for s in shapes}, key=lambda s: (s[0] * s[1] * s[2], s))
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-class _LoadSampler:
-    """Counts the tasks competing for the CPU while the measurements run.
-
-    A throughput measured on a busy machine is a lower bound, and on a shared
-    CPU an OpenMP kernel whose worker thread is descheduled can be slower by
-    orders of magnitude. A background thread reads the kernel's count of
-    runnable tasks (``/proc/loadavg``, Linux only) every ``period_s``; this
-    process's own compute threads and the sampler are subtracted.
-    """
-
-    def __init__(self, period_s: float = 0.05) -> None:
-        self.period_s = period_s
-        self.samples: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-        self._path = Path("/proc/loadavg")
-
-    def _read(self) -> int | None:
-        try:
-            return int(self._path.read_text(encoding="ascii").split()[3].split("/")[0])
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            n = self._read()
-            if n is None:
-                return
-            self.samples.append(n)
-            self._stop.wait(self.period_s)
-
-    def __enter__(self) -> "_LoadSampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def summary(self, threads: int, cores: int) -> dict:
-        if not self.samples:
-            return {"measured": False}
-        own = threads + 1  # this process's compute threads and the sampler itself
-        competing = [max(0, n - own) for n in self.samples]
-        mean = sum(competing) / len(competing)
-        return {
-            "measured": True,
-            "period_ms": self.period_s * 1e3,
-            "samples": len(self.samples),
-            "runnable_mean": sum(self.samples) / len(self.samples),
-            "runnable_max": max(self.samples),
-            "competing_tasks_mean": mean,  # at least this many other tasks wanted a core, on average
-            "cores": cores,
-            # Busy when, on average, more than half a core's worth of other work wanted the cores that
-            # this process's threads did not use. With every core in use (threads == cores), even one
-            # competing task halves a multi-threaded kernel: each parallel region waits for its slowest thread.
-            "busy": mean > max(0, cores - threads) + 0.5,
-        }
-
-
 # %% [markdown]
 # ## Matmul throughput over a sweep of shapes
 
@@ -237,16 +186,13 @@ def _one_shape(m: int, n: int, k: int, name: str, device: torch.device, cfg: Con
     if best_gflop_per_s > 0 and time.perf_counter() - t0 > cfg.max_call_s:
         return None  # the smallest shape always runs, so every measured dtype has a point
     t = time_fn(fn, min_run_time_s=cfg.min_run_time_s)
-    gflop_per_s = flops / (t["median_ms"] * 1e-3) / 1e9
-    # Arithmetic intensity if each operand crossed memory once (the roofline's x axis).
-    min_bytes = (m * k + k * n + m * n) * DTYPE_BYTES[name]
-    return {"m": m, "n": n, "k": k, "flops": flops, **t, "gflop_per_s": gflop_per_s,
-            "tflop_per_s": gflop_per_s / 1e3, "flop_per_byte": flops / min_bytes}
+    return {"m": m, "n": n, "k": k, "flops": flops, **t, "gflop_per_s": flops / (t["median_ms"] * 1e-3) / 1e9}
 
 
 def _sweep_dtype(name: str, device: torch.device, cfg: Config) -> dict:
+    """Every shape from small to large until one call is too slow: that stops the sweep (larger ones are slower)."""
     if name == "tf32" and device.type != "cuda":
-        return {"status": "not_applicable", "points": [], "skipped_shapes": [], "shapes_in_sweep": 0}
+        return {"status": "not_applicable", "points": [], "skipped_shapes": []}
     dtype = TORCH_DTYPES[name]
     points: list[dict] = []
     skipped: list[list[int]] = []
@@ -260,26 +206,13 @@ def _sweep_dtype(name: str, device: torch.device, cfg: Config) -> dict:
                 if points:
                     raise
                 return {"status": "unsupported", "error_type": type(exc).__name__, "points": [],
-                        "skipped_shapes": [list(s) for s in shapes], "shapes_in_sweep": len(shapes)}
+                        "skipped_shapes": [list(s) for s in shapes]}
             if point is None:  # too slow: larger shapes would be slower still
                 skipped = [list(s) for s in shapes[i:]]
                 break
             points.append(point)
         accuracy = _accuracy(dtype, name, device, cfg)
-    best = max(points, key=lambda p: p["gflop_per_s"])
-    return {
-        "status": "measured",
-        "accuracy": accuracy,
-        "best_gflop_per_s": best["gflop_per_s"],
-        "best_tflop_per_s": best["tflop_per_s"],
-        "best_shape": [best["m"], best["n"], best["k"]],
-        "best_median_ms": best["median_ms"],
-        # the largest shape run against the best: below 1 when size alone does not decide
-        "largest_share_of_best": points[-1]["gflop_per_s"] / best["gflop_per_s"],
-        "points": points,
-        "skipped_shapes": skipped,
-        "shapes_in_sweep": len(points) + len(skipped),   # run and skipped: the shapes in the sweep
-    }
+    return {"status": "measured", "accuracy": accuracy, "points": points, "skipped_shapes": skipped}
 
 
 def unit_roundoff(name: str) -> float:
@@ -304,8 +237,7 @@ def _accuracy(dtype: torch.dtype, name: str, device: torch.device, cfg: Config) 
     ref = a.double() @ b.double()
     got = (a.to(dtype) @ b.to(dtype)).double()
     rel = float((got - ref).norm() / ref.norm())
-    u = unit_roundoff(name)
-    return {"m": m, "n": n, "k": k, "rel_error": rel, "unit_roundoff": u, "rel_error_over_unit_roundoff": rel / u}
+    return {"m": m, "n": n, "k": k, "rel_error": rel, "unit_roundoff": unit_roundoff(name)}
 
 
 def _flop_count_check(device: torch.device) -> dict:
@@ -323,12 +255,6 @@ def measure_matmul(device: torch.device, cfg: Config) -> dict:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-    measured = {n: out[n] for n in cfg.dtypes if out[n]["status"] == "measured"}
-    if measured:
-        out["best_dtype"] = max(measured, key=lambda n: measured[n]["best_gflop_per_s"])
-    if "fp32" in measured:
-        base = measured["fp32"]["best_gflop_per_s"]
-        out["speedup_vs_fp32"] = {n: d["best_gflop_per_s"] / base for n, d in measured.items()}
     out["flop_count_check"] = _flop_count_check(device)
     return out
 
@@ -347,17 +273,11 @@ def measure_bandwidth(device: torch.device, cfg: Config) -> dict:
         points.append({"bytes": src.nbytes, "moved_bytes": moved, **t,
                        "gb_per_s": moved / (t["median_ms"] * 1e-3) / 1e9})
         del src, dst
-    largest = points[-1]
-    return {
-        "points": points,
-        "largest_copy_bytes": largest["bytes"],
-        "gb_per_s": largest["gb_per_s"],  # the device's bandwidth: the copy far exceeds any cache
-        "best_gb_per_s": max(p["gb_per_s"] for p in points),
-    }
+    return {"points": points}
 
 
 # %% [markdown]
-# ## A training step: time as a share of the best matmul, memory by category
+# ## A training step: its time and FLOPs, memory by category against the prediction
 
 # %%
 def _model(cfg: Config, device: torch.device) -> torch.nn.Module:
@@ -370,20 +290,16 @@ def _model(cfg: Config, device: torch.device) -> torch.nn.Module:
 
 def _cuda_allocator(device: torch.device) -> dict:
     stats = torch.cuda.memory_stats(device)
-    allocated = int(torch.cuda.memory_allocated(device))
-    reserved = int(torch.cuda.memory_reserved(device))
     return {
-        "allocated_bytes": allocated,
-        "reserved_bytes": reserved,
-        "reserved_to_allocated_ratio": reserved / allocated if allocated else 0.0,
-        "unused_reserved_bytes": reserved - allocated,
+        "allocated_bytes": int(torch.cuda.memory_allocated(device)),
+        "reserved_bytes": int(torch.cuda.memory_reserved(device)),
         "inactive_split_bytes": int(stats.get("inactive_split_bytes.all.current", 0)),
         "max_allocated_bytes": int(torch.cuda.max_memory_allocated(device)),
         "max_reserved_bytes": int(torch.cuda.max_memory_reserved(device)),
     }
 
 
-def measure_train_step(device: torch.device, cfg: Config, best_fp32_gflop_per_s: float | None) -> dict:
+def measure_train_step(device: torch.device, cfg: Config) -> dict:
     torch.manual_seed(cfg.seed)
     is_cuda = device.type == "cuda"
     gc.collect()
@@ -408,11 +324,11 @@ def measure_train_step(device: torch.device, cfg: Config, best_fp32_gflop_per_s:
 
     step()  # creates the AdamW state
     shapes = [tuple(p.shape) for p in model.parameters()]
+    n_params = sum(p.numel() for p in model.parameters())
     weights = sum(p.numel() for p in model.parameters() if p.dim() == 2)
-    params_b = param_bytes(model)
     predicted_state = {
-        "params_bytes": sum(p.numel() for p in model.parameters()) * DTYPE_BYTES["fp32"],
-        "grads_bytes": sum(p.numel() for p in model.parameters()) * DTYPE_BYTES["fp32"],
+        "params_bytes": n_params * DTYPE_BYTES["fp32"],
+        "grads_bytes": n_params * DTYPE_BYTES["fp32"],
         "optimizer_bytes": predicted_optimizer_state_bytes("adamw", shapes),
     }
     # Forward 2 and backward 4 FLOPs per weight and sample, less the first layer's
@@ -422,7 +338,6 @@ def measure_train_step(device: torch.device, cfg: Config, best_fp32_gflop_per_s:
     flops_counted = count_flops(forward_backward)
     opt.zero_grad(set_to_none=True)
     timing = time_fn(step, min_run_time_s=cfg.min_run_time_s)
-    achieved = flops_counted / (timing["median_ms"] * 1e-3) / 1e9
 
     # The measured step: tracked from a clean state (grads freed, AdamW state present).
     if is_cuda:
@@ -440,36 +355,22 @@ def measure_train_step(device: torch.device, cfg: Config, best_fp32_gflop_per_s:
     peak = mt.peak()
     out = {
         "width": h, "blocks": cfg.train_blocks, "batch": b,
-        "params": sum(p.numel() for p in model.parameters()),
-        "params_bytes": params_b,
+        "params": n_params,
+        "params_bytes": param_bytes(model),
         "grads_bytes": grads_after,
         "optimizer_state_bytes": optimizer_state_bytes(opt),
         "predicted": predicted_state,
-        "predicted_state_bytes": sum(predicted_state.values()),
-        "measured_state_bytes": params_b + grads_after + optimizer_state_bytes(opt),
         "tracker_peak": peak.as_dict(),
         "predicted_flops": flops_predicted,
         "counted_flops": flops_counted,
-        "ratio": {  # measured over predicted
-            "params": params_b / predicted_state["params_bytes"],
-            "grads": grads_after / predicted_state["grads_bytes"],
-            "optimizer": optimizer_state_bytes(opt) / predicted_state["optimizer_bytes"],
-            "flops": flops_counted / flops_predicted,
-        },
         **{f"step_{k}": v for k, v in timing.items()},
-        "achieved_gflop_per_s": achieved,
     }
-    if best_fp32_gflop_per_s:
-        out["share_of_best_fp32"] = achieved / best_fp32_gflop_per_s
     if is_cuda:
-        cuda_max = int(mt.cuda_max_allocated_bytes or 0)
         out["allocator"] = allocator
         out["tracker_agreement"] = {
             "tracker_peak_bytes": peak.total,
-            "cuda_max_allocated_bytes": cuda_max,
+            "cuda_max_allocated_bytes": int(mt.cuda_max_allocated_bytes or 0),
             "untracked_at_start_bytes": untracked,
-            "ratio": peak.total / cuda_max if cuda_max else 0.0,
-            "ratio_without_untracked": peak.total / (cuda_max - untracked) if cuda_max > untracked else 0.0,
         }
     del model, opt, x, target
     return out
@@ -480,7 +381,7 @@ def measure_train_step(device: torch.device, cfg: Config, best_fp32_gflop_per_s:
 
 # %%
 def measure_cuda_context(device: torch.device, fresh: bool) -> dict:
-    """Device memory in use right after CUDA initialises, minus the allocator's reservation.
+    """Device memory in use right after CUDA initialises, and what the caching allocator reserved by then.
 
     ``mem_get_info`` reports the whole device, so other processes on the GPU
     would be counted too; ``fresh`` says whether this process had not touched
@@ -489,27 +390,18 @@ def measure_cuda_context(device: torch.device, fresh: bool) -> dict:
     torch.cuda.init()
     with torch.cuda.device(device):
         free, total = torch.cuda.mem_get_info(device)
-    reserved = int(torch.cuda.memory_reserved(device))
     return {
         "fresh_process": fresh,
         "device_total_bytes": int(total),
         "used_at_init_bytes": int(total - free),
-        "reserved_at_init_bytes": reserved,
-        "context_bytes": int(total - free) - reserved,
+        "reserved_at_init_bytes": int(torch.cuda.memory_reserved(device)),
     }
 
 
-def measure_cuda_after(device: torch.device, before: dict) -> dict:
-    """What the driver holds after all the work, beyond the caching allocator's reservation."""
+def measure_cuda_after(device: torch.device) -> dict:
+    """Device memory in use after all the work, and the caching allocator's reservation then."""
     free, total = torch.cuda.mem_get_info(device)
-    reserved = int(torch.cuda.memory_reserved(device))
-    non_allocator = int(total - free) - reserved
-    return {
-        "used_after_bytes": int(total - free),
-        "reserved_after_bytes": reserved,
-        "non_allocator_after_bytes": non_allocator,  # context plus lazily loaded kernels and library handles
-        "growth_since_init_bytes": non_allocator - before["context_bytes"],
-    }
+    return {"used_after_bytes": int(total - free), "reserved_after_bytes": int(torch.cuda.memory_reserved(device))}
 
 
 # %% [markdown]
@@ -538,25 +430,19 @@ def run(cfg: Config, device: str) -> dict:
         context = measure_cuda_context(dev, fresh)
     torch.manual_seed(cfg.seed)
 
-    with _LoadSampler() as load:
+    threads = torch.get_num_threads()
+    with LoadSampler() as load:
         data: dict = {
             "device_type": dev.type,
-            "threads": torch.get_num_threads(),
+            "threads": threads,
             "matmul": measure_matmul(dev, cfg),
             "bandwidth": measure_bandwidth(dev, cfg),
+            "train_step": measure_train_step(dev, cfg),
         }
-        fp32 = data["matmul"].get("fp32", {})
-        best_fp32 = fp32.get("best_gflop_per_s") if fp32.get("status") == "measured" else None
-        data["train_step"] = measure_train_step(dev, cfg, best_fp32)
-    # Roofline ridge point (Williams et al. 2009): below this many FLOPs per byte moved,
-    # an operation is bound by memory bandwidth rather than by matmul throughput.
-    bw = data["bandwidth"]["gb_per_s"]
-    data["roofline"] = {n: {"ridge_flop_per_byte": data["matmul"][n]["best_gflop_per_s"] / bw}
-                        for n in cfg.dtypes if data["matmul"][n]["status"] == "measured"}
-    data["cpu_load"] = load.summary(data["threads"], _cores())
+    data["cpu_load"] = load.figures(threads, cores())
     if dev.type == "cuda":
         assert context is not None
-        data["cuda"] = {"measured": True, **context, **measure_cuda_after(dev, context), **_cuda_settings(),
+        data["cuda"] = {"measured": True, **context, **measure_cuda_after(dev), **_cuda_settings(),
                         "device_name": torch.cuda.get_device_name(dev)}
     else:
         data["cuda"] = {"measured": False}
@@ -564,36 +450,196 @@ def run(cfg: Config, device: str) -> dict:
 
 
 # %% [markdown]
+# ## Derived at build time: best shapes, speed-ups, ridge points, ratios, verdicts and units
+#
+# Pure Python over the stored data: changing a threshold or a unit here never
+# measures again.
+
+# %%
+STATUS_LABELS = {"measured": "measured", "not_applicable": "not applicable", "unsupported": "unsupported",
+                 "not_run": "not in this run"}
+LOW_PRECISION = ("bf16", "fp16")
+TFLOP_FROM_GFLOP_PER_S = 1e3  # from 1 TFLOP/s on, rates read in TFLOP/s
+SIZE_DECIDES_SHARE = 0.9  # the largest shape under 90 % of the best: size alone does not decide
+TRACKER_AGREEMENT = 0.05  # the tracker's peak within 5 % of torch.cuda.max_memory_allocated
+
+
+def _shape_label(m: int, n: int, k: int) -> str:
+    return f"{m}×{n}×{k}"
+
+
+def _best_gflop_per_s(d: dict) -> float | None:
+    return max(p["gflop_per_s"] for p in d["points"]) if d["status"] == "measured" else None
+
+
+def _matmul_summary(name: str, d: dict | None, scale: float, fp32_best: float | None,
+                    bandwidth_gb_per_s: float) -> dict:
+    """One dtype's row; every figure null where the dtype was not measured."""
+    status = d["status"] if d is not None else "not_run"
+    out = {"label": name, "status": status, "status_label": STATUS_LABELS[status], "measured": status == "measured"}
+    figures = ("best_gflop_per_s", "best_tflop_per_s", "best_rate", "best_shape", "best_median_ms", "best_is_largest",
+               "best_not_largest", "largest_shape", "largest_rate", "largest_share_of_best", "smallest_shape",
+               "smallest_rate", "speedup_vs_fp32", "rel_error", "unit_roundoff", "rel_error_over_unit_roundoff",
+               "ridge_flop_per_byte")
+    if status != "measured":
+        return {**out, **dict.fromkeys(figures), "shapes_run_count": 0,
+                "shapes_in_sweep_count": len(d["skipped_shapes"]) if d is not None else 0,
+                "rates": [], "flop_per_byte": []}
+    points = d["points"]
+    best = max(points, key=lambda p: p["gflop_per_s"])
+    small, large = points[0], points[-1]
+    acc = d["accuracy"]
+    elem = DTYPE_BYTES[name]
+    share = large["gflop_per_s"] / best["gflop_per_s"]
+    return {
+        **out,
+        "best_gflop_per_s": best["gflop_per_s"],
+        "best_tflop_per_s": best["gflop_per_s"] / 1e3,
+        "best_rate": best["gflop_per_s"] / scale,
+        "best_shape": _shape_label(best["m"], best["n"], best["k"]),
+        "best_median_ms": best["median_ms"],
+        "best_is_largest": best is large,
+        "best_not_largest": share < SIZE_DECIDES_SHARE,
+        "largest_shape": _shape_label(large["m"], large["n"], large["k"]),
+        "largest_rate": large["gflop_per_s"] / scale,
+        "largest_share_of_best": share,  # below 1 when size alone does not decide
+        "smallest_shape": _shape_label(small["m"], small["n"], small["k"]),
+        "smallest_rate": small["gflop_per_s"] / scale,
+        "speedup_vs_fp32": best["gflop_per_s"] / fp32_best if fp32_best else None,
+        "rel_error": acc["rel_error"],
+        "unit_roundoff": acc["unit_roundoff"],
+        "rel_error_over_unit_roundoff": acc["rel_error"] / acc["unit_roundoff"],
+        # Roofline ridge point (Williams et al. 2009): below this many FLOPs per byte moved,
+        # an operation is bound by memory bandwidth rather than by matmul throughput.
+        "ridge_flop_per_byte": best["gflop_per_s"] / bandwidth_gb_per_s,
+        "shapes_run_count": len(points),
+        "shapes_in_sweep_count": len(points) + len(d["skipped_shapes"]),
+        "rates": [p["gflop_per_s"] / scale for p in points],
+        # arithmetic intensity if each operand crossed memory once (the roofline's x axis)
+        "flop_per_byte": [p["flops"] / ((p["m"] * p["k"] + p["k"] * p["n"] + p["m"] * p["n"]) * elem)
+                          for p in points],
+    }
+
+
+def _cuda_summary(data: dict) -> dict:
+    """The CUDA-only figures; null on a host without CUDA, so a page and a cross-host table read them alike."""
+    keys = ("context_bytes", "device_total_bytes", "fresh_process", "non_allocator_after_bytes",
+            "growth_since_init_bytes", "allocated_bytes", "reserved_bytes", "unused_reserved_bytes",
+            "inactive_split_bytes", "max_allocated_bytes", "max_reserved_bytes", "reserved_to_allocated_ratio",
+            "tracker_peak_bytes", "cuda_max_allocated_bytes", "untracked_at_start_bytes", "tracker_ratio",
+            "tracker_ratio_without_untracked", "tracker_agrees")
+    c = data["cuda"]
+    if not c["measured"]:
+        return {"measured": False, **dict.fromkeys(keys)}
+    al, ag = data["train_step"]["allocator"], data["train_step"]["tracker_agreement"]
+    context = c["used_at_init_bytes"] - c["reserved_at_init_bytes"]
+    non_allocator = c["used_after_bytes"] - c["reserved_after_bytes"]  # context, lazily loaded kernels, handles
+    cuda_max, untracked = ag["cuda_max_allocated_bytes"], ag["untracked_at_start_bytes"]
+    without = ag["tracker_peak_bytes"] / (cuda_max - untracked) if cuda_max > untracked else None
+    return {
+        "measured": True,
+        "context_bytes": context,
+        "device_total_bytes": c["device_total_bytes"],
+        "fresh_process": c["fresh_process"],
+        "non_allocator_after_bytes": non_allocator,
+        "growth_since_init_bytes": non_allocator - context,
+        "allocated_bytes": al["allocated_bytes"],
+        "reserved_bytes": al["reserved_bytes"],
+        "unused_reserved_bytes": al["reserved_bytes"] - al["allocated_bytes"],
+        "inactive_split_bytes": al["inactive_split_bytes"],
+        "max_allocated_bytes": al["max_allocated_bytes"],
+        "max_reserved_bytes": al["max_reserved_bytes"],
+        "reserved_to_allocated_ratio": al["reserved_bytes"] / al["allocated_bytes"] if al["allocated_bytes"] else None,
+        "tracker_peak_bytes": ag["tracker_peak_bytes"],
+        "cuda_max_allocated_bytes": cuda_max,
+        "untracked_at_start_bytes": untracked,
+        "tracker_ratio": ag["tracker_peak_bytes"] / cuda_max if cuda_max else None,
+        "tracker_ratio_without_untracked": without,
+        "tracker_agrees": without is not None and abs(without - 1) <= TRACKER_AGREEMENT,
+    }
+
+
+def _cpu_load_summary(data: dict) -> dict:
+    load = data["cpu_load"]
+    if not load["measured"]:
+        return {"measured": False, "competing_tasks_mean": None, "runnable_max": None, "period_ms": None,
+                "cores": None, "busy": None, "busy_label": None}
+    is_busy = busy(load["competing_tasks_mean"], data["threads"], load["cores"])
+    return {"measured": True, "competing_tasks_mean": load["competing_tasks_mean"],
+            "runnable_max": load["runnable_max"], "period_ms": load["period_ms"], "cores": load["cores"],
+            "busy": is_busy, "busy_label": "yes" if is_busy else "no"}
+
+
+def summarize(data: dict) -> dict:
+    mm, bw, ts = data["matmul"], data["bandwidth"]["points"], data["train_step"]
+    largest_bw = bw[-1]
+    best_rates = {n: _best_gflop_per_s(mm[n]) for n in mm["dtypes"]}
+    measured = {n: r for n, r in best_rates.items() if r is not None}
+    tera = any(r >= TFLOP_FROM_GFLOP_PER_S for r in measured.values())
+    scale = 1e3 if tera else 1.0
+    fp32_best = measured.get("fp32")
+    matmul = {n: _matmul_summary(n, mm[n] if n in mm["dtypes"] else None, scale, fp32_best, largest_bw["gb_per_s"])
+              for n in DTYPES}
+    best_dtype = max(measured, key=measured.__getitem__)
+    acc = mm[best_dtype]["accuracy"]
+    pred = ts["predicted"]
+    achieved = ts["counted_flops"] / (ts["step_median_ms"] * 1e-3) / 1e9
+    predicted_state = pred["params_bytes"] + pred["grads_bytes"] + pred["optimizer_bytes"]
+    return {
+        "rate_unit": "TFLOP/s" if tera else "GFLOP/s",
+        "best_dtype": best_dtype,
+        "best": matmul[best_dtype],
+        "fp32_measured": fp32_best is not None,
+        "low_precision_slower": any(matmul[n]["speedup_vs_fp32"] is not None and matmul[n]["speedup_vs_fp32"] < 1
+                                    for n in LOW_PRECISION),
+        "accuracy_shape": _shape_label(acc["m"], acc["n"], acc["k"]),
+        "matmul": matmul,
+        "roofline": {n: matmul[n]["ridge_flop_per_byte"] for n in DTYPES if matmul[n]["measured"]},
+        "flop_count_matches": mm["flop_count_check"]["counted_flops"] == mm["flop_count_check"]["predicted_flops"],
+        "bandwidth": {
+            "largest_copy_bytes": largest_bw["bytes"],
+            "gb_per_s": largest_bw["gb_per_s"],  # the device's bandwidth: the copy far exceeds any cache
+            "best_gb_per_s": max(p["gb_per_s"] for p in bw),
+            "cache_faster": max(p["gb_per_s"] for p in bw) > largest_bw["gb_per_s"],
+            "size_labels": [iec_bytes(p["bytes"]) for p in bw],
+        },
+        "train_step": {
+            "predicted_state_bytes": predicted_state,
+            "measured_state_bytes": ts["params_bytes"] + ts["grads_bytes"] + ts["optimizer_state_bytes"],
+            "ratio": {  # measured over predicted
+                "params": ts["params_bytes"] / pred["params_bytes"],
+                "grads": ts["grads_bytes"] / pred["grads_bytes"],
+                "optimizer": ts["optimizer_state_bytes"] / pred["optimizer_bytes"],
+                "flops": ts["counted_flops"] / ts["predicted_flops"],
+            },
+            "achieved_gflop_per_s": achieved,
+            "share_of_best_fp32": achieved / fp32_best if fp32_best else None,
+            "activations_freed_at_peak": ts["tracker_peak"]["activations_bytes"] == 0,
+        },
+        "cpu_load": _cpu_load_summary(data),
+        "cuda": _cuda_summary(data),
+    }
+
+
+# %% [markdown]
 # ## Figures: throughput by dtype against matmul size, bandwidth against copy size
 
 # %%
-def _iec(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:g} {unit}"
-        n /= 1024
-    return f"{n:g} GiB"
-
-
-def plot(data: dict) -> dict:
+def plot(data: dict, summary: dict) -> dict:
     import matplotlib.pyplot as plt
 
-    mm = data["matmul"]
-    tera = any(mm[n]["status"] == "measured" and mm[n]["best_gflop_per_s"] >= 1e4 for n in mm["dtypes"])
-    unit, key = ("TFLOP/s", "tflop_per_s") if tera else ("GFLOP/s", "gflop_per_s")
+    unit = summary["rate_unit"]
     fig_mm, ax = plt.subplots(figsize=(7.2, 4.2), layout="constrained")
-    for name in mm["dtypes"]:
-        d = mm[name]
-        if d["status"] != "measured":
-            ax.plot([], [], " ", label=f"{name}: {d['status'].replace('_', ' ')}")
+    for name, s in summary["matmul"].items():
+        if not s["measured"]:
+            ax.plot([], [], " ", label=f"{name}: {s['status_label']}")
             continue
-        pts = d["points"]
-        line, = ax.plot([p["flops"] for p in pts], [p[key] for p in pts], "o-", ms=3, label=name)
-        m, n, k = d["best_shape"]
-        best = d[f"best_{key}"]
-        ax.plot([m * n * k * 2], [best], "*", ms=12, color=line.get_color())
-        ax.annotate(f"{m}×{n}×{k}", (m * n * k * 2, best), textcoords="offset points", xytext=(-6, 6), fontsize=8,
-                    color=line.get_color(), ha="right")
+        flops = [p["flops"] for p in data["matmul"][name]["points"]]
+        line, = ax.plot(flops, s["rates"], "o-", ms=3, label=name)
+        best = max(range(len(flops)), key=lambda i: s["rates"][i])
+        ax.plot([flops[best]], [s["best_rate"]], "*", ms=12, color=line.get_color())
+        ax.annotate(s["best_shape"], (flops[best], s["best_rate"]), textcoords="offset points", xytext=(-6, 6),
+                    fontsize=8, color=line.get_color(), ha="right")
     ax.set_xscale("log")
     ax.set_ylim(0, ax.get_ylim()[1] * 1.12)  # room for the labels of the best shapes
     ax.set_xlabel("FLOPs of one matmul (2·m·n·k)")
@@ -606,7 +652,7 @@ def plot(data: dict) -> dict:
     fig_bw, ax2 = plt.subplots(figsize=(7.2, 3.4), layout="constrained")
     ax2.plot([p["bytes"] for p in bw], [p["gb_per_s"] for p in bw], "o-")
     ax2.set_xscale("log", base=2)
-    ax2.set_xticks([p["bytes"] for p in bw], [_iec(p["bytes"]) for p in bw])
+    ax2.set_xticks([p["bytes"] for p in bw], summary["bandwidth"]["size_labels"])
     ax2.set_ylim(bottom=0)
     ax2.set_xlabel("buffer size (the copy reads and writes it: moves twice this)")
     ax2.set_ylabel("copy bandwidth (GB/s)")
@@ -617,6 +663,8 @@ def plot(data: dict) -> dict:
 
 # %%
 if __name__ == "__main__":
-    from experiments.lib.cli import main
     import sys
+
+    from experiments.lib.cli import main
+
     raise SystemExit(main(sys.modules[__name__]))

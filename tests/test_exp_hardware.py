@@ -1,6 +1,8 @@
-"""The hardware experiment: throughput, bandwidth, training-step accounting, on a tiny config."""
+"""The hardware experiment: what it measures (throughput, bandwidth, training-step accounting, CPU load),
+what summarize derives from it, and the hardware page over canned hosts."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -8,95 +10,114 @@ import pytest
 import torch
 
 from experiments import hardware
-from experiments.lib.cli import to_json
+from experiments.lib import host as host_lib
+from experiments.lib.load import LoadSampler, busy
 
 REPO = Path(__file__).resolve().parent.parent
-
-TINY = hardware.Config(
-    shapes=((32, 32, 32), (16, 16, 16), (64, 48, 32)),
-    min_run_time_s=0.01,
-    max_call_s=0.5,
-    copy_sizes_bytes=(2**16, 2**12),
-    train_width=16,
-    train_blocks=2,
-    train_batch=8,
-)
+TEST = hardware.PROFILES["test"]
 
 
 @pytest.fixture(scope="module")
 def data() -> dict:
-    return hardware.run(TINY, "cpu")
+    return json.loads(json.dumps(hardware.run(TEST, "cpu")))  # as stored
 
 
-def test_data_is_plain_json(data: dict) -> None:
-    assert json.loads(to_json(data)) == data  # to_json refuses NaN and infinity
+@pytest.fixture(scope="module")
+def summary(data: dict) -> dict:
+    return hardware.summarize(data)
 
 
-def test_tf32_is_not_applicable_on_cpu(data: dict) -> None:
+def test_tf32_does_not_apply_on_cpu_and_its_figures_are_null(data: dict, summary: dict) -> None:
     assert data["device_type"] == "cpu"
-    assert data["matmul"]["tf32"] == {"status": "not_applicable", "points": [], "skipped_shapes": [],
-                                      "shapes_in_sweep": 0}
+    assert data["matmul"]["tf32"] == {"status": "not_applicable", "points": [], "skipped_shapes": []}
     assert data["cuda"] == {"measured": False}
+    tf32 = summary["matmul"]["tf32"]
+    assert tf32["measured"] is False and tf32["status_label"] == "not applicable"
+    assert tf32["best_tflop_per_s"] is None and tf32["speedup_vs_fp32"] is None and "tf32" not in summary["roofline"]
+    # CUDA-only figures: explicit nulls, so a cross-host table shows "n/a" instead of failing
+    assert summary["cuda"]["measured"] is False
+    assert summary["cuda"]["context_bytes"] is None and summary["cuda"]["reserved_to_allocated_ratio"] is None
 
 
-def test_matmul_sweep_is_ordered_by_flops_and_keeps_the_best(data: dict) -> None:
+def test_matmul_sweep_is_ordered_by_flops_and_keeps_the_best(data: dict, summary: dict) -> None:
     d = data["matmul"]["fp32"]
     assert d["status"] == "measured"
     assert [(p["m"], p["n"], p["k"]) for p in d["points"]] == [(16, 16, 16), (32, 32, 32), (64, 48, 32)]
-    assert d["shapes_in_sweep"] == len(TINY.shapes) == len(d["points"]) + len(d["skipped_shapes"])
     for p in d["points"]:
         assert p["flops"] == 2 * p["m"] * p["n"] * p["k"]
         # throughput is the FLOPs over the median time, to float rounding
         assert p["gflop_per_s"] == pytest.approx(p["flops"] / (p["median_ms"] * 1e-3) / 1e9, rel=1e-9)
-        assert p["tflop_per_s"] == pytest.approx(p["gflop_per_s"] / 1e3, rel=1e-12)
-        # fp32: 4 bytes per element of a, b and c
-        elems = p["m"] * p["k"] + p["k"] * p["n"] + p["m"] * p["n"]
-        assert p["flop_per_byte"] == pytest.approx(p["flops"] / (4 * elems), rel=1e-12)
+    s = summary["matmul"]["fp32"]
     best = max(d["points"], key=lambda p: p["gflop_per_s"])
-    assert d["best_gflop_per_s"] == best["gflop_per_s"]
-    assert d["best_shape"] == [best["m"], best["n"], best["k"]]
-    assert d["largest_share_of_best"] == d["points"][-1]["gflop_per_s"] / best["gflop_per_s"] <= 1.0
-    assert data["matmul"]["speedup_vs_fp32"]["fp32"] == 1.0
+    assert s["best_gflop_per_s"] == best["gflop_per_s"] and s["best_tflop_per_s"] == best["gflop_per_s"] / 1e3
+    assert s["best_shape"] == f"{best['m']}×{best['n']}×{best['k']}"
+    assert s["shapes_run_count"] == s["shapes_in_sweep_count"] == len(TEST.shapes)
+    assert s["largest_share_of_best"] == d["points"][-1]["gflop_per_s"] / best["gflop_per_s"] <= 1.0
+    assert s["best_is_largest"] == (best is d["points"][-1])
+    # fp32 operands: 4 bytes per element of a, b and c
+    p = d["points"][0]
+    assert s["flop_per_byte"][0] == p["flops"] / (4 * (p["m"] * p["k"] + p["k"] * p["n"] + p["m"] * p["n"]))
+    assert s["speedup_vs_fp32"] == 1.0
     measured = [n for n in data["matmul"]["dtypes"] if data["matmul"][n]["status"] == "measured"]
-    assert data["matmul"]["best_dtype"] == max(measured, key=lambda n: data["matmul"][n]["best_gflop_per_s"])
+    best_dtype = max(measured, key=lambda n: summary["matmul"][n]["best_gflop_per_s"])
+    assert summary["best_dtype"] == best_dtype and summary["best"] == summary["matmul"][best_dtype]
+    # CPU rates here are far below 1 TFLOP/s: the page reads them in GFLOP/s
+    assert summary["rate_unit"] == "GFLOP/s" and s["best_rate"] == s["best_gflop_per_s"]
 
 
-def test_flop_counter_agrees_with_2mnk(data: dict) -> None:
+def test_rate_unit_follows_the_magnitude(data: dict) -> None:
+    fast = json.loads(json.dumps(data))
+    for p in fast["matmul"]["bf16"]["points"]:
+        p["gflop_per_s"] *= 1e5  # a GPU's tensor cores
+    s = hardware.summarize(fast)
+    assert s["rate_unit"] == "TFLOP/s" and s["best_dtype"] == "bf16"
+    assert s["matmul"]["bf16"]["best_rate"] == s["matmul"]["bf16"]["best_tflop_per_s"]
+    assert s["matmul"]["fp32"]["best_rate"] == s["matmul"]["fp32"]["best_gflop_per_s"] / 1e3
+    assert s["low_precision_slower"] is (s["matmul"]["fp16"]["speedup_vs_fp32"] < 1)
+
+
+def test_flop_counter_agrees_with_2mnk(data: dict, summary: dict) -> None:
     check = data["matmul"]["flop_count_check"]
     assert check["counted_flops"] == check["predicted_flops"] == 2 * check["m"] * check["n"] * check["k"]
+    assert summary["flop_count_matches"] is True
 
 
-def test_accuracy_follows_the_format(data: dict) -> None:
+def test_accuracy_follows_the_format(data: dict, summary: dict) -> None:
     # Unit roundoff from torch.finfo: 2**-24 for fp32, 2**-8 for bf16, 2**-11 for fp16.
     mm = data["matmul"]
     assert mm["fp32"]["accuracy"]["unit_roundoff"] == 2.0**-24
     assert mm["bf16"]["accuracy"]["unit_roundoff"] == 2.0**-8
+    assert mm["fp16"]["accuracy"]["unit_roundoff"] == 2.0**-11
+    s = summary["matmul"]
     # fp32 inputs are exact; only accumulation over k = 1024 errs: well under sqrt(k) unit roundoffs.
-    assert mm["fp32"]["accuracy"]["rel_error_over_unit_roundoff"] < 32
+    assert s["fp32"]["rel_error_over_unit_roundoff"] < 32
     # 16-bit formats round every input and the output: the error is of the order of one unit
     # roundoff (between a tenth and four), which also proves the product really ran in that format.
     for name in ("bf16", "fp16"):
         assert mm[name]["status"] == "measured"
-        assert 0.1 < mm[name]["accuracy"]["rel_error_over_unit_roundoff"] < 4, name
+        assert 0.1 < s[name]["rel_error_over_unit_roundoff"] < 4, name
+    assert summary["accuracy_shape"] == "128×128×1024"
 
 
-def test_bandwidth_counts_read_and_write(data: dict) -> None:
-    bw = data["bandwidth"]
-    assert [p["bytes"] for p in bw["points"]] == [2**12, 2**16]
-    for p in bw["points"]:
+def test_bandwidth_counts_read_and_write(data: dict, summary: dict) -> None:
+    points = data["bandwidth"]["points"]
+    assert [p["bytes"] for p in points] == [2**12, 2**16]
+    for p in points:
         assert p["moved_bytes"] == 2 * p["bytes"]
         assert p["gb_per_s"] == pytest.approx(p["moved_bytes"] / (p["median_ms"] * 1e-3) / 1e9, rel=1e-9)
-    assert bw["largest_copy_bytes"] == 2**16
-    assert bw["gb_per_s"] == bw["points"][-1]["gb_per_s"]
-    assert bw["best_gb_per_s"] == max(p["gb_per_s"] for p in bw["points"])
-    ridge = data["roofline"]["fp32"]["ridge_flop_per_byte"]
-    assert ridge == pytest.approx(data["matmul"]["fp32"]["best_gflop_per_s"] / bw["gb_per_s"], rel=1e-12)
-    assert "tf32" not in data["roofline"]
+    bw = summary["bandwidth"]
+    assert bw["largest_copy_bytes"] == 2**16 and bw["gb_per_s"] == points[-1]["gb_per_s"]
+    assert bw["best_gb_per_s"] == max(p["gb_per_s"] for p in points)
+    assert bw["cache_faster"] == (points[0]["gb_per_s"] > points[-1]["gb_per_s"])
+    assert bw["size_labels"] == ["4 KiB", "64 KiB"]
+    ridge = summary["roofline"]["fp32"]
+    assert ridge == summary["matmul"]["fp32"]["ridge_flop_per_byte"] == \
+        summary["matmul"]["fp32"]["best_gflop_per_s"] / bw["gb_per_s"]
 
 
-def test_train_step_state_matches_the_prediction_exactly(data: dict) -> None:
+def test_train_step_state_matches_the_prediction_exactly(data: dict, summary: dict) -> None:
     t = data["train_step"]
-    h, blocks = TINY.train_width, TINY.train_blocks
+    h, blocks = TEST.train_width, TEST.train_blocks
     params = blocks * (h * 4 * h + 4 * h + 4 * h * h + h)
     assert t["params"] == params
     assert t["predicted"] == {"params_bytes": 4 * params, "grads_bytes": 4 * params,
@@ -104,33 +125,47 @@ def test_train_step_state_matches_the_prediction_exactly(data: dict) -> None:
     assert t["params_bytes"] == t["predicted"]["params_bytes"]
     assert t["grads_bytes"] == t["predicted"]["grads_bytes"]
     assert t["optimizer_state_bytes"] == t["predicted"]["optimizer_bytes"]
-    assert t["measured_state_bytes"] == t["predicted_state_bytes"]
-    assert t["ratio"] == {"params": 1.0, "grads": 1.0, "optimizer": 1.0, "flops": 1.0}
+    s = summary["train_step"]
+    assert s["measured_state_bytes"] == s["predicted_state_bytes"] == 16 * params + 16 * blocks
+    assert s["ratio"] == {"params": 1.0, "grads": 1.0, "optimizer": 1.0, "flops": 1.0}
     # The tracker labels the parameters exactly and its peak holds at least the persistent state.
     assert t["tracker_peak"]["params_bytes"] == t["params_bytes"]
-    assert t["tracker_peak"]["total_bytes"] >= t["predicted_state_bytes"]
+    assert t["tracker_peak"]["total_bytes"] >= s["predicted_state_bytes"]
 
 
-def test_train_step_flops_match_the_closed_form(data: dict) -> None:
+def test_train_step_flops_match_the_closed_form(data: dict, summary: dict) -> None:
     t = data["train_step"]
-    h, blocks, b = TINY.train_width, TINY.train_blocks, TINY.train_batch
+    h, blocks, b = TEST.train_width, TEST.train_blocks, TEST.train_batch
     weights = blocks * 8 * h * h
     assert t["counted_flops"] == t["predicted_flops"] == 6 * weights * b - 2 * 4 * h * h * b
-    assert t["share_of_best_fp32"] == pytest.approx(
-        t["achieved_gflop_per_s"] / data["matmul"]["fp32"]["best_gflop_per_s"], rel=1e-12)
-    assert t["share_of_best_fp32"] > 0
+    s = summary["train_step"]
+    assert s["achieved_gflop_per_s"] == t["counted_flops"] / (t["step_median_ms"] * 1e-3) / 1e9
+    assert s["share_of_best_fp32"] == s["achieved_gflop_per_s"] / summary["matmul"]["fp32"]["best_gflop_per_s"]
 
 
-def test_a_dtype_over_the_call_limit_stops_its_sweep() -> None:
-    cfg = hardware.Config(shapes=((8, 8, 8), (16, 16, 16)), dtypes=("fp32",), min_run_time_s=0.01,
-                          max_call_s=0.0, copy_sizes_bytes=(4096,), train_width=8, train_blocks=1, train_batch=2)
-    d = hardware.run(cfg, "cpu")
-    # The smallest shape always runs; the next exceeds a zero-second limit (predicted and probed).
-    assert d["matmul"]["fp32"]["status"] == "measured"
-    assert [(p["m"], p["n"], p["k"]) for p in d["matmul"]["fp32"]["points"]] == [(8, 8, 8)]
-    assert d["matmul"]["fp32"]["skipped_shapes"] == [[16, 16, 16]]
-    assert d["matmul"]["fp32"]["shapes_in_sweep"] == 2   # one run and one skipped
-    json.loads(to_json(d))
+def test_a_too_slow_shape_stops_the_sweep_instead_of_skipping_it(monkeypatch) -> None:
+    """The middle shape is too slow; the largest would be fast, but a stop means it is never tried."""
+    calls: list[tuple[int, int, int]] = []
+    real = hardware._one_shape
+
+    def one_shape(m: int, n: int, k: int, *args) -> dict | None:
+        calls.append((m, n, k))
+        return None if (m, n, k) == (16, 16, 16) else real(m, n, k, *args)
+
+    monkeypatch.setattr(hardware, "_one_shape", one_shape)
+    cfg = hardware.Config(shapes=((32, 32, 32), (8, 8, 8), (16, 16, 16)), dtypes=("fp32",))
+    d = hardware._sweep_dtype("fp32", torch.device("cpu"), cfg)
+    assert calls == [(8, 8, 8), (16, 16, 16)]  # 32³ was never timed
+    assert d["status"] == "measured" and [(p["m"], p["n"], p["k"]) for p in d["points"]] == [(8, 8, 8)]
+    assert d["skipped_shapes"] == [[16, 16, 16], [32, 32, 32]]
+
+
+def test_the_call_limit_stops_a_real_sweep() -> None:
+    """A zero-second limit: the smallest shape always runs, the next one is over the limit (predicted and probed)."""
+    cfg = hardware.Config(shapes=((8, 8, 8), (16, 16, 16)), dtypes=("fp32",), min_run_time_s=0.01, max_call_s=0.0)
+    d = hardware._sweep_dtype("fp32", torch.device("cpu"), cfg)
+    assert [(p["m"], p["n"], p["k"]) for p in d["points"]] == [(8, 8, 8)]
+    assert d["skipped_shapes"] == [[16, 16, 16]]
 
 
 def test_unknown_dtype_is_refused() -> None:
@@ -138,20 +173,29 @@ def test_unknown_dtype_is_refused() -> None:
         hardware.run(hardware.Config(shapes=((8, 8, 8),), dtypes=("fp8",)), "cpu")
 
 
-def test_plot_draws_two_labelled_figures(data: dict) -> None:
+def test_a_dtype_left_out_of_the_run_is_null_in_the_summary(data: dict) -> None:
+    fewer = json.loads(json.dumps(data))
+    fewer["matmul"]["dtypes"] = ["fp32", "tf32"]
+    del fewer["matmul"]["bf16"], fewer["matmul"]["fp16"]
+    s = hardware.summarize(fewer)
+    assert list(s["matmul"]) == list(hardware.DTYPES)  # every row a table may read
+    assert s["matmul"]["fp16"]["status_label"] == "not in this run" and s["matmul"]["fp16"]["best_tflop_per_s"] is None
+    assert s["low_precision_slower"] is False
+
+
+def test_plot_labels_units_and_statuses(data: dict, summary: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figs = hardware.plot(data)
+    figs = hardware.plot(data, summary)
     try:
-        assert set(figs) == {"matmul", "bandwidth"}
         ax = figs["matmul"].axes[0]
-        assert "GFLOP/s" in ax.get_ylabel() and ax.get_xlabel()
+        assert "GFLOP/s" in ax.get_ylabel()
         labels = [t.get_text() for t in ax.get_legend().get_texts()]
         assert "fp32" in labels and "tf32: not applicable" in labels
-        assert "GB/s" in figs["bandwidth"].axes[0].get_ylabel()
+        assert [t.get_text() for t in figs["bandwidth"].axes[0].get_xticklabels()] == ["4 KiB", "64 KiB"]
     finally:
         for f in figs.values():
             plt.close(f)
@@ -169,9 +213,10 @@ def committed_results() -> list[Path]:
 
 
 @pytest.mark.parametrize("path", committed_results(), ids=lambda p: p.parent.name)
-def test_committed_result_validates_and_plots(path: Path) -> None:
-    """A committed reference result passes the current envelope schema and still renders."""
+def test_committed_result_summarizes_and_plots(path: Path) -> None:
+    """A committed reference result passes the current envelope schema, and summarize and plot still read it."""
     from generator import envelope
+    from generator.site.summaries import summarize
 
     import matplotlib
 
@@ -179,57 +224,90 @@ def test_committed_result_validates_and_plots(path: Path) -> None:
     import matplotlib.pyplot as plt
 
     env = envelope.load(path)
-    assert env["schema_version"] == envelope.SCHEMA_VERSION
-    assert env["status"] == "ok"
-    figs = hardware.plot(env["data"])
-    for f in figs.values():
+    assert env["schema_version"] == envelope.SCHEMA_VERSION and env["status"] == "ok"
+    s = summarize("hardware", env["data"], str(path))
+    for f in hardware.plot(env["data"], s).values():
         plt.close(f)
-    for name in env["data"]["matmul"]["dtypes"]:
-        assert env["data"]["matmul"][name]["status"] in ("measured", "not_applicable", "unsupported")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_memory_figures() -> None:
-    d = hardware.run(TINY, "cuda")
-    c = d["cuda"]
-    assert c["measured"] is True
-    assert c["context_bytes"] > 0  # the driver holds memory that no tensor owns
-    alloc = d["train_step"]["allocator"]
-    assert alloc["reserved_bytes"] >= alloc["allocated_bytes"] > 0
-    agree = d["train_step"]["tracker_agreement"]
+    d = json.loads(json.dumps(hardware.run(TEST, "cuda")))
+    s = hardware.summarize(d)["cuda"]
+    assert s["measured"] is True
+    assert s["context_bytes"] > 0  # the driver holds memory that no tensor owns
+    assert s["reserved_bytes"] >= s["allocated_bytes"] > 0
     # The tracker rounds like the caching allocator; beyond what it cannot see (cuBLAS workspaces)
     # the two peaks agree within 10 %.
-    assert 0.9 < agree["ratio_without_untracked"] < 1.1
-    mm = d["matmul"]
+    assert 0.9 < s["tracker_ratio_without_untracked"] < 1.1
+    mm = hardware.summarize(d)["matmul"]
     if torch.cuda.get_device_capability()[0] >= 8:  # tf32 tensor cores from Ampere on
-        assert mm["tf32"]["status"] == "measured"
-        assert mm["tf32"]["accuracy"]["rel_error"] > 100 * mm["fp32"]["accuracy"]["rel_error"]
-    json.loads(to_json(d))
+        assert mm["tf32"]["measured"] is True
+        assert mm["tf32"]["rel_error"] > 100 * mm["fp32"]["rel_error"]
 
 
-def test_load_sampler_subtracts_this_process() -> None:
-    s = hardware._LoadSampler()
-    s.samples = [5, 3, 1]  # runnable tasks; this process accounts for threads + 1 (the sampler)
-    out = s.summary(threads=2, cores=2)
-    assert out["competing_tasks_mean"] == pytest.approx((2 + 0 + 0) / 3)
+# ------------------------------------------------------------------------------------------- CPU load
+
+
+def _loadavg(tmp_path: Path, running: int) -> Path:
+    path = tmp_path / "loadavg"
+    path.write_text(f"0.52 0.58 0.59 {running}/1234 56789\n", encoding="ascii")
+    return path
+
+
+def test_load_sampler_reads_the_runnable_count_and_subtracts_this_process(tmp_path: Path) -> None:
+    with LoadSampler(period_s=0.001, path=str(_loadavg(tmp_path, 9))) as s:
+        while len(s.samples) < 3:
+            pass
+    out = s.figures(threads=2, cores=4)
+    assert set(s.samples) == {9} and out["samples"] == len(s.samples)
+    assert out["runnable_mean"] == 9 and out["runnable_max"] == 9
+    assert out["competing_tasks_mean"] == 6  # 9 runnable, less 2 compute threads and the sampler
+    assert out["cores"] == 4 and out["period_ms"] == 1.0
+
+
+def test_load_sampler_clips_each_sample_before_averaging() -> None:
+    s = LoadSampler()
+    s.samples = [5, 3, 1]  # this process accounts for threads + 1 = 3 of each
+    out = s.figures(threads=2, cores=2)
+    assert out["competing_tasks_mean"] == pytest.approx(2 / 3)  # (2 + 0 + 0) / 3, not (2 + 0 - 2) / 3
     assert out["runnable_max"] == 5
-    assert out["busy"] is True  # 2/3 of a task competes for cores that are all in use
-    s.samples = [3, 4, 3, 3]  # a quarter of a task on average: quiet enough
-    assert s.summary(threads=2, cores=2)["busy"] is False
-    s.samples = [5, 5]  # two competing tasks, but this process left two of four cores free
-    assert s.summary(threads=2, cores=4)["busy"] is False
-    s.samples = [7, 7]  # the same two competing tasks when this process's threads fill all four cores
-    assert s.summary(threads=4, cores=4)["busy"] is True
-    assert hardware._LoadSampler().summary(threads=2, cores=2) == {"measured": False}
 
 
-@pytest.mark.skipif(not Path("/proc/loadavg").exists(), reason="needs Linux /proc/loadavg")
-def test_run_records_the_cpu_load(data: dict) -> None:
-    load = data["cpu_load"]
-    assert load["measured"] is True and load["samples"] >= 1 and load["period_ms"] == pytest.approx(50.0)
-    assert load["competing_tasks_mean"] >= 0
-    spare = max(0, load["cores"] - data["threads"])
-    assert load["busy"] == (load["competing_tasks_mean"] > spare + 0.5)
+def test_load_sampler_without_loadavg_measures_nothing(tmp_path: Path) -> None:
+    with LoadSampler(period_s=0.001, path=str(tmp_path / "missing")) as s:
+        pass
+    assert s.figures(threads=2, cores=2) == {"measured": False, "cores": 2}
+
+
+def test_busy_counts_only_the_cores_this_process_leaves_free() -> None:
+    assert busy(2 / 3, threads=2, cores=2) is True  # every core in use: 2/3 of a task competes
+    assert busy(0.25, threads=2, cores=2) is False  # a quarter of a task: quiet enough
+    assert busy(2.0, threads=2, cores=4) is False  # two competing tasks, two free cores
+    assert busy(2.0, threads=4, cores=4) is True  # the same two when this process fills all four
+
+
+def test_run_records_the_load_it_ran_under(tmp_path: Path, monkeypatch) -> None:
+    """run samples the CPU load with its own thread count and the host's cores; summarize flags a busy host."""
+    monkeypatch.setattr(hardware, "LoadSampler", functools.partial(LoadSampler, period_s=0.001,
+                                                                   path=str(_loadavg(tmp_path, 40))))
+    cfg = hardware.Config(shapes=((8, 8, 8),), dtypes=("fp32",), min_run_time_s=0.001, copy_sizes_bytes=(4096,),
+                          train_width=8, train_blocks=1, train_batch=2)
+    d = hardware.run(cfg, "cpu")
+    load = d["cpu_load"]
+    assert load["measured"] is True and load["cores"] == host_lib.cores()
+    assert load["competing_tasks_mean"] == 40 - (d["threads"] + 1)
+    s = hardware.summarize(d)["cpu_load"]
+    assert s["busy"] is (40 - (d["threads"] + 1) > max(0, load["cores"] - d["threads"]) + 0.5)
+    assert s["busy_label"] == ("yes" if s["busy"] else "no")
+
+
+def test_an_unmeasured_load_is_null_in_the_summary(data: dict) -> None:
+    quiet = json.loads(json.dumps(data))
+    quiet["cpu_load"] = {"measured": False, "cores": 2}
+    s = hardware.summarize(quiet)["cpu_load"]
+    assert s == {"measured": False, "competing_tasks_mean": None, "runnable_max": None, "period_ms": None,
+                 "cores": None, "busy": None, "busy_label": None}
 
 
 # ---------------------------------------------------------------------------------------------- the page
@@ -269,81 +347,81 @@ def _canned_cuda(cpu_data: dict) -> dict:
     d = json.loads(json.dumps(cpu_data))
     d["device_type"] = "cuda"
     d["matmul"]["tf32"] = json.loads(json.dumps(d["matmul"]["fp32"]))
-    d["matmul"]["speedup_vs_fp32"]["tf32"] = 1.0
-    d["roofline"]["tf32"] = dict(d["roofline"]["fp32"])
     d["train_step"]["allocator"] = {
-        "allocated_bytes": 5 * 2**20, "reserved_bytes": 6 * 2**20, "reserved_to_allocated_ratio": 1.2,
-        "unused_reserved_bytes": 2**20, "inactive_split_bytes": 2**18, "max_allocated_bytes": 7 * 2**20,
-        "max_reserved_bytes": 8 * 2**20}
+        "allocated_bytes": 5 * 2**20, "reserved_bytes": 6 * 2**20, "inactive_split_bytes": 2**18,
+        "max_allocated_bytes": 7 * 2**20, "max_reserved_bytes": 8 * 2**20}
     d["train_step"]["tracker_agreement"] = {
-        "tracker_peak_bytes": 6 * 2**20, "cuda_max_allocated_bytes": 7 * 2**20, "untracked_at_start_bytes": 2**20,
-        "ratio": 6 / 7, "ratio_without_untracked": 1.0}
+        "tracker_peak_bytes": 6 * 2**20, "cuda_max_allocated_bytes": 7 * 2**20, "untracked_at_start_bytes": 2**20}
     d["cuda"] = {"measured": True, "fresh_process": True, "device_total_bytes": 80 * 2**30,
-                 "used_at_init_bytes": 500 * 2**20, "reserved_at_init_bytes": 0, "context_bytes": 500 * 2**20,
-                 "used_after_bytes": 600 * 2**20 + 8 * 2**20, "reserved_after_bytes": 8 * 2**20,
-                 "non_allocator_after_bytes": 600 * 2**20, "growth_since_init_bytes": 100 * 2**20,
+                 "used_at_init_bytes": 500 * 2**20, "reserved_at_init_bytes": 0,
+                 "used_after_bytes": 608 * 2**20, "reserved_after_bytes": 8 * 2**20,
                  "bf16_reduced_precision_reduction": True, "fp16_reduced_precision_reduction": True,
                  "cudnn_version": 91000, "device_name": "Test GPU"}
     return d
 
 
-def test_page_sets_hosts_side_by_side_and_flags_stale_results(tmp_path: Path, data: dict) -> None:
-    from conftest import TEST_HOST, build_site, make_envelope, site_text, write_result
+def _canned_optimizer_state(regimes: tuple[str, ...] = ("mixed-master",)) -> dict:
+    """The fields of an optimizer_state result that its summarize reads for the side-by-side rows."""
+    step = {"supported": True, "params_bytes": 4000, "grads_bytes": 4000, "state_bytes": 8064,
+            "predicted_state_bytes": 8064, "step_peak_bytes": 17000, "peak_bytes": 18000}
+    return {"optimizers": {"adamw": {"foreach": step, "fused": {**step, "supported": False}}}, "zero_grad": {},
+            "precision": {r: {"parameters": 1000, "weights_bytes": 2000, "grads_bytes": 2000, "master_bytes": 4000,
+                              "optimizer_bytes": 8000} for r in regimes}}
+
+
+def _two_hosts(results: Path, cpu: dict, cuda: dict, optimizer_state: dict) -> None:
+    from conftest import make_envelope, write_result
+
+    write_result(results, make_envelope("hardware", cpu))  # the CPU host: current, no optimizer_state result
+    # The GPU host: its hardware result has an older schema than the current one.
+    write_result(results, make_envelope("hardware", cuda, host=CUDA_HOST, torch="2.11.0", schema=0))
+    write_result(results, make_envelope("optimizer_state", optimizer_state, host=CUDA_HOST, torch="2.11.0",
+                                        started_at="2026-11-22T09:00:00+00:00"))
+
+
+def test_page_sets_hosts_side_by_side(tmp_path: Path, data: dict, summary: dict) -> None:
+    """"—" where a host has no result of the experiment, "n/a" where its result says the figure does not apply,
+    † on a stale result; the GPU host writes the prose."""
+    from conftest import TEST_HOST, build_site, site_text
     from generator.site.formatting import bytes_, num, ratio
 
-    results = tmp_path / "results"
     cuda = _canned_cuda(data)
-    write_result(results, make_envelope("hardware", data))  # CPU host, current schema
-    # The GPU host's result: an older schema and another torch than its other result.
-    write_result(results, make_envelope("hardware", cuda, host=CUDA_HOST, torch="2.11.0", schema=0))
-    for other in ("optimizer_state", "qas"):
-        write_result(results, make_envelope(other, {"x": 1}, host=CUDA_HOST, torch="2.12.0",
-                                            started_at="2026-11-22T09:00:00+00:00"))
-    proc = build_site(tmp_path / "out", results, docs=_mini_docs(), host=CUDA_HOST["slug"])
+    cs = hardware.summarize(cuda)
+    _two_hosts(tmp_path / "results", data, cuda, _canned_optimizer_state())
+    proc = build_site(tmp_path / "out", tmp_path / "results", docs=_mini_docs(), host=CUDA_HOST["slug"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     page = (tmp_path / "out" / "site" / "hardware" / "index.html").read_text(encoding="utf-8")
     text = " ".join(site_text(tmp_path / "out" / "site", "hardware/index.html").split())
 
     assert "cuda-test-gpu-80gb (primary)" in text and TEST_HOST["slug"] in text
     # This host's prose: CUDA context, allocator, and the tracker agreement line.
-    assert f"the CUDA context already held {bytes_(cuda['cuda']['context_bytes'])}" in text
-    assert "The memory tracker agrees with torch.cuda.max_memory_allocated" in text
-    assert ratio(1.0, 4) in text
-    # Side by side: both hosts' best fp32 throughput; tf32 only on the GPU host ("—" on the CPU host).
-    # Hosts are columns in slug order: the CPU test host, then the GPU.
-    assert _row(page, "best tf32 matmul (TFLOP/s)") == ["—", num(cuda["matmul"]["tf32"]["best_tflop_per_s"]) + " †"]
-    assert _row(page, "best fp32 matmul (TFLOP/s)") == [num(data["matmul"]["fp32"]["best_tflop_per_s"]),
-                                                       num(cuda["matmul"]["fp32"]["best_tflop_per_s"]) + " †"]
-    assert _row(page, "CUDA context (bytes)") == ["—", bytes_(cuda["cuda"]["context_bytes"]) + " †"]
+    assert f"the CUDA context already held {bytes_(500 * 2**20)}" in text
+    assert "The memory tracker agrees with torch.cuda.max_memory_allocated" in text  # 6 MiB of 7 - 1
+    assert ratio(6 / 7, 4) in text and ratio(1.0, 4) in text
+    # Hosts are columns in slug order: the CPU test host, then the GPU host (stale: †).
+    assert _row(page, "best fp32 matmul (TFLOP/s)") == [num(summary["matmul"]["fp32"]["best_tflop_per_s"]),
+                                                       num(cs["matmul"]["fp32"]["best_tflop_per_s"]) + " †"]
+    assert _row(page, "best tf32 matmul (TFLOP/s)") == ["n/a", num(cs["matmul"]["tf32"]["best_tflop_per_s"]) + " †"]
+    assert _row(page, "CUDA context (bytes)") == ["n/a", bytes_(500 * 2**20) + " †"]
+    assert _row(page, "reserved / allocated after a step") == ["n/a", ratio(6 / 5) + " †"]
+    assert _row(page, "busy while measuring (figures are lower bounds)")[1] == cs["cpu_load"]["busy_label"] + " †"
+    # optimizer_state: only the GPU host has a result; the CPU host shows "—".
+    assert _row(page, "AdamW state / parameter bytes") == ["—", ratio(8064 / 4000)]
+    assert _row(page, "AdamW state, measured / predicted") == ["—", ratio(1.0)]
+    assert _row(page, "bytes per parameter, bf16 weights + fp32 master + AdamW") == ["—", num(16.0)]
+    assert _row(page, "fused AdamW available") == ["—", "False"]
     assert _row(page, "torch") == ["2.13.0", "2.11.0"]  # each host's newest result
-    # optimizer_state rows appear once any host has it; data without the keys shows "—", not an error.
-    assert _row(page, "AdamW state, measured / predicted") == ["—", "—"]
     # Stale: flagged in an admonition and marked (†) in the side-by-side table, never mixed silently.
     assert "Stale results: shown, but not mixed silently" in text
-    assert ("cuda-test-gpu-80gb / hardware : schema 0 (current 1); torch 2.11.0 (this host's other results: "
-            "2.12.0)") in text
+    assert "cuda-test-gpu-80gb / hardware : schema 0 (current 1)" in text
 
 
-def test_page_renders_the_committed_results(tmp_path: Path) -> None:
-    """The committed reference results validate against the current schema and render the page."""
-    from conftest import build_site, site_text
-    from generator import envelope
-    from generator.site.formatting import num
+def test_a_result_without_a_declared_path_fails_the_build(tmp_path: Path, data: dict) -> None:
+    """An optimizer_state result whose summary has no mixed-master regime: the side-by-side row cannot read it."""
+    from conftest import build_site
 
-    paths = committed_results()
-    assert paths, "results/ holds no hardware result: run 'handbook run' and commit it"
-    proc = build_site(tmp_path / "out", REPO / "results", docs=_mini_docs())
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    text = " ".join(site_text(tmp_path / "out" / "site", "hardware/index.html").split())
-    for path in paths:
-        d = envelope.load(path)["data"]
-        assert num(d["bandwidth"]["gb_per_s"]) in text
-        for name in d["matmul"]["dtypes"]:
-            if d["matmul"][name]["status"] == "measured":
-                assert num(d["matmul"][name]["best_tflop_per_s"]) in text, name
-    marker = REPO / "results" / ".this-host"
-    primary = REPO / "results" / marker.read_text().strip() / "hardware.json" if marker.exists() else None
-    if primary and primary.exists() and not envelope.load(primary)["data"]["cuda"]["measured"]:
-        # A CPU primary host: the CUDA-only figures are announced as absent, never invented.
-        assert "No CUDA device on this host" in text
-        assert "The memory tracker agrees" not in text and "disagree" not in text
+    _two_hosts(tmp_path / "results", data, _canned_cuda(data), _canned_optimizer_state(("fp32",)))
+    proc = build_site(tmp_path / "out", tmp_path / "results", docs=_mini_docs(), host=CUDA_HOST["slug"])
+    assert proc.returncode != 0
+    assert ("host cuda-test-gpu-80gb, experiment optimizer_state (summary): has no field "
+            "'precision.mixed-master.total_bytes_per_param'") in proc.stderr

@@ -1,0 +1,19 @@
+"""Unit choices for labels in summaries and figures (standard library only, no torch).
+
+The pages format numbers with the site's filters; an experiment's ``summarize``
+and ``plot`` use these for the labels they make themselves (axis ticks, row
+labels), so both sides speak the same units.
+"""
+from __future__ import annotations
+
+IEC = ("B", "KiB", "MiB", "GiB", "TiB")
+
+
+def iec_bytes(n: float) -> str:
+    """A byte count in binary units, without trailing zeros: 65536 -> "64 KiB", 1536 -> "1.5 KiB"."""
+    value = float(n)
+    for unit in IEC:
+        if abs(value) < 1024 or unit == IEC[-1]:
+            return f"{value:g} {unit}"
+        value /= 1024
+    raise AssertionError("unreachable")
