@@ -56,7 +56,7 @@ class Config:
 
 
 PROFILES = {
-    "test": Config(hidden=32, heads=2, seq=32, batch=2, seq_lens=(16, 32, 64), batches=(1, 2), share_layers=2,
+    "test": Config(hidden=32, heads=2, seq=32, batch=2, seq_lens=(32, 64, 128), batches=(1, 2), share_layers=2,
                    share_vocab=64, share_batches=(1,), shapes=(("toy", 2, 64, 4, 100),), share_seqs=(64, 128),
                    share_batch_list=(1, 2)),
     "quick": Config(),
