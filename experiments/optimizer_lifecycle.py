@@ -187,10 +187,11 @@ def grad_none_semantics(cfg: Config, device: str) -> dict[str, dict]:
     table = optimizers(cfg)
     rows = {}
     for name in SEMANTICS_OPTIMIZERS:
-        make = table[name][0]
         if name == "sgd-momentum":  # with weight decay too, to show that decay is skipped as well
             def make(p):
                 return torch.optim.SGD(p, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        else:
+            make = table[name][0]
         # Lazy state: the first step with layer 2's gradient None
         model = mlp(cfg).to(device)
         opt = make(model.parameters())

@@ -372,7 +372,8 @@ def summarize_noisy(kind: str, block: dict, hyper: dict) -> dict:
     """Effective decay rate per noise scale, relative to the nominal ηλ, beside its first-order prediction.
 
     The rate is ``−ln(mean θ_T)/T``; where mean θ crossed zero it has none (null). Adam's L2 term is divided
-    by ``√v̂ ≈ √(σ² + (λθ̄)²)``; SGD-L2 and the decoupled forms decay by exactly ηλθ per step (prediction 1).
+    by ``√v̂ ≈ √(σ² + (λθ̄)²)``; SGD-L2 and the decoupled forms decay by exactly ηλθ per step
+    (prediction 1).
     """
     steps, lam = hyper["steps"], hyper["weight_decay"]
     nominal = hyper["lr"] * lam
@@ -400,6 +401,10 @@ def summarize(data: dict) -> dict:
         rule = [1.0] + by_hand(kind, 1.0, [0.0] * steps, hyper)
         by_hand_paths[kind] = [rule[t] for t in kept]
     momentum = tr["momentum"]
+
+    def momentum_rate(kind: str) -> float:
+        return -math.log(momentum[kind]["final_theta"]) / steps / nominal
+
     total = groups["total_params"]
     return {
         "labels": {kind: LABELS[kind] for kind in data["one_step"]["zero_grad"]},
@@ -412,9 +417,9 @@ def summarize(data: dict) -> dict:
             # decoupled decay alone is geometric
             "adamw_zero_grad_closed_form_final": (1 - nominal) ** steps,
             "momentum": {
-                "l2": {"effective_over_nominal": -math.log(momentum["l2"]["final_theta"]) / steps / nominal,
+                "l2": {"effective_over_nominal": momentum_rate("l2"),
                        "predicted_effective_over_nominal": 1.0 / (1.0 - momentum["momentum"])},
-                "decoupled": {"effective_over_nominal": -math.log(momentum["decoupled"]["final_theta"]) / steps / nominal,
+                "decoupled": {"effective_over_nominal": momentum_rate("decoupled"),
                               "predicted_effective_over_nominal": 1.0},
             },
             "noisy": {kind: summarize_noisy(kind, block, hyper) for kind, block in tr["noisy"].items()},

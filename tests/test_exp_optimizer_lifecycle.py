@@ -50,7 +50,8 @@ def test_resume_difference_is_the_worst_over_optimizers():
     s = E.summarize({"state": state})
     assert s["resume_max_abs_diff_all_optimizers"] == 2e-7
     assert s["state"]["b"] == {"state_ratio": 1.0, "saved_overhead_bytes": 10, "saved_over_memory_ratio": 1.5,
-                               "saved_model_and_state_dict_bytes": 35, "saved_model_and_state_dict_over_model_ratio": 7.0}
+                               "saved_model_and_state_dict_bytes": 35,
+                               "saved_model_and_state_dict_over_model_ratio": 7.0}
 
 
 def test_lazy_state(data):

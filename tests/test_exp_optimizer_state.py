@@ -70,12 +70,13 @@ def test_zero_grad_semantics(data: dict, summary: dict) -> None:
 
 
 def test_precision_regimes_match_the_accounting(data: dict, summary: dict) -> None:
-    p = summary["precision"]
+    p, measured = summary["precision"], data["precision"]
     assert list(p) == list(formulas.PRECISION_REGIMES)
     assert p["fp32"]["total_bytes_per_param"] == 16.0
-    assert p["amp-autocast"]["total_bytes_per_param"] == 16.0 and data["precision"]["amp-autocast"]["grad_dtype"] == "float32"
-    assert p["mixed-master"]["total_bytes_per_param"] == 16.0 and data["precision"]["mixed-master"]["grad_dtype"] == "bfloat16"
-    assert p["mixed-master"]["measured_bytes_per_param"] == {"weights": 2.0, "grads": 2.0, "master": 4.0, "optimizer": 8.0}
+    assert p["amp-autocast"]["total_bytes_per_param"] == 16.0 and measured["amp-autocast"]["grad_dtype"] == "float32"
+    assert p["mixed-master"]["total_bytes_per_param"] == 16.0 and measured["mixed-master"]["grad_dtype"] == "bfloat16"
+    assert p["mixed-master"]["measured_bytes_per_param"] == {"weights": 2.0, "grads": 2.0, "master": 4.0,
+                                                             "optimizer": 8.0}
     assert p["pure-bf16"]["total_bytes_per_param"] == 8.0
     for regime in p.values():
         assert regime["ratio"] == 1.0

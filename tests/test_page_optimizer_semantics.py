@@ -29,7 +29,8 @@ def test_chapter1_renders_the_numbers(site):
     adam, adam_s = o["optimizers"]["adam"]["foreach"], os_["optimizers"]["adam"]["foreach"]
     for expected in (
         grouped(o["model"]["parameters"]), bytes_(adam["state_bytes"]), ratio(adam_s["state_over_params_ratio"]),
-        bytes_(adam_s["step_temporaries_bytes"]), bytes_(os_["optimizers"]["adam"]["for-loop"]["step_temporaries_bytes"]),
+        bytes_(adam_s["step_temporaries_bytes"]),
+        bytes_(os_["optimizers"]["adam"]["for-loop"]["step_temporaries_bytes"]),
         bytes_(adam_s["predicted_persistent_bytes"]), ratio(adam_s["peak_over_predicted_persistent_ratio"]),
         bytes_(os_["optimizers"]["adafactor"]["foreach"]["step_temporaries_bytes"]),
         num(os_["precision"]["mixed-master"]["total_bytes_per_param"]),
@@ -71,7 +72,8 @@ def test_chapter2_renders_the_numbers(site):
         ratio(gas["memory"][0]["activations_over_predicted_ratio"]), ms(gas["memory"][0]["step_time_half_iqr_ms"]),
         bytes_(gas["memory"][0]["predicted_saved_activations_bytes"]),
         ratio(scaled["clip_before_unscale_shrink"]),
-        bytes_(adam_s["saved_model_and_state_dict_bytes"]), ratio(adam_s["saved_model_and_state_dict_over_model_ratio"]),
+        bytes_(adam_s["saved_model_and_state_dict_bytes"]),
+        ratio(adam_s["saved_model_and_state_dict_over_model_ratio"]),
         num(ols["resume_max_abs_diff_all_optimizers"]),
     ):
         assert expected in text, expected
