@@ -15,7 +15,7 @@ from pathlib import Path
 
 from generator import runner
 from generator.argv import attach_negative_values
-from generator.errors import HandbookError, InputError
+from generator.errors import HandbookError, InputError, one_line
 
 
 def positive_seconds(text: str) -> float:
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"handbook: {args.command}: {detail}; the results on disk are as they were", file=sys.stderr)
         return 130
     except HandbookError as exc:  # the one handler: one line, non-zero exit
-        print(f"handbook: {args.command}: {exc}", file=sys.stderr)
+        print(f"handbook: {args.command}: {one_line(exc)}", file=sys.stderr)
         return 2
     except Exception as exc:  # mkdocs' and Chromium's failures, which carry ours inside them
         if type(exc).__name__ in ("Abort", "BuildError", "PluginError", "ConfigurationError"):

@@ -91,6 +91,8 @@ def load(path: Path) -> dict:
         obj = json.loads(text, parse_constant=lambda c: (_ for _ in ()).throw(ValueError(f"{c} is not JSON")))
     except ValueError as exc:
         raise ResultError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ResultError(f"{path}: not a result file (JSON nested too deeply to read)") from None
     return validate(obj, str(path))
 
 

@@ -32,3 +32,8 @@ class SummaryError(HandbookError):
 
 class InputError(HandbookError):
     """Bad command-line input or a bad model config handed to the estimator."""
+
+
+def one_line(message: object) -> str:
+    """The message as one printable line: control characters (a stray newline, a carriage return) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(message))

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 
 from generator.argv import attach_negative_values
-from generator.errors import InputError
+from generator.errors import InputError, one_line
 
 from experiments.lib import estimator
 from experiments.lib.model_shapes import BUILTIN, FAMILIES, ModelShape, ShapeError, builtin, load_config
@@ -71,7 +73,10 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--vocab", type=pos, help="typed shape: vocabulary size")
     src.add_argument("--positions", type=nonneg, default=0,
                      help="typed shape: learned positions (gpt2, bert; default: the sequence length)")
-    src.add_argument("--untied", action="store_true", help="typed shape: a separate output head (llama default)")
+    src.add_argument("--untied", action="store_true",
+                     help="typed shape: a separate output head (the default for llama; gpt2 ties it)")
+    src.add_argument("--tied", action="store_true",
+                     help="typed shape: the output head shares the input embedding (the default for gpt2, bert)")
     run = p.add_argument_group("the training set-up")
     run.add_argument("--optimizer", default="adamw", help=f"{', '.join(estimator.OPTIMIZERS)} (default adamw)")
     run.add_argument("--precision", default="bf16-mixed",
@@ -88,12 +93,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _parse_params(text: str) -> int:
+    shown = text if len(text) <= 40 else text[:37] + "..."
     try:
         value = float(text) if any(c in text.lower() for c in ".e") else int(text.replace("_", ""))
     except ValueError:
-        raise _InputError(f"argument --params: {text!r} is not a number") from None
-    if value != int(value) or value < 1:
-        raise _InputError(f"argument --params: must be a positive whole number, not {text}")
+        raise _InputError(f"argument --params: {shown!r} is not a number") from None
+    if isinstance(value, float) and (not math.isfinite(value) or value != int(value)) or value < 1:
+        raise _InputError(f"argument --params: must be a positive whole number, not {shown}")
+    if value > estimator.MAX_PARAMS:
+        raise _InputError(f"argument --params: {shown} is beyond any model (at most {estimator.MAX_PARAMS:.0e})")
     return int(value)
 
 
@@ -113,12 +121,15 @@ def resolve(args: argparse.Namespace) -> tuple[ModelShape | None, int | None]:
     missing = [f"--{k}" for k in ("family", "hidden", "layers", "heads", "vocab") if getattr(args, k) is None]
     if missing:
         raise _InputError(f"a typed shape needs {', '.join(missing)}")
+    if args.tied and args.untied:
+        raise _InputError("give --tied or --untied, not both")
+    tied = {"gpt2": not args.untied, "bert": True, "llama": args.tied}[args.family]
     seq = args.seq or DEFAULT_SEQ
     return ModelShape(family=args.family, hidden=args.hidden, layers=args.layers, heads=args.heads,
                       kv_heads=args.kv_heads, intermediate=args.intermediate, vocab=args.vocab,
                       positions=args.positions or (seq if args.family != "llama" else 0),
                       type_vocab=2 if args.family == "bert" else 0,
-                      tied_embeddings=not args.untied if args.family != "bert" else True,
+                      tied_embeddings=tied,
                       dropout=args.family != "llama", name="custom"), None
 
 
@@ -170,10 +181,10 @@ def main(argv: list[str]) -> int:
                                 zero=args.zero, gpus=args.gpus)
         result = estimator.estimate(setup, shape=shape, params=params)
     except (_InputError, ShapeError, estimator.EstimateError) as exc:
-        print(f"handbook estimate: error: {exc}", file=sys.stderr)
+        print(f"handbook estimate: error: {one_line(exc)}", file=sys.stderr)
         return 2
-    if args.json:
-        print(json.dumps(result, indent=1))
-    else:
-        print(render_table(result))
+    try:
+        print(json.dumps(result, indent=1) if args.json else render_table(result), flush=True)
+    except BrokenPipeError:  # `handbook estimate ... | head`: the reader has all it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

@@ -129,6 +129,9 @@
     if (m.positions && setup.seq > m.positions) {
       throw new Error(`seq ${setup.seq} exceeds the model's ${m.positions} learned positions`);
     }
+    if (m.context && setup.seq > m.context) {
+      throw new Error(`seq ${setup.seq} exceeds the model's context of ${m.context} positions (max_position_embeddings)`);
+    }
     const shapes = parameterShapes(m);
     const n = shapes.reduce((acc, s) => acc + numel(s), 0n);
     const [w, g, o] = D.precisions[setup.precision].map(big);

@@ -79,6 +79,12 @@ class EstimateError(ValueError):
     """Input the estimator cannot use; the message names the offending field."""
 
 
+# Inputs beyond these are refused: they describe no real run, and the printed table (floats) and the
+# calculator (JavaScript numbers) would overflow or lose exactness long before Python's integers do.
+MAX_SIZE = 10**9           # batch, sequence, data-parallel degree, and each dimension of a shape
+MAX_PARAMS = 10**15        # parameters given as a count
+
+
 @dataclass(frozen=True)
 class Setup:
     optimizer: str = "adamw"
@@ -100,6 +106,9 @@ class Setup:
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise EstimateError(f"{key} must be a positive integer, not {value!r}")
+            if value > MAX_SIZE:
+                raise EstimateError(f"{key} (a {len(str(value))}-digit number) is beyond any training run "
+                                    f"(at most {MAX_SIZE:,})")
         if self.zero not in ZERO_STAGES:
             raise EstimateError(f"zero must be 0, 1, 2 or 3, not {self.zero!r}")
 
@@ -230,12 +239,20 @@ def estimate(setup: Setup, shape: ModelShape | None = None, params: int | None =
         raise EstimateError("give a model shape or a parameter count, not both")
     if shape is not None and shape.positions and setup.seq > shape.positions:
         raise EstimateError(f"seq {setup.seq} exceeds the model's {shape.positions} learned positions")
+    # Rotary models (Llama) could run longer sequences, but not as configured: a longer context is a
+    # different config (rope scaling, a larger max_position_embeddings), so the estimate refuses it.
+    if shape is not None and shape.context and setup.seq > shape.context:
+        raise EstimateError(f"seq {setup.seq} exceeds the model's context of {shape.context} positions "
+                            f"(max_position_embeddings)")
     if shape is not None:
         shapes = tensor_shapes(shape)
         n_params = sum(formulas.numel(x) for x in shapes)
     else:
         if not isinstance(params, int) or isinstance(params, bool) or params < 1:
             raise EstimateError(f"params must be a positive integer, not {params!r}")
+        if params > MAX_PARAMS:
+            raise EstimateError(f"params (a {len(str(params))}-digit number) is beyond any model "
+                                f"(at most {MAX_PARAMS:.0e})")
         if setup.optimizer == "adafactor":
             raise EstimateError("optimizer adafactor needs the tensor shapes: give a model or a config, not --params")
         shapes = [(params,)]

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 FAMILIES = ("gpt2", "bert", "llama")
+MAX_DIM = 10**9  # a dimension beyond this describes no model (estimator.MAX_SIZE says why)
 
 
 class ShapeError(ValueError):
@@ -46,11 +47,20 @@ class ModelShape:
         if self.family not in FAMILIES:
             raise ShapeError(f"unknown model family {self.family!r} (one of {', '.join(FAMILIES)})")
         for key in ("hidden", "layers", "heads", "vocab"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
-                raise ShapeError(f"{key} must be a positive integer, not {getattr(self, key)!r}")
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ShapeError(f"{key} must be a positive integer, not {value!r}")
         for key in ("kv_heads", "intermediate", "positions", "type_vocab", "head_dim", "context"):
-            if not isinstance(getattr(self, key), int) or getattr(self, key) < 0:
-                raise ShapeError(f"{key} must be a non-negative integer, not {getattr(self, key)!r}")
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ShapeError(f"{key} must be a non-negative integer, not {value!r}")
+        for key in ("hidden", "layers", "heads", "vocab", "kv_heads", "intermediate", "positions", "type_vocab",
+                    "head_dim"):
+            if getattr(self, key) > MAX_DIM:
+                raise ShapeError(f"{key} (a {len(str(getattr(self, key)))}-digit number) is beyond any model "
+                                 f"(at most {MAX_DIM:,})")
+        if not isinstance(self.tied_embeddings, bool) or not isinstance(self.dropout, bool):
+            raise ShapeError("tied_embeddings and dropout must be true or false")
         if self.family == "llama" and self.intermediate == 0:
             raise ShapeError("intermediate (intermediate_size) is required for a llama-style model")
         if self.family in ("gpt2", "bert") and self.positions == 0:
@@ -124,7 +134,8 @@ def _family_of(cfg: dict) -> str:
     if kind in ("llama", "mistral"):
         return "llama"
     if kind:
-        raise ShapeError(f"config model_type {kind!r} is not supported (gpt2, bert, llama or mistral)")
+        raise ShapeError(f"model_type {kind!r} is not supported (gpt2, bert, llama or mistral); give its "
+                         f"parameter count with --params, or its shape with --family --hidden --layers --heads --vocab")
     if "n_embd" in cfg:
         return "gpt2"
     if "type_vocab_size" in cfg:
@@ -145,7 +156,10 @@ def shape_from_config(cfg: dict, where: str = "config.json", name: str = "") -> 
     """A ``ModelShape`` from Hugging Face config fields (GPT-2, BERT or Llama style)."""
     if not isinstance(cfg, dict):
         raise ShapeError(f"{where}: expected a JSON object")
-    family = _family_of(cfg)
+    try:
+        family = _family_of(cfg)
+    except ShapeError as exc:
+        raise ShapeError(f"{where}: {exc}") from None
 
     def get(key: str, default: object = ...) -> object:
         value = _field(cfg, key, where, default)
@@ -155,14 +169,24 @@ def shape_from_config(cfg: dict, where: str = "config.json", name: str = "") -> 
         return value
 
     def prob(*keys: str) -> bool:
+        for k in keys:
+            value = cfg.get(k, 0.0)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ShapeError(f"{where}: field {k!r} must be a probability (a number), not {value!r}")
         return any(float(cfg.get(k, 0.0) or 0.0) > 0 for k in keys)
+
+    def flag(key: str, default: bool) -> bool:
+        value = cfg.get(key, default)
+        if not isinstance(value, bool):
+            raise ShapeError(f"{where}: field {key!r} must be true or false, not {value!r}")
+        return value
 
     try:
         if family == "gpt2":
             return ModelShape(
                 family="gpt2", hidden=get("n_embd"), layers=get("n_layer"), heads=get("n_head"),
                 vocab=get("vocab_size"), intermediate=get("n_inner", None) or 0, positions=get("n_positions"),
-                tied_embeddings=bool(get("tie_word_embeddings", True)),
+                tied_embeddings=flag("tie_word_embeddings", True),
                 dropout=prob("resid_pdrop", "embd_pdrop", "attn_pdrop") if any(
                     k in cfg for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")) else True,
                 context=get("n_ctx", None) or get("n_positions"), name=name)
@@ -181,7 +205,7 @@ def shape_from_config(cfg: dict, where: str = "config.json", name: str = "") -> 
             family="llama", hidden=get("hidden_size"), layers=get("num_hidden_layers"),
             heads=get("num_attention_heads"), kv_heads=get("num_key_value_heads", None) or 0,
             vocab=get("vocab_size"), intermediate=get("intermediate_size"), head_dim=get("head_dim", None) or 0,
-            tied_embeddings=bool(get("tie_word_embeddings", False)),
+            tied_embeddings=flag("tie_word_embeddings", False),
             dropout=prob("attention_dropout"), context=get("max_position_embeddings", None) or 0, name=name)
     except ShapeError as exc:
         if str(exc).startswith(where):
@@ -195,10 +219,14 @@ def load_config(path: str | Path) -> ModelShape:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise ShapeError(f"cannot read config {str(p)!r}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ShapeError(f"{p}: not a config.json (not UTF-8 text at byte {exc.start})") from None
     try:
         cfg = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ShapeError(f"{p}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    except RecursionError:
+        raise ShapeError(f"{p}: not a config.json (JSON nested too deeply to read)") from None
     return shape_from_config(cfg, where=str(p), name=p.parent.name if p.name == "config.json" else p.stem)
 
 
