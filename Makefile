@@ -4,6 +4,10 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 SETUP  := $(VENV)/.setup-done
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# The torch requirement. Where a CPU wheel of 2.13.0 lies on disk (our CI machines) this pin installs
+# it; elsewhere the same pin downloads PyPI's default build (CUDA on Linux, several GB). Choose another:
+#   make handbook TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+TORCH  ?= torch==2.13.0
 export NO_MKDOCS_2_WARNING := 1
 
 .DEFAULT_GOAL := help
@@ -15,7 +19,7 @@ help: ## list the targets
 $(SETUP): pyproject.toml requirements/site.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet torch==2.13.0   # the CPU wheel; a looser spec pulls a CUDA build
+	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet -r requirements/site.txt
 	$(BIN)/pip install --quiet --no-deps --editable .
 	touch $@
@@ -24,7 +28,7 @@ system: ## install Chromium and poppler-utils (for the PDFs and browser tests) w
 	@command -v chromium >/dev/null && command -v pdfinfo >/dev/null || \
 	  ( $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium poppler-utils )
 
-setup: $(SETUP) system ## create .venv and install everything (torch 2.13.0 CPU, mkdocs<2, Chromium, ...)
+setup: $(SETUP) system ## create .venv and install everything (torch: see TORCH above, mkdocs<2, Chromium, ...)
 
 handbook: setup ## run the experiments for this host, build site/, site/handbook.pdf and site/cheatsheet.pdf
 	$(BIN)/handbook build
