@@ -45,13 +45,22 @@ def browser():
         b.close()
 
 
-def primary_data(name: str) -> dict:
+def primary_run(name: str):
     """The committed result the site's prose uses (the host with most results, as the site picks)."""
-    from generator.site.results import load_all, pick_primary
+    from generator.site.results import attach_summaries, load_all, pick_primary
 
     hosts = load_all(REPO / "results")
+    attach_summaries(hosts, REPO / "results")
     slug = pick_primary(hosts, Path("/nonexistent"), None)
-    return hosts[slug].runs[name].good["data"]
+    return hosts[slug].runs[name]
+
+
+def primary_data(name: str) -> dict:
+    return primary_run(name).good["data"]
+
+
+def primary_summary(name: str) -> dict:
+    return primary_run(name).summary
 
 
 @pytest.mark.parametrize("path", PAGES)
@@ -122,7 +131,7 @@ def test_cheatsheet_pdf_fits_two_landscape_pages(built_site: Path) -> None:
     width, _, height = info["Page size"].split()[:3]
     assert float(width) > float(height), "landscape"
     assert "A4" in info["Page size"]
-    regimes = primary_data("optimizer_state")["precision"]
+    regimes = primary_summary("optimizer_state")["precision"]
     assert num(regimes["pure-bf16"]["total_bytes_per_param"]) in text
     assert "Cheat sheet" in text
 
