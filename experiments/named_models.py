@@ -7,13 +7,15 @@ with full activation checkpointing, and with ZeRO-3 over 8 GPUs? Which cards
 does each fit?
 
 Method: the estimator (``experiments.lib.estimator``, the model behind
-``handbook estimate``) on each model's published shape. Then the same
-estimator against a measurement on this host: a small GPT
+``handbook estimate``) on each model's published shape; that breakdown is
+arithmetic, not a measurement, so ``summarize`` computes it at build time and a
+change to the estimator updates the pages without measuring again. ``run``
+checks the same estimator against this host: a small GPT
 (``experiments.lib.gpt``) trained for a step with AdamW, without checkpointing,
-with selective recomputation of the attention core and with full checkpointing, every term read off PyTorch (parameters, gradients,
-optimizer state, the activations alive after forward, the peak of the step).
-The result also carries the shapes, precisions and card capacities that the
-site's interactive calculator uses, so it computes from the same numbers.
+with selective recomputation of the attention core, with full checkpointing
+and under bf16 autocast, every term read off PyTorch (parameters, gradients,
+optimizer state, the activations alive after forward, the peak of the step)
+beside the estimator's prediction for that model on that device.
 
 Run it: ``python -m experiments.named_models --profile quick``.
 """
@@ -29,7 +31,8 @@ import torch.utils.checkpoint
 from experiments.lib import estimator
 from experiments.lib.gpt import GPT, CheckpointedCore, LayerShape
 from experiments.lib.memory import MemoryTracker, grad_bytes, optimizer_state_bytes, param_bytes
-from experiments.lib.model_shapes import BUILTIN, ModelShape
+from experiments.lib.model_shapes import ModelShape
+from experiments.lib.model_shapes import BUILTIN  # summarize only
 from experiments.lib.saved import count_saved
 
 TIMEOUT_S = 300
@@ -37,11 +40,8 @@ TIMEOUT_S = 300
 
 @dataclass(frozen=True)
 class Config:
-    models: tuple = ("bert-base", "gpt2-xl", "llama-2-7b", "llama-3-8b", "llama-2-70b")
-    seq: int = 2048            # clipped to each model's context
-    batch: int = 1
-    zero_gpus: int = 8
-    # the small GPT measured on this host
+    """The small GPT measured on this host."""
+
     vocab: int = 256
     v_seq: int = 128
     v_batch: int = 2
@@ -52,45 +52,10 @@ class Config:
 
 
 PROFILES = {
+    "test": Config(vocab=64, v_seq=32, v_batch=2, layers=2, hidden=32, heads=4),
     "quick": Config(),
     "full": Config(vocab=32000, v_seq=1024, v_batch=4, layers=8, hidden=1024, heads=16),
 }
-
-# The four set-ups of the breakdown, each adding one change to the one before.
-SETUPS = (
-    ("fp32", "fp32 AdamW", {"precision": "fp32"}),
-    ("bf16_mixed", "bf16-mixed AdamW", {"precision": "bf16-mixed"}),
-    ("checkpointing", "+ full checkpointing", {"precision": "bf16-mixed", "checkpointing": "full"}),
-    ("zero3", "+ ZeRO-3 over N GPUs", {"precision": "bf16-mixed", "checkpointing": "full", "zero": 3}),
-)
-
-# %% [markdown]
-# ## The named models, computed by the estimator
-
-# %%
-def breakdown(cfg: Config) -> list[dict]:
-    out = []
-    for name in cfg.models:
-        m = BUILTIN[name]
-        seq = min(cfg.seq, m.context) if m.context else cfg.seq
-        rows = []
-        for key, label, extra in SETUPS:
-            extra = dict(extra)
-            if key == "zero3":
-                extra["gpus"] = cfg.zero_gpus
-            setup = estimator.Setup(optimizer="adamw", batch=cfg.batch, seq=seq, **extra)
-            est = estimator.estimate(setup, shape=m)
-            fitting = [f for f in est["fits"] if f["fits"]]
-            rows.append({"key": key, "label": label.replace("N GPUs", f"{cfg.zero_gpus} GPUs"),
-                         "setup": est["setup"], "per_device_bytes": est["per_device_bytes"],
-                         "fits": est["fits"],
-                         "smallest_fit": min(fitting, key=lambda f: f["capacity_bytes"])["gpu"] if fitting else "",
-                         "bytes_per_param": est["per_device_bytes"]["total"] / est["parameters"]})
-        out.append({"name": name, "family": m.family, "parameters": estimator.parameter_count(m), "seq": seq,
-                    "batch": cfg.batch, "source": m.source, "setups": {r["key"]: r for r in rows},
-                    "setup_order": [r["key"] for r in rows]})
-    return out
-
 
 # %% [markdown]
 # ## The estimator against this host
@@ -156,9 +121,7 @@ def measure(cfg: Config, device: str, checkpointing: str, precision: str = "fp32
                  "activations": acts["total_bytes"] - recompute}
     measured = {"params": param_bytes(model), "grads": grads, "optimizer": optimizer_state_bytes(opt),
                 "activations": after_forward["activations_bytes"]}
-    terms = {k: {"predicted_bytes": predicted[k], "measured_bytes": measured[k],
-                 "ratio": measured[k] / predicted[k]} for k in predicted}
-    total_pred = sum(predicted.values()) + recompute
+    terms = {k: {"predicted_bytes": predicted[k], "measured_bytes": measured[k]} for k in predicted}
     return {
         "checkpointing": checkpointing,
         "precision": precision,
@@ -168,25 +131,80 @@ def measure(cfg: Config, device: str, checkpointing: str, precision: str = "fp32
         "terms": terms,
         "saved_bytes": saved_bytes,
         "recompute_bytes": recompute,
-        "predicted_total_bytes": total_pred,
         "peak_total_bytes": peak["total_bytes"],
-        "peak_over_predicted_ratio": peak["total_bytes"] / total_pred,
         "cuda_max_allocated_bytes": tracker.cuda_max_allocated_bytes,
     }
 
 
 def run(cfg: Config, device: str) -> dict:
     torch.manual_seed(0)
-    validation = {c: measure(cfg, device, c) for c in estimator.CHECKPOINTING}
-    validation["autocast"] = measure(cfg, device, "none", precision="bf16-mixed")
+    runs = {c: measure(cfg, device, c) for c in estimator.CHECKPOINTING}
+    runs["autocast"] = measure(cfg, device, "none", precision="bf16-mixed")
     return {
-        "models": breakdown(cfg),
-        "zero_gpus": cfg.zero_gpus,
-        "setups": [{"key": k, "label": label.replace("N GPUs", f"{cfg.zero_gpus} GPUs")} for k, label, _ in SETUPS],
-        "calculator": estimator.calculator_inputs(),
-        "validation": {"shape": {"vocab": cfg.vocab, "seq": cfg.v_seq, "batch": cfg.v_batch, "layers": cfg.layers,
-                                 "hidden": cfg.hidden, "heads": cfg.heads, "dropout": cfg.dropout},
-                       "device": device, **validation},
+        "shape": {"vocab": cfg.vocab, "seq": cfg.v_seq, "batch": cfg.v_batch, "layers": cfg.layers,
+                  "hidden": cfg.hidden, "heads": cfg.heads, "dropout": cfg.dropout},
+        "device": device,
+        "runs": runs,
+    }
+
+# %% [markdown]
+# ## Derived at build time: the named models through the estimator, and the check's ratios
+#
+# Each set-up adds one change to the one before. Every model uses AdamW,
+# micro-batch 1 and a sequence of 2048 tokens (at most its context).
+
+# %%
+MODELS = ("bert-base", "gpt2-xl", "llama-2-7b", "llama-3-8b", "llama-2-70b")  # in table order
+SEQ = 2048  # clipped to each model's context
+BATCH = 1
+ZERO_GPUS = 8
+SETUPS = (
+    ("fp32", "fp32 AdamW", {"precision": "fp32"}),
+    ("bf16_mixed", "bf16-mixed AdamW", {"precision": "bf16-mixed"}),
+    ("checkpointing", "+ full checkpointing", {"precision": "bf16-mixed", "checkpointing": "full"}),
+    ("zero3", f"+ ZeRO-3 over {ZERO_GPUS} GPUs",
+     {"precision": "bf16-mixed", "checkpointing": "full", "zero": 3, "gpus": ZERO_GPUS}),
+)
+RUN_LABELS = {"none": "fp32", "selective": "fp32, selective", "full": "fp32, full", "autocast": "bf16 autocast"}
+TERM_LABELS = {"params": "weights", "grads": "gradients", "optimizer": "optimizer state",
+               "activations": "activations after forward"}
+
+
+def breakdown(name: str) -> dict:
+    """One named model under every set-up, from the estimator."""
+    m = BUILTIN[name]
+    seq = min(SEQ, m.context) if m.context else SEQ
+    setups = {}
+    for key, label, extra in SETUPS:
+        est = estimator.estimate(estimator.Setup(optimizer="adamw", batch=BATCH, seq=seq, **extra), shape=m)
+        fitting = [f for f in est["fits"] if f["fits"]]
+        smallest = min(fitting, key=lambda f: f["capacity_bytes"])["gpu"] if fitting else None
+        setups[key] = {"label": label, "setup": est["setup"], "per_device_bytes": est["per_device_bytes"],
+                       "fits": est["fits"], "smallest_fit": smallest, "smallest_fit_label": smallest or "none listed",
+                       "bytes_per_param": est["per_device_bytes"]["total"] / est["parameters"]}
+    return {"name": name, "family": m.family, "parameters": estimator.parameter_count(m), "seq": seq,
+            "batch": BATCH, "source": m.source, "setups": setups}
+
+
+def _check(c: str, x: dict) -> dict:
+    """One measured run beside the estimator: each term's ratio, and the peak against the sum of the terms."""
+    terms = {t: {"label": TERM_LABELS[t], **v, "ratio": v["measured_bytes"] / v["predicted_bytes"]}
+             for t, v in x["terms"].items()}
+    total = sum(v["predicted_bytes"] for v in x["terms"].values()) + x["recompute_bytes"]
+    return {"label": RUN_LABELS[c], "checkpointing": x["checkpointing"], "precision": x["precision"],
+            "mask_bytes": x["mask_bytes"], "recompute_bytes": x["recompute_bytes"], "terms": terms,
+            "predicted_total_bytes": total, "peak_total_bytes": x["peak_total_bytes"],
+            "peak_over_predicted_ratio": x["peak_total_bytes"] / total}
+
+
+def summarize(data: dict) -> dict:
+    return {
+        "zero_gpus": ZERO_GPUS,
+        "batch": BATCH,
+        "setups": {key: label for key, label, _ in SETUPS},
+        "models": {name: breakdown(name) for name in MODELS},
+        "gpus": [{"name": n, "capacity_bytes": c, "source": s} for n, c, s in estimator.GPUS],
+        "validation": {c: _check(c, x) for c, x in data["runs"].items()},
     }
 
 # %% [markdown]
@@ -198,15 +216,15 @@ TERM_COLORS = (("params", "weights", "#4c72b0"), ("grads", "gradients", "#dd8452
 LINE_GPUS = ("RTX 4090 24 GB", "A100 40 GB", "H100 80 GB", "H200 141 GB")
 
 
-def plot(data: dict) -> dict:
+def plot(data: dict, summary: dict) -> dict:
     import matplotlib.pyplot as plt
 
     figs = {}
-    models = data["models"]
-    gpus = {g["name"]: g["capacity_bytes"] for g in data["calculator"]["gpus"]}
+    models = list(summary["models"].values())
+    gpus = {g["name"]: g["capacity_bytes"] for g in summary["gpus"]}
     fig, axes = plt.subplots(2, 3, figsize=(7.4, 6.2))
     for ax, m in zip(axes.flat, models):
-        keys = m["setup_order"]
+        keys = list(m["setups"])
         bottoms = [0.0] * len(keys)
         for term, label, color in TERM_COLORS:
             vals = [m["setups"][k]["per_device_bytes"][term] / 2**30 for k in keys]
@@ -222,7 +240,7 @@ def plot(data: dict) -> dict:
                     ax.text(len(keys) - 0.45, cap, name, fontsize=6, va="bottom", ha="right")
                     last_label = cap
         ax.set_title(f"{m['name']} (s={m['seq']}, b={m['batch']})", fontsize=8)
-        ax.set_xticks(range(len(keys)), ["fp32", "bf16\nmixed", "+ ckpt", f"+ ZeRO-3\n×{data['zero_gpus']}"],
+        ax.set_xticks(range(len(keys)), ["fp32", "bf16\nmixed", "+ ckpt", f"+ ZeRO-3\n×{summary['zero_gpus']}"],
                       fontsize=6)
         ax.tick_params(axis="y", labelsize=7)
         ax.set_ylabel("GiB per GPU", fontsize=7)
@@ -236,7 +254,7 @@ def plot(data: dict) -> dict:
     fig.tight_layout()
     figs["breakdown"] = fig
 
-    v = data["validation"]
+    v = summary["validation"]
     fig, ax = plt.subplots(figsize=(7, 3.4))
     terms = ("params", "grads", "optimizer", "activations")
     width = 0.13
@@ -249,8 +267,8 @@ def plot(data: dict) -> dict:
                    color=("#4c72b0", "#55a868", "#dd8452")[i], alpha=0.6 if j == 0 else 1.0, edgecolor="white")
     ax.set_xticks(range(len(terms)), ["weights", "gradients", "optimizer state", "activations\nafter forward"])
     ax.set_ylabel("KiB")
-    sh = v["shape"]
-    ax.set_title(f"Small GPT on this host ({v['device']}): L={sh['layers']}, h={sh['hidden']}, s={sh['seq']}, "
+    sh = data["shape"]
+    ax.set_title(f"Small GPT on this host ({data['device']}): L={sh['layers']}, h={sh['hidden']}, s={sh['seq']}, "
                  f"b={sh['batch']}, fp32 AdamW", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -259,6 +277,8 @@ def plot(data: dict) -> dict:
 
 # %%
 if __name__ == "__main__":
-    from experiments.lib.cli import main
     import sys
+
+    from experiments.lib.cli import main
+
     raise SystemExit(main(sys.modules[__name__]))

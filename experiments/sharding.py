@@ -16,6 +16,9 @@ under four wrappers: ``DistributedDataParallel`` (ZeRO-0),
 rank reads its own parameters, gradients and optimizer state (local shards,
 each storage once) and tracks the second step with PyTorch's ``MemTracker``;
 the estimator (``experiments.lib.estimator``) predicts the per-rank bytes.
+``run`` stores what each rank measured, by world size and wrapper;
+``summarize`` puts the rule beside it (so a change to the estimator updates the
+page without measuring again) and derives the ratios the page shows.
 
 Run it: ``python -m experiments.sharding --profile quick``.
 """
@@ -33,18 +36,13 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from experiments.lib import estimator
+from experiments.lib import estimator  # summarize only: run does not reach it
+from experiments.lib.host import cores
 from experiments.lib.memory import MemoryTracker, tensor_bytes
 
 TIMEOUT_S = 600
 
-MODES = (
-    # name, ZeRO stage the estimator compares with, label
-    ("ddp", 0, "DDP (ZeRO-0)"),
-    ("zero1", 1, "ZeroRedundancyOptimizer (ZeRO-1)"),
-    ("fsdp2_keep", 2, "FSDP2, reshard_after_forward=False (ZeRO-2-like)"),
-    ("fsdp2_reshard", 3, "FSDP2, reshard_after_forward=True (ZeRO-3)"),
-)
+MODES = ("ddp", "zero1", "fsdp2_keep", "fsdp2_reshard")  # the wrappers, in the order of the pages' tables
 
 
 @dataclass(frozen=True)
@@ -58,6 +56,7 @@ class Config:
 
 
 PROFILES = {
+    "test": Config(width=32, inputs=8, outputs=3, batch=4, world_sizes=(1,)),  # one rank: no process to start
     "quick": Config(),
     "full": Config(width=2048, inputs=1024, outputs=1001, batch=64, world_sizes=(1, 2, 4, 8)),
 }
@@ -195,7 +194,7 @@ def _worker(rank: int, world_size: int, port: int, cfg_dict: dict, device: str, 
                             rank=rank, world_size=world_size)
     try:
         results = {}
-        for mode, _, _ in MODES:
+        for mode in MODES:
             results[mode] = measure_mode(mode, cfg, dev, rank)
             dist.barrier()
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w", encoding="utf-8") as f:
@@ -235,8 +234,7 @@ def run_world(cfg: Config, device: str, world_size: int) -> list[dict]:
 
 # %%
 def cpu_ranks_limit() -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(2, cores)
+    return max(2, cores())
 
 
 def possible_world_sizes(cfg: Config, device: str) -> tuple[list[tuple[int, str]], list[int]]:
@@ -259,73 +257,106 @@ def possible_world_sizes(cfg: Config, device: str) -> tuple[list[tuple[int, str]
 
 def run(cfg: Config, device: str) -> dict:
     torch.manual_seed(0)
-    shapes = tensor_shapes(cfg)
     plan, skipped = possible_world_sizes(cfg, device)
-    world_sizes = [ws for ws, _ in plan]
     runs = []
     for ws, dev in plan:
         ranks = run_world(cfg, dev, ws)
-        for mode, stage, label in MODES:
-            _, pred = estimator.model_state_bytes(shapes, "adamw", "fp32", stage, ws)
-            per_rank = [r[mode] for r in ranks]
-            row = {"mode": mode, "label": label, "zero_stage": stage, "world_size": ws, "device": dev,
-                   "backend": "nccl" if dev.startswith("cuda") else "gloo", "ranks": per_rank,
-                   "predicted_per_rank": {f"{k}_bytes": v for k, v in pred.items()}}
-            for key in ("params", "grads", "optimizer"):
-                vals = [r[f"{key}_bytes"] for r in per_rank]
-                row[f"{key}_max_over_predicted_ratio"] = max(vals) / pred[key] if pred[key] else 1.0
-                row[f"{key}_rank_spread_ratio"] = max(vals) / min(vals) if min(vals) else 1.0
-            for r in per_rank:
-                r["state_bytes"] = r["params_bytes"] + r["grads_bytes"] + r["optimizer_bytes"]
-                r["state_over_predicted_ratio"] = r["state_bytes"] / sum(pred.values())
-            row["state_max_bytes"] = max(r["state_bytes"] for r in per_rank)
-            row["predicted_total_bytes"] = sum(pred.values())
-            row["state_max_over_predicted_ratio"] = row["state_max_bytes"] / row["predicted_total_bytes"]
-            row["peak_max_bytes"] = max(r["peak"]["total_bytes"] for r in per_rank)
-            row["peak_over_predicted_ratio"] = row["peak_max_bytes"] / row["predicted_total_bytes"]
-            runs.append(row)
-    top = max(world_sizes)
-    base = next(r for r in runs if r["world_size"] == top and r["mode"] == "ddp")
-    summary = {"world_size": top, "ddp_state_bytes": base["state_max_bytes"],
-               "modes": {r["mode"]: {"state_max_bytes": r["state_max_bytes"],
-                                     "state_vs_ddp_ratio": r["state_max_bytes"] / base["state_max_bytes"],
-                                     "peak_max_bytes": r["peak_max_bytes"],
-                                     "peak_vs_ddp_ratio": r["peak_max_bytes"] / base["peak_max_bytes"]}
-                         for r in runs if r["world_size"] == top}}
+        runs.append({"world_size": ws, "device": dev, "backend": "nccl" if dev.startswith("cuda") else "gloo",
+                     "modes": {mode: {"ranks": [r[mode] for r in ranks]} for mode in MODES}})
     _, fsdp_module = _fully_shard()
-    n = sum(estimator.formulas.numel(s) for s in shapes)
     return {
         "optimizer": "adamw",
         "precision": "fp32",
         "backend": "nccl" if device.startswith("cuda") else "gloo",
-        "summary_backend": next(r["backend"] for r in runs if r["world_size"] == top),
         "fsdp_module": fsdp_module,
-        "tensor_shapes": shapes,
-        "parameters": n,
-        "param_bytes": 4 * n,
-        "world_sizes": world_sizes,
+        "tensor_shapes": tensor_shapes(cfg),
+        "world_sizes": [ws for ws, _ in plan],
         "skipped_world_sizes": skipped,
         "runs": runs,
-        "summary": summary,
+    }
+
+# %% [markdown]
+# ## Derived at build time: the rule beside each rank, and the ratios
+#
+# The estimator's per-rank bytes for the matching ZeRO stage, the model state
+# of each rank, the busiest rank against the rule, and every wrapper against
+# DDP at the largest world size.
+
+# %%
+STAGES = {"ddp": 0, "zero1": 1, "fsdp2_keep": 2, "fsdp2_reshard": 3}  # the ZeRO stage each wrapper compares with
+LABELS = {
+    "ddp": "DDP (ZeRO-0)",
+    "zero1": "ZeroRedundancyOptimizer (ZeRO-1)",
+    "fsdp2_keep": "FSDP2, reshard_after_forward=False (ZeRO-2-like)",
+    "fsdp2_reshard": "FSDP2, reshard_after_forward=True (ZeRO-3)",
+}
+SHORT = {"ddp": "DDP", "zero1": "ZeRO-1", "fsdp2_keep": "FSDP2\nkeep", "fsdp2_reshard": "FSDP2\nreshard"}
+
+
+def _rank_row(mode: str, r: dict, predicted_total: int) -> dict:
+    state = r["params_bytes"] + r["grads_bytes"] + r["optimizer_bytes"]
+    row = {"rank": r["rank"], "params_bytes": r["params_bytes"], "grads_bytes": r["grads_bytes"],
+           "optimizer_bytes": r["optimizer_bytes"], "params_after_forward_bytes": r["params_after_forward_bytes"],
+           "peak_bytes": r["peak"]["total_bytes"], "state_bytes": state,
+           "state_over_predicted_ratio": state / predicted_total}
+    if mode == "zero1":  # which parameters each rank's optimizer owns
+        row.update(owned_param_tensors=r["owned_param_tensors"], owned_params=r["owned_params"])
+    return row
+
+
+def _mode_summary(mode: str, ranks: list, data: dict, world_size: int) -> dict:
+    _, pred = estimator.model_state_bytes(data["tensor_shapes"], data["optimizer"], data["precision"],
+                                          STAGES[mode], world_size)
+    total = sum(pred.values())
+    rows = [_rank_row(mode, r, total) for r in ranks]
+    out = {"label": LABELS[mode], "short_label": SHORT[mode], "zero_stage": STAGES[mode],
+           "predicted_per_rank": {f"{k}_bytes": v for k, v in pred.items()}, "predicted_total_bytes": total,
+           "ranks": rows}
+    for key in ("params", "grads", "optimizer"):
+        vals = [r[f"{key}_bytes"] for r in rows]
+        out[f"{key}_max_over_predicted_ratio"] = max(vals) / pred[key] if pred[key] else 1.0
+        out[f"{key}_rank_spread_ratio"] = max(vals) / min(vals) if min(vals) else 1.0
+    out["state_max_bytes"] = max(r["state_bytes"] for r in rows)
+    out["state_max_over_predicted_ratio"] = out["state_max_bytes"] / total
+    out["peak_max_bytes"] = max(r["peak_bytes"] for r in rows)
+    out["peak_over_predicted_ratio"] = out["peak_max_bytes"] / total
+    return out
+
+
+def summarize(data: dict) -> dict:
+    full, _ = estimator.model_state_bytes(data["tensor_shapes"], data["optimizer"], data["precision"], 0, 1)
+    worlds = [{"world_size": w["world_size"], "device": w["device"], "backend": w["backend"],
+               "modes": {mode: _mode_summary(mode, w["modes"][mode]["ranks"], data, w["world_size"])
+                         for mode in w["modes"]}}
+              for w in data["runs"]]
+    largest = max(worlds, key=lambda w: w["world_size"])
+    ddp = largest["modes"]["ddp"]
+    top = {mode: {**row, "state_vs_ddp_ratio": row["state_max_bytes"] / ddp["state_max_bytes"],
+                  "peak_vs_ddp_ratio": row["peak_max_bytes"] / ddp["peak_max_bytes"]}
+           for mode, row in largest["modes"].items()}
+    return {
+        "labels": {mode: LABELS[mode] for mode in largest["modes"]},
+        "parameters": sum(estimator.formulas.numel(s) for s in data["tensor_shapes"]),
+        "param_bytes": full["params"],
+        "world_size": largest["world_size"],
+        "backend": largest["backend"],
+        "ddp_state_bytes": ddp["state_max_bytes"],
+        "worlds": worlds,
+        "top": top,  # every wrapper at the largest world size, beside DDP
     }
 
 # %% [markdown]
 # ## Figure: each rank's bytes against the rule
 
 # %%
-SHORT = {"ddp": "DDP", "zero1": "ZeRO-1", "fsdp2_keep": "FSDP2\nkeep", "fsdp2_reshard": "FSDP2\nreshard"}
-
-
-def plot(data: dict):
+def plot(data: dict, summary: dict):
     import matplotlib.pyplot as plt
 
-    ws = max(data["world_sizes"])
-    rows = [r for r in data["runs"] if r["world_size"] == ws]
     fig, ax = plt.subplots(figsize=(7.2, 4.2))
     colors = {"params": ("#4c72b0", "weights"), "grads": ("#dd8452", "gradients"),
               "optimizer": ("#55a868", "optimizer state")}
     ticks, labels, x = [], [], 0.0
-    for row in rows:
+    for row in summary["top"].values():
         bars = [(f"r{r['rank']}", r) for r in row["ranks"]] + [("rule", row["predicted_per_rank"])]
         for name, vals in bars:
             bottom = 0.0
@@ -335,16 +366,16 @@ def plot(data: dict):
                        edgecolor="white", label=label if not ticks else None)
                 bottom += v
             if name != "rule":
-                ax.plot(x, vals["peak"]["total_bytes"] / 2**10, "k_", ms=14, mew=2,
+                ax.plot(x, vals["peak_bytes"] / 2**10, "k_", ms=14, mew=2,
                         label="peak during the step" if not ticks else None)
             ticks.append(x)
-            labels.append(f"{SHORT.get(row['mode'], row['mode'])}\n{name}" if name == "r0" else name)
+            labels.append(f"{row['short_label']}\n{name}" if name == "r0" else name)
             x += 1
         x += 0.7
     ax.set_xticks(ticks, labels, fontsize=7)
     ax.set_ylabel("KiB per rank")
-    ax.set_title(f"AdamW fp32, world size {ws} ({data['summary_backend']}): each rank, and the ZeRO rule (hatched)",
-                 fontsize=9)
+    ax.set_title(f"AdamW fp32, world size {summary['world_size']} ({summary['backend']}): each rank, "
+                 "and the ZeRO rule (hatched)", fontsize=9)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=4, frameon=False)
     fig.tight_layout()
     return fig

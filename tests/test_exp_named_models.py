@@ -1,4 +1,5 @@
-"""The named-models experiment: estimator breakdown for the built-in models and its check on this host."""
+"""The named-models experiment: the estimator's breakdown of the built-in models (derived at build time)
+and the estimator checked against a small GPT measured on this host."""
 from __future__ import annotations
 
 import json
@@ -7,55 +8,78 @@ import pytest
 
 from experiments import named_models
 from experiments.lib import estimator
-from experiments.lib.cli import to_json
 from experiments.lib.model_shapes import BUILTIN
-
-TINY = named_models.Config(models=("bert-base", "llama-2-7b"), vocab=64, v_seq=32, v_batch=2, layers=2, hidden=32,
-                           heads=4)
 
 
 @pytest.fixture(scope="module")
 def data() -> dict:
-    return named_models.run(TINY, "cpu")
+    return json.loads(json.dumps(named_models.run(named_models.PROFILES["test"], "cpu")))  # as stored
 
 
-def test_json_and_breakdown_is_the_estimator(data: dict) -> None:
-    assert json.loads(to_json(data)) == data
-    m = {x["name"]: x for x in data["models"]}
-    llama = m["llama-2-7b"]["setups"]
+@pytest.fixture(scope="module")
+def summary(data: dict) -> dict:
+    return named_models.summarize(data)
+
+
+def test_breakdown_is_the_estimator_keyed_by_model_in_table_order(summary: dict) -> None:
+    assert list(summary["models"]) == list(named_models.MODELS)
+    llama = summary["models"]["llama-2-7b"]["setups"]
+    assert list(llama) == ["fp32", "bf16_mixed", "checkpointing", "zero3"] == list(summary["setups"])
     want = estimator.estimate(estimator.Setup("adamw", "bf16-mixed", 1, 2048, "full", 3, 8), shape=BUILTIN["llama-2-7b"])
     assert llama["zero3"]["per_device_bytes"] == want["per_device_bytes"]
-    assert m["bert-base"]["seq"] == 512                       # clipped to BERT's 512 positions
-    totals = [llama[k]["per_device_bytes"]["total"] for k in m["llama-2-7b"]["setup_order"]]
-    assert totals == sorted(totals, reverse=True)             # each set-up saves memory
-    assert set(data["calculator"]["shapes"]) == set(BUILTIN)
+    assert llama["zero3"]["label"] == "+ ZeRO-3 over 8 GPUs" == summary["setups"]["zero3"]
+    assert summary["models"]["bert-base"]["seq"] == 512                # clipped to BERT's 512 positions
+    totals = [x["per_device_bytes"]["total"] for x in llama.values()]
+    assert totals == sorted(totals, reverse=True)                      # each set-up saves memory
+    fitting = [f for f in llama["zero3"]["fits"] if f["fits"]]
+    assert llama["zero3"]["smallest_fit"] == min(fitting, key=lambda f: f["capacity_bytes"])["gpu"]
+    fp32_70b = summary["models"]["llama-2-70b"]["setups"]["fp32"]
+    assert fp32_70b["smallest_fit"] is None and fp32_70b["smallest_fit_label"] == "none listed"
+    assert [g["name"] for g in summary["gpus"]] == [name for name, _, _ in estimator.GPUS]
 
 
-def test_validation_on_this_host(data: dict) -> None:
+def test_breakdown_follows_the_estimator_without_a_new_run(data: dict, summary: dict, monkeypatch) -> None:
+    """The breakdown is arithmetic, derived at build time: a changed estimator changes it, the measured check stays."""
+    real = estimator.estimate
+
+    def more(*args, **kwargs):
+        est = real(*args, **kwargs)
+        return {**est, "per_device_bytes": {k: v + 1 for k, v in est["per_device_bytes"].items()}}
+
+    monkeypatch.setattr(estimator, "estimate", more)
+    again = named_models.summarize(data)
+    before = summary["models"]["gpt2-xl"]["setups"]["fp32"]["per_device_bytes"]["total"]
+    assert again["models"]["gpt2-xl"]["setups"]["fp32"]["per_device_bytes"]["total"] == before + 1
+    assert again["validation"] == summary["validation"]
+
+
+def test_validation_on_this_host(data: dict, summary: dict) -> None:
     """Model state exactly; activations after forward within 3 % (LayerNorm statistics are not in the formula)."""
+    assert list(summary["validation"]) == ["none", "selective", "full", "autocast"]
     for c in ("none", "selective", "full"):
-        v = data["validation"][c]
-        assert v["parameters"] == v["measured_parameters"]
+        run, v = data["runs"][c], summary["validation"][c]
+        assert run["parameters"] == run["measured_parameters"]
         for term in ("params", "grads", "optimizer"):
             assert v["terms"][term]["measured_bytes"] == v["terms"][term]["predicted_bytes"]
         assert v["terms"]["activations"]["ratio"] == pytest.approx(1.0, abs=0.03)
-    none, full = data["validation"]["none"], data["validation"]["full"]
-    assert none["saved_bytes"] == pytest.approx(none["terms"]["activations"]["predicted_bytes"], rel=0.03)
-    assert full["terms"]["activations"]["measured_bytes"] < none["terms"]["activations"]["measured_bytes"] / 3
+    none, sel, full = (summary["validation"][c]["terms"]["activations"] for c in ("none", "selective", "full"))
+    assert data["runs"]["none"]["saved_bytes"] == pytest.approx(none["predicted_bytes"], rel=0.03)
+    assert full["measured_bytes"] < sel["measured_bytes"] < none["measured_bytes"]
+    assert full["measured_bytes"] < none["measured_bytes"] / 3
     # the sum of the terms sizes the step's peak: at most 10 % under it, at most 20 % over it (the sum counts
     # activations and gradients at full size together, and backward frees activations as gradients arrive)
-    sel = data["validation"]["selective"]
-    assert full["terms"]["activations"]["measured_bytes"] < sel["terms"]["activations"]["measured_bytes"] < \
-        none["terms"]["activations"]["measured_bytes"]
-    for v in (none, sel, full):
+    for c in ("none", "selective", "full"):
+        v = summary["validation"][c]
+        assert v["predicted_total_bytes"] == sum(t["predicted_bytes"] for t in v["terms"].values()) + \
+            data["runs"][c]["recompute_bytes"]
         assert 1 / 1.2 <= v["peak_over_predicted_ratio"] <= 1.1
 
 
-def test_autocast_validation(data: dict) -> None:
+def test_autocast_validation(summary: dict) -> None:
     """bf16 autocast: fp32 model state exactly; activations above the 16-bit estimate (fp32 norms, saved
     weight casts) but within 1.5x of it on this tiny model."""
-    v = data["validation"]["autocast"]
-    assert v["precision"] == "bf16-mixed"
+    v = summary["validation"]["autocast"]
+    assert v["precision"] == "bf16-mixed" and v["label"] == "bf16 autocast"
     for term in ("params", "grads", "optimizer"):
         assert v["terms"][term]["measured_bytes"] == v["terms"][term]["predicted_bytes"]
     assert 1.0 < v["terms"]["activations"]["ratio"] < 1.5
