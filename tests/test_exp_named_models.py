@@ -2,8 +2,6 @@
 and the estimator checked against a small GPT measured on this host."""
 from __future__ import annotations
 
-import json
-
 import pytest
 
 from experiments import named_models
@@ -13,7 +11,9 @@ from experiments.lib.model_shapes import BUILTIN
 
 @pytest.fixture(scope="module")
 def data() -> dict:
-    return json.loads(json.dumps(named_models.run(named_models.PROFILES["test"], "cpu")))  # as stored
+    from conftest import test_profile_data
+
+    return test_profile_data("named_models")  # the test profile's run, as stored (measured once per session)
 
 
 @pytest.fixture(scope="module")

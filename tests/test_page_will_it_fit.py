@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import build_chapter_site, site_text
+from conftest import build_chapter_site, site_text, test_profile_data
 from experiments import named_models, sharding
 from generator.site.formatting import bytes_, grouped, ratio
 from test_exp_sharding import two_ranks
@@ -15,7 +15,7 @@ PAGES = ("07-will-it-fit.md", "08-named-models.md", "calculator.md")
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("will_it_fit")
-    data = {"sharding": two_ranks(), "named_models": named_models.run(named_models.PROFILES["test"], "cpu")}
+    data = {"sharding": two_ranks(), "named_models": test_profile_data("named_models")}
     out = build_chapter_site(root, data, PAGES, ("_cheatsheet/07-will-it-fit.md",), ("assets/calculator.js",))
     summary = {"sharding": sharding.summarize(data["sharding"]), "named_models": named_models.summarize(data["named_models"])}
     return out, data, summary
