@@ -204,3 +204,23 @@ def pytest_collection_modifyitems(config, items) -> None:
         contract_fast = name == "test_experiment_contract.py" and item.name.startswith(FAST_CONTRACT_CHECKS)
         if (name in FAST_FILES or contract_fast) and "built_site" not in fixtures:
             item.add_marker(pytest.mark.fast)
+
+
+_TEST_PROFILE_DATA: dict[str, str] = {}
+
+
+def test_profile_data(name: str) -> dict:
+    """What ``run`` returns for experiment ``name``'s ``test`` profile on the CPU, measured once per session.
+
+    Several tests read the same tiny run (the contract test, the experiment's own tests, its page
+    test); each gets a fresh copy of one measurement.
+    """
+    if name not in _TEST_PROFILE_DATA:
+        import importlib
+
+        module = importlib.import_module(f"experiments.{name}")
+        _TEST_PROFILE_DATA[name] = json.dumps(module.run(module.PROFILES["test"], "cpu"))
+    return json.loads(_TEST_PROFILE_DATA[name])
+
+
+test_profile_data.__test__ = False  # a helper, not a test

@@ -17,7 +17,7 @@ import pytest
 import experiments
 from generator import envelope, fingerprint
 from generator.site.summaries import summarize as site_summarize
-from conftest import make_envelope
+from conftest import make_envelope, test_profile_data
 from contract import non_finite, unitless_measures
 
 REPO = Path(__file__).resolve().parent.parent
@@ -61,7 +61,7 @@ def test_test_profile_runs_summarizes_and_plots(name: str) -> None:
     from matplotlib.figure import Figure
 
     module = importlib.import_module(f"experiments.{name}")
-    data = module.run(module.PROFILES["test"], "cpu")
+    data = test_profile_data(name)
     assert isinstance(data, dict) and data
     assert non_finite(data) == []
     assert unitless_measures(data) == [], "measured quantities need a unit in their key name"
