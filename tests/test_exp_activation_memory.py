@@ -6,13 +6,14 @@ import pytest
 from experiments import activation_memory as am
 from experiments.lib.cli import to_json
 from experiments.lib.formulas import korthikanti_activation_terms
+from conftest import test_profile_data
 
 CFG = am.PROFILES["test"]
 
 
 @pytest.fixture(scope="module")
 def data():
-    return json.loads(to_json(am.run(CFG, "cpu")))
+    return test_profile_data("activation_memory")
 
 
 @pytest.fixture(scope="module")

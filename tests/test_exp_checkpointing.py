@@ -8,13 +8,14 @@ import torch
 from experiments import checkpointing as ck
 from experiments.lib.cli import to_json
 from experiments.lib.threads import cpu_threads
+from conftest import test_profile_data
 
 CFG = ck.PROFILES["test"]
 
 
 @pytest.fixture(scope="module")
 def data():
-    return json.loads(to_json(ck.run(CFG, "cpu")))
+    return test_profile_data("checkpointing")
 
 
 @pytest.fixture(scope="module")

@@ -3,11 +3,12 @@
 import pytest
 
 from experiments import fused_update as E
+from conftest import test_profile_data
 
 
 @pytest.fixture(scope="module")
 def data():
-    return E.run(E.PROFILES["test"], "cpu")
+    return test_profile_data("fused_update")
 
 
 @pytest.fixture(scope="module")

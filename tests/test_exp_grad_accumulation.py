@@ -1,17 +1,17 @@
 """grad_accumulation: K micro-batches against one batch, what breaks it, the AMP loop, memory against micro-batch."""
-import json
 
 import pytest
 import torch
 
 from experiments import grad_accumulation as E
+from conftest import test_profile_data
 
 TINY = E.PROFILES["test"]
 
 
 @pytest.fixture(scope="module")
 def data():
-    return json.loads(json.dumps(E.run(TINY, "cpu")))
+    return test_profile_data("grad_accumulation")
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,14 @@ import torch
 
 from experiments import mixed_precision as mp
 from experiments.lib.cli import to_json
+from conftest import test_profile_data
 
 CFG = mp.PROFILES["test"]
 
 
 @pytest.fixture(scope="module")
 def data():
-    return json.loads(to_json(mp.run(CFG, "cpu")))
+    return test_profile_data("mixed_precision")
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,16 @@
 """optimizer_lifecycle: state contents and saved size, lazy state, grad=None against zeros."""
-import json
 
 import pytest
 
 from experiments import optimizer_lifecycle as E
+from conftest import test_profile_data
 
 TINY = E.PROFILES["test"]
 
 
 @pytest.fixture(scope="module")
 def data():
-    return json.loads(json.dumps(E.run(TINY, "cpu")))
+    return test_profile_data("optimizer_lifecycle")
 
 
 @pytest.fixture(scope="module")

@@ -1,20 +1,20 @@
 """optimizer_state on a tiny model: exact state bytes, step temporaries, zero_grad semantics, precision regimes."""
 from __future__ import annotations
 
-import json
 
 import pytest
 import torch
 
 from experiments import optimizer_state as exp
 from experiments.lib import formulas
+from conftest import test_profile_data
 
 TINY = exp.PROFILES["test"]
 
 
 @pytest.fixture(scope="module")
 def data() -> dict:
-    return json.loads(json.dumps(exp.run(TINY, "cpu")))
+    return test_profile_data("optimizer_state")
 
 
 @pytest.fixture(scope="module")

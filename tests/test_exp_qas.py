@@ -2,11 +2,12 @@
 import pytest
 
 from experiments import qas as E
+from conftest import test_profile_data
 
 
 @pytest.fixture(scope="module")
 def data():
-    return E.run(E.PROFILES["test"], "cpu")
+    return test_profile_data("qas")
 
 
 def test_int8_ratio_mismatch_is_s_squared(data):

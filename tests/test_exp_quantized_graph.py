@@ -3,11 +3,12 @@ accumulator corrupts outputs (the ``test`` profile)."""
 import pytest
 
 from experiments import quantized_graph as E
+from conftest import test_profile_data
 
 
 @pytest.fixture(scope="module")
 def data():
-    return E.run(E.PROFILES["test"], "cpu")
+    return test_profile_data("quantized_graph")
 
 
 def test_fake_and_integer_graphs_agree_to_one_step(data):

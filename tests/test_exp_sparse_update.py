@@ -6,11 +6,12 @@ import torch
 from experiments import sparse_update as E
 from experiments.lib.formulas import optimizer_state_bytes
 from experiments.lib.mbv2 import FrozenWeightConv2d
+from conftest import test_profile_data
 
 
 @pytest.fixture(scope="module")
 def data():
-    return E.run(E.PROFILES["test"], "cpu")
+    return test_profile_data("sparse_update")
 
 
 @pytest.fixture(scope="module")

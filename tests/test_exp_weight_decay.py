@@ -1,16 +1,16 @@
 """weight_decay: the one-step proofs against closed forms, the L2/decoupled (in)equivalence, parameter groups."""
-import json
 
 import pytest
 
 from experiments import weight_decay as E
+from conftest import test_profile_data
 
 TINY = E.PROFILES["test"]
 
 
 @pytest.fixture(scope="module")
 def data():
-    return json.loads(json.dumps(E.run(TINY, "cpu")))
+    return test_profile_data("weight_decay")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,7 @@
 a mini site built with ``--strict`` from canned results of the experiments' ``test`` profiles."""
 import pytest
 
-from conftest import build_chapter_site, site_text
+from conftest import build_chapter_site, site_text, test_profile_data
 from experiments import activation_memory, checkpointing, mixed_precision
 from generator.site.formatting import bytes_, grouped, ms, num, pct, ratio, sci
 
@@ -14,7 +14,7 @@ PART = "_cheatsheet/03-activations-precision.md"
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("chapters3to5")
-    data = {name: m.run(m.PROFILES["test"], "cpu") for name, m in MODULES.items()}
+    data = {name: test_profile_data(name) for name in MODULES}
     out = build_chapter_site(root, data, PAGES, (PART,))
     summary = {name: MODULES[name].summarize(d) for name, d in data.items()}
     return out, data, summary

@@ -3,7 +3,7 @@
 
 import pytest
 
-from conftest import build_chapter_site, site_text
+from conftest import build_chapter_site, site_text, test_profile_data
 from experiments import grad_accumulation, optimizer_lifecycle, optimizer_state, weight_decay
 from generator.site.formatting import bytes_, grouped, ms, num, pct, ratio, sci
 
@@ -15,7 +15,7 @@ CHAPTER1, CHAPTER2 = "01-where-the-memory-goes.md", "02-optimizer-semantics.md"
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("chapters1-2")
-    data = {name: m.run(m.PROFILES["test"], "cpu") for name, m in MODULES.items()}
+    data = {name: test_profile_data(name) for name in MODULES}
     out = build_chapter_site(root, data, (CHAPTER1, CHAPTER2),
                              ("_cheatsheet/01-where-the-memory-goes.md", "_cheatsheet/02-optimizer-semantics.md"))
     summaries = {name: MODULES[name].summarize(d) for name, d in data.items()}

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from conftest import build_chapter_site, site_text
+from conftest import build_chapter_site, site_text, test_profile_data
 from experiments import fused_update, qas, quantized_graph, sparse_update
 from generator.site.formatting import bytes_, grouped, pct, ratio, sci, signed
 
@@ -16,7 +16,7 @@ PAGE = "06-tight-budget.md"
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("chapter6")
-    data = {name: m.run(m.PROFILES["test"], "cpu") for name, m in MODULES.items()}
+    data = {name: test_profile_data(name) for name in MODULES}
     out = build_chapter_site(root, data, (PAGE,), ("_cheatsheet/06-tight-budget.md",))
     summaries = {name: m.summarize(data[name]) for name, m in MODULES.items()}
     return out, data, summaries
