@@ -33,11 +33,14 @@ setup: $(SETUP) system ## create .venv and install everything (torch: see TORCH 
 handbook: setup ## run the experiments for this host, build site/, site/handbook.pdf and site/cheatsheet.pdf
 	$(BIN)/handbook build
 
+# pytest-xdist: one worker per core; the tests that share the real built site stay on one worker.
+PYTEST := $(BIN)/python -m pytest -q -n auto --dist loadgroup
+
 test: setup ## run the whole test suite (what CI runs)
-	$(BIN)/python -m pytest -q
+	$(PYTEST)
 
 test-fast: setup ## the fast tier: formulas, runner and site on canned results (the edit-test loop)
-	$(BIN)/python -m pytest -q -m fast
+	$(PYTEST) -m fast
 
 bench: setup ## time the test suite (whole and fast tier), a cold build, a no-change rebuild, a one-page rebuild
 	$(BIN)/python -m generator.bench

@@ -1,6 +1,6 @@
 """``make bench``: test-suite and whole-build timings on this machine, and what each experiment costs.
 
-0. the whole test suite (``pytest``, target 90 s) and its fast tier (``pytest -m fast``, 30 s);
+0. the whole test suite (``make test``'s pytest, target 90 s) and its fast tier (``-m fast``, 30 s);
 1. a cold ``handbook build``: empty results folder, no caches;
 2. the same build again with nothing changed;
 3. the build after one page's text changed (the page is restored afterwards);
@@ -49,7 +49,8 @@ def _pages_reading(names: list[str]) -> dict[str, list[str]]:
 
 def _suite(args: list[str]) -> tuple[float, str]:
     t0 = time.monotonic()
-    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *args], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "auto",
+                           "--dist", "loadgroup", *args], cwd=REPO,
                           capture_output=True, text=True, env=dict(os.environ, NO_MKDOCS_2_WARNING="1"))
     seconds = time.monotonic() - t0
     lines = proc.stdout.strip().splitlines()

@@ -171,10 +171,8 @@ def main(argv: list[str]) -> int:
         p = parser()
         args = p.parse_args(attach_negative_values(p, argv))
         if args.list_models:
-            for key, m in BUILTIN.items():
-                print(f"{key:<12} {m.family:<6} hidden {m.hidden}, layers {m.layers}, heads {m.heads}"
-                      f"/{m.n_kv_heads} kv, vocab {m.vocab}  [{m.source}]")
-            return 0
+            return _emit("\n".join(f"{key:<12} {m.family:<6} hidden {m.hidden}, layers {m.layers}, heads {m.heads}"
+                                   f"/{m.n_kv_heads} kv, vocab {m.vocab}  [{m.source}]" for key, m in BUILTIN.items()))
         shape, params = resolve(args)
         setup = estimator.Setup(optimizer=args.optimizer, precision=args.precision, batch=args.batch,
                                 seq=args.seq or default_seq(shape), checkpointing=args.checkpointing,
@@ -183,8 +181,13 @@ def main(argv: list[str]) -> int:
     except (_InputError, ShapeError, estimator.EstimateError) as exc:
         print(f"handbook estimate: error: {one_line(exc)}", file=sys.stderr)
         return 2
+    return _emit(json.dumps(result, indent=1) if args.json else render_table(result))
+
+
+def _emit(text: str) -> int:
+    """Print the answer; a reader that stops early (`handbook estimate ... | head`) is not an error."""
     try:
-        print(json.dumps(result, indent=1) if args.json else render_table(result), flush=True)
-    except BrokenPipeError:  # `handbook estimate ... | head`: the reader has all it wanted
+        print(text, flush=True)
+    except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0

@@ -173,7 +173,7 @@ def test_unknown_experiment_is_a_clear_error(root: Path, tmp_path: Path) -> None
 
 @pytest.mark.parametrize("mode, message", [
     ("raise", "deliberate failure in alpha"),
-    ("sleep", "timed out after 3 s"),
+    ("sleep", "timed out after 1 s"),
     ("kill", "killed by SIGKILL"),
     ("nan", "not a finite number: data.value = nan"),
 ])
@@ -184,7 +184,7 @@ def test_failure_is_recorded_and_the_good_result_kept(root: Path, tmp_path: Path
     before = good.read_bytes()
 
     monkeypatch.setenv("HB_TEST_MODE_ALPHA", mode)
-    outcomes = runner.run(results_dir=results, root=root, plain=True, force=True, timeout_s=3)
+    outcomes = runner.run(results_dir=results, root=root, plain=True, force=True, timeout_s=1)
     by_name = {o.name: o for o in outcomes}
     assert by_name["alpha"].state == "failed" and by_name["beta"].state == "ok", "the others still run"
     assert message in by_name["alpha"].error

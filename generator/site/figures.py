@@ -11,6 +11,7 @@ import hashlib
 import importlib
 import io
 import json
+import os
 import re
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def render(experiment: str, data: dict, summary: dict, name: str | None) -> str:
             out[fig_name] = _to_svg(fig)
             plt.close(fig)
     for fig_name, svg in out.items():
-        tmp = CACHE / f".{experiment}-{key}-{fig_name}.svg.tmp"
+        tmp = CACHE / f".{experiment}-{key}-{fig_name}.svg.{os.getpid()}.tmp"  # builds may run side by side
         tmp.write_text(svg, encoding="utf-8")
         tmp.replace(CACHE / f"{experiment}-{key}-{fig_name}.svg")
     wanted = name or "main"
