@@ -1,8 +1,9 @@
 """Shared test helpers: result envelopes, mini sites, and the real site built once per session.
 
 - ``make_envelope`` / ``write_result``: canned result files.
-- ``build_site(out, results, docs=None, host=None)``: ``mkdocs build --strict`` in a subprocess, of
-  the real site (``docs=None``) or of a mini site whose pages are given as ``{"index.md": "..."}``.
+- ``build_site(out, results, docs=None, host=None, experiments=None)``: ``mkdocs build --strict`` of the
+  real site (``docs=None``, a subprocess) or of a mini site whose pages are given as ``{"index.md": "..."}``
+  (in this process; in a subprocess when toy ``experiments`` replace the real ones).
 - ``built_site`` (session fixture): the real site and both PDFs, built from the committed results.
 """
 from __future__ import annotations
@@ -122,6 +123,8 @@ def build_site(out: Path, results: Path, docs: dict[str, str] | None = None, hos
         config = out / "mkdocs.yml"
         config.write_text(MINI_CONFIG.format(docs=docs_dir, site=out / "site",
                                              hook=REPO / "generator" / "site" / "hook.py"), encoding="utf-8")
+    if experiments is None and docs is not None:  # the real experiments are already imported here
+        return build_in_process(config, out / "site", results, host)
     path = [str(experiments_root(out, experiments))] if experiments is not None else []
     env = dict(os.environ, HANDBOOK_RESULTS=str(results), NO_MKDOCS_2_WARNING="1",
                PYTHONPATH=os.pathsep.join(path + [str(REPO)]))
@@ -131,6 +134,49 @@ def build_site(out: Path, results: Path, docs: dict[str, str] | None = None, hos
     return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config),
                            "-d", str(out / "site")], cwd=out if experiments is not None else REPO, env=env,
                           capture_output=True, text=True, timeout=600)
+
+
+def build_in_process(config: Path, site: Path, results: Path, host: str | None) -> subprocess.CompletedProcess:
+    """``mkdocs build --strict`` in this process (no interpreter to start, torch already imported).
+
+    Returns what the subprocess version returns: status, and mkdocs' log lines as stderr.
+    """
+    import io
+    import logging
+
+    from mkdocs.commands.build import build
+    from mkdocs.config import load_config
+    from mkdocs.exceptions import MkDocsException
+
+    settings = {"HANDBOOK_RESULTS": str(results), "HANDBOOK_HOST": host, "NO_MKDOCS_2_WARNING": "1"}
+    saved = {k: os.environ.get(k) for k in settings}
+    log = io.StringIO()
+    handler = logging.StreamHandler(log)
+    handler.setFormatter(logging.Formatter("%(levelname)-7s -  %(message)s"))
+    logger = logging.getLogger("mkdocs")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    code = 0
+    try:
+        for key, value in settings.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        build(load_config(str(config), site_dir=str(site), strict=True))
+    except (MkDocsException, SystemExit) as exc:
+        code = 1
+        log.write(f"{type(exc).__name__}: {exc}\n")
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return subprocess.CompletedProcess(["mkdocs", "build", "--strict", "-f", str(config)], code, "", log.getvalue())
 
 
 @pytest.fixture(scope="session")
