@@ -13,9 +13,6 @@ import pytest
 
 from generator.site.formatting import bytes_, num
 
-# one worker builds the real site once for all of these (pytest-xdist, --dist loadgroup)
-pytestmark = pytest.mark.xdist_group("built_site")
-
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 PAGES = ["", "01-where-the-memory-goes/", "hardware/", "cheatsheet/"]
