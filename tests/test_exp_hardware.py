@@ -411,7 +411,7 @@ def test_page_sets_hosts_side_by_side(tmp_path: Path, data: dict, summary: dict)
     assert _row(page, "AdamW state / parameter bytes") == ["—", ratio(8064 / 4000)]
     assert _row(page, "AdamW state, measured / predicted") == ["—", ratio(1.0)]
     assert _row(page, "bytes per parameter, bf16 weights + fp32 master + AdamW") == ["—", num(16.0)]
-    assert _row(page, "fused AdamW available") == ["—", "False"]
+    assert _row(page, "fused AdamW available") == ["—", "no"]
     assert _row(page, "torch") == ["2.13.0", "2.11.0"]  # each host's newest result
     # Stale: flagged in an admonition and marked (†) in the side-by-side table, never mixed silently.
     assert "Stale results: shown, but not mixed silently" in text

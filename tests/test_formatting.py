@@ -31,3 +31,11 @@ def test_non_numbers_are_refused_with_the_filter_named() -> None:
         f.bytes_("12")
     with pytest.raises(TypeError, match="the num filter"):
         f.num(None)
+
+
+def test_yesno_refuses_what_is_not_a_boolean() -> None:
+    from generator.site.formatting import yesno
+
+    assert yesno(True) == "yes" and yesno(False) == "no"
+    with pytest.raises(TypeError, match="yesno filter needs true or false"):
+        yesno("False")

@@ -64,5 +64,14 @@ def signed(value: float, sig: int = 3) -> str:
     return ("+" if v > 0 else "") + num(v, sig)
 
 
+def yesno(value: bool) -> str:
+    """A measured yes/no (a boolean in the data) as a word."""
+    if isinstance(value, jinja2.Undefined):
+        value._fail_with_undefined_error()
+    if not isinstance(value, bool):
+        raise TypeError(f"the yesno filter needs true or false, not {type(value).__name__} ({value!r})")
+    return "yes" if value else "no"
+
+
 FILTERS = {"num": num, "grouped": grouped, "bytes": bytes_, "ratio": ratio, "pct": pct, "ms": ms,
-           "sci": sci, "signed": signed}
+           "sci": sci, "signed": signed, "yesno": yesno}
