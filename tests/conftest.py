@@ -3,11 +3,12 @@
 - ``make_envelope`` / ``write_result``: canned result files.
 - ``build_site(out, results, docs=None, host=None, experiments=None)``: ``mkdocs build --strict`` of the
   real site (``docs=None``, a subprocess) or of a mini site whose pages are given as ``{"index.md": "..."}``
-  (in this process; in a subprocess when toy ``experiments`` replace the real ones).
+  (in this process; toy ``experiments`` may replace the real ones).
 - ``built_site`` (session fixture): the real site and both PDFs, built from the committed results.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -92,17 +93,20 @@ def plot(data, summary):
 '''
 
 
-def experiments_root(out: Path, sources: dict[str, str]) -> Path:
-    """A folder whose ``experiments`` package holds ``sources`` beside the real shared lib."""
-    root = Path(out) / "xroot"
-    pkg = root / "experiments"
+_TOY_PACKAGES = itertools.count()
+
+
+def toy_package(out: Path, sources: dict[str, str]) -> str:
+    """A uniquely named package of toy experiments under ``out``, importable from this process."""
+    name = f"hb_toys_{os.getpid()}_{next(_TOY_PACKAGES)}"
+    pkg = Path(out) / "toys" / name
     pkg.mkdir(parents=True, exist_ok=True)
-    (pkg / "__init__.py").write_text((REPO / "experiments" / "__init__.py").read_text(encoding="utf-8"))
-    if not (pkg / "lib").exists():
-        (pkg / "lib").symlink_to(REPO / "experiments" / "lib")
-    for name, text in sources.items():
-        (pkg / f"{name}.py").write_text(text, encoding="utf-8")
-    return root
+    (pkg / "__init__.py").write_text('"""Toy experiments of one test."""\n')
+    for exp, text in sources.items():
+        (pkg / f"{exp}.py").write_text(text, encoding="utf-8")
+    if str(pkg.parent) not in sys.path:
+        sys.path.insert(0, str(pkg.parent))
+    return name
 
 
 def build_site(out: Path, results: Path, docs: dict[str, str] | None = None, host: str | None = None,
@@ -110,7 +114,7 @@ def build_site(out: Path, results: Path, docs: dict[str, str] | None = None, hos
     """``mkdocs build --strict`` of the real site, or of a mini site made of ``docs``.
 
     ``experiments`` (name -> source) replaces the real experiments with toy ones, whose
-    ``summarize`` and ``plot`` the build then calls.
+    ``summarize`` and ``plot`` the build then calls (``HANDBOOK_EXPERIMENTS`` names their package).
     """
     out = Path(out)
     if docs is None:
@@ -123,20 +127,20 @@ def build_site(out: Path, results: Path, docs: dict[str, str] | None = None, hos
         config = out / "mkdocs.yml"
         config.write_text(MINI_CONFIG.format(docs=docs_dir, site=out / "site",
                                              hook=REPO / "generator" / "site" / "hook.py"), encoding="utf-8")
-    if experiments is None and docs is not None:  # the real experiments are already imported here
-        return build_in_process(config, out / "site", results, host)
-    path = [str(experiments_root(out, experiments))] if experiments is not None else []
-    env = dict(os.environ, HANDBOOK_RESULTS=str(results), NO_MKDOCS_2_WARNING="1",
-               PYTHONPATH=os.pathsep.join(path + [str(REPO)]))
+    if docs is not None:  # a mini site: in this process, where torch and mkdocs are already imported
+        package = toy_package(out, experiments) if experiments is not None else None
+        return build_in_process(config, out / "site", results, host, package)
+    env = dict(os.environ, HANDBOOK_RESULTS=str(results), NO_MKDOCS_2_WARNING="1", PYTHONPATH=str(REPO))
     env.pop("HANDBOOK_HOST", None)
+    env.pop("HANDBOOK_EXPERIMENTS", None)
     if host:
         env["HANDBOOK_HOST"] = host
     return subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(config),
-                           "-d", str(out / "site")], cwd=out if experiments is not None else REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+                           "-d", str(out / "site")], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
 
 
-def build_in_process(config: Path, site: Path, results: Path, host: str | None) -> subprocess.CompletedProcess:
+def build_in_process(config: Path, site: Path, results: Path, host: str | None,
+                     package: str | None = None) -> subprocess.CompletedProcess:
     """``mkdocs build --strict`` in this process (no interpreter to start, torch already imported).
 
     Returns what the subprocess version returns: status, and mkdocs' log lines as stderr.
@@ -148,7 +152,8 @@ def build_in_process(config: Path, site: Path, results: Path, host: str | None) 
     from mkdocs.config import load_config
     from mkdocs.exceptions import MkDocsException
 
-    settings = {"HANDBOOK_RESULTS": str(results), "HANDBOOK_HOST": host, "NO_MKDOCS_2_WARNING": "1"}
+    settings = {"HANDBOOK_RESULTS": str(results), "HANDBOOK_HOST": host, "NO_MKDOCS_2_WARNING": "1",
+                "HANDBOOK_EXPERIMENTS": package}
     saved = {k: os.environ.get(k) for k in settings}
     log = io.StringIO()
     handler = logging.StreamHandler(log)

@@ -8,7 +8,6 @@ a rebuild (and matplotlib is not even imported).
 from __future__ import annotations
 
 import hashlib
-import importlib
 import io
 import json
 import os
@@ -63,7 +62,9 @@ def render(experiment: str, data: dict, summary: dict, name: str | None) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    module = importlib.import_module(f"experiments.{experiment}")
+    from generator.site.summaries import load_experiment
+
+    module = load_experiment(experiment)
     with matplotlib.rc_context(RC):
         try:
             made = module.plot(data, summary)

@@ -12,7 +12,9 @@ Events, in build order:
 
 Settings come from the environment, so the CLI, tests and plain ``mkdocs
 build`` share one path: ``HANDBOOK_RESULTS`` (default ``results``) and
-``HANDBOOK_HOST`` (default: this machine's results where present).
+``HANDBOOK_HOST`` (default: this machine's results where present), and
+``HANDBOOK_EXPERIMENTS`` (the package holding the experiments; default
+``experiments``; the tests point it at toy ones).
 """
 from __future__ import annotations
 

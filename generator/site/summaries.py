@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import traceback
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,23 @@ from typing import Any
 from generator.errors import SummaryError
 
 
+def experiments_package() -> str:
+    """The package whose modules are the experiments: ``experiments``, or ``HANDBOOK_EXPERIMENTS`` (tests' toys)."""
+    return os.environ.get("HANDBOOK_EXPERIMENTS") or "experiments"
+
+
 def experiments_dir() -> Path:
-    """The folder of the importable ``experiments`` package (the repository's, or a test's mini one)."""
-    spec = importlib.util.find_spec("experiments")
+    """The folder of the experiments package."""
+    package = experiments_package()
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.origin:
-        raise SummaryError("the experiments package cannot be found (run from the repository)")
+        raise SummaryError(f"the experiments package {package!r} cannot be found (run from the repository)")
     return Path(spec.origin).parent
+
+
+def load_experiment(name: str):
+    """The module of experiment ``name``."""
+    return importlib.import_module(f"{experiments_package()}.{name}")
 
 
 class MissingField(KeyError):
@@ -79,7 +91,7 @@ def plain(value: Any) -> Any:
 def summarize(experiment: str, data: dict, where: str) -> dict:
     """``experiments.<experiment>.summarize(data)``; every failure is one line naming ``where``."""
     try:
-        module = importlib.import_module(f"experiments.{experiment}")
+        module = load_experiment(experiment)
     except Exception as exc:  # noqa: BLE001 - an experiment that cannot be imported is a one-line error
         raise SummaryError(f"{where}: experiments/{experiment}.py cannot be imported "
                            f"({type(exc).__name__}: {exc})") from None
