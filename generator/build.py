@@ -108,8 +108,8 @@ def check_results(results_dir: Path, host: str | None) -> None:
     from generator.site.results import attach_summaries, load_all, pick_primary
 
     hosts = load_all(results_dir)
-    attach_summaries(hosts, results_dir)
     pick_primary(hosts, results_dir, host)
+    attach_summaries(hosts, results_dir)
 
 
 def _log_warnings() -> None:

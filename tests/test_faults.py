@@ -244,3 +244,19 @@ def test_the_cache_key_holds_the_kind_of_host_not_its_jitter(tmp_path: Path, roo
     key = runner.cache_key("alpha", "quick", {"value": 1}, plan, root)
     assert runner.cache_key("alpha", "quick", {"value": 1}, jitter, root) == key
     assert runner.cache_key("alpha", "quick", {"value": 1}, other, root) != key
+
+
+def test_serve_names_an_unknown_primary_host(tmp_path: Path, capsys) -> None:
+    results = tmp_path / "results"
+    write_result(results, make_envelope("alpha", {"value": 1}))
+    code = cli.main(["serve", "--results", str(results), "--primary-host", "no-such"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "no results for host 'no-such'" in err and TEST_HOST["slug"] in err
+
+
+def test_the_results_host_and_the_address_are_distinct_options(capsys) -> None:
+    with pytest.raises(SystemExit):
+        cli.parser().parse_args(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--primary-host SLUG" in text and "--addr IP:PORT" in text and "--host " not in text

@@ -50,8 +50,8 @@ class SiteState:
     def __post_init__(self) -> None:
         self.docs_dir = Path(self.config.docs_dir)
         self.hosts = load_all(self.results_dir)
-        attach_summaries(self.hosts, self.results_dir)
         self.primary = pick_primary(self.hosts, self.results_dir, self.wanted_host)
+        attach_summaries(self.hosts, self.results_dir)
         self.env = make_environment(self.docs_dir)
         self.snippets = macros.snippets()
         self.figures = macros.Figures(self.snippets)
