@@ -1,0 +1,165 @@
+"""Model families: every config ``handbook estimate`` reads gives exactly the parameters of transformers' own class.
+
+Each case writes a small config.json (small dimensions, so building is fast), reads it with
+``model_shapes.load_config``, builds the family's transformers class from the same config on the meta device
+(nothing is allocated or downloaded) and compares the parameter tensors name by name and the count. Realistic
+published shapes are checked the same way, and against the parameter counts their model cards give.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+
+from experiments.lib import estimator
+from experiments.lib.model_shapes import (BUILTIN, FAMILIES, ModelShape, ShapeError, load_config, parameter_shapes,
+                                          shape_from_config)
+from generator.estimate import main as estimate_main
+
+SMALL = {"hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+         "intermediate_size": 96, "vocab_size": 101, "max_position_embeddings": 128}
+
+# model_type -> fields beyond SMALL. Fields that change no tensor (rope_scaling, sliding windows) are there to
+# show they are read past; fields left out take the config class's default (head_dim for gemma, tying).
+CASES = {
+    "gpt2": {"model_type": "gpt2", "n_embd": 64, "n_layer": 3, "n_head": 4, "n_positions": 128, "vocab_size": 101},
+    "gpt2-untied": {"model_type": "gpt2", "n_embd": 64, "n_layer": 2, "n_head": 4, "n_positions": 128,
+                    "vocab_size": 101, "n_inner": 80, "tie_word_embeddings": False},
+    "bert": {"model_type": "bert", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "intermediate_size": 96, "vocab_size": 101, "max_position_embeddings": 128, "type_vocab_size": 3},
+    "llama-1": dict(SMALL, model_type="llama", num_key_value_heads=4),
+    "llama-2-gqa-rope-scaling": dict(SMALL, model_type="llama", rope_scaling={"type": "linear", "factor": 2.0}),
+    "llama-3.2-tied-biases": dict(SMALL, model_type="llama", tie_word_embeddings=True, attention_bias=True,
+                                  mlp_bias=True, head_dim=24,
+                                  rope_scaling={"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                                "original_max_position_embeddings": 64, "rope_type": "llama3"}),
+    "mistral": dict(SMALL, model_type="mistral", sliding_window=32, attention_bias=True),
+    "qwen2": dict(SMALL, model_type="qwen2"),
+    "qwen2-tied": dict(SMALL, model_type="qwen2", tie_word_embeddings=True, use_sliding_window=False),
+    "qwen3": dict(SMALL, model_type="qwen3", head_dim=24),
+    "qwen3-bias": dict(SMALL, model_type="qwen3", head_dim=8, attention_bias=True, tie_word_embeddings=True),
+    "gemma": dict(SMALL, model_type="gemma", head_dim=24),
+    "gemma-default-head-dim": dict(SMALL, model_type="gemma"),
+    "gemma2": dict(SMALL, model_type="gemma2", head_dim=24),
+    "gemma3_text": dict(SMALL, model_type="gemma3_text", head_dim=24, attention_bias=True),
+    "phi3": dict(SMALL, model_type="phi3", pad_token_id=0, resid_pdrop=0.1),
+    "phi3-mha": dict(SMALL, model_type="phi3", pad_token_id=0, num_key_value_heads=4, tie_word_embeddings=True),
+    "mixtral": dict(SMALL, model_type="mixtral", num_local_experts=4, num_experts_per_tok=2),
+    "qwen2_moe": dict(SMALL, model_type="qwen2_moe", num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48,
+                      shared_expert_intermediate_size=80),
+    "qwen2_moe-sparse-step": dict(SMALL, model_type="qwen2_moe", num_hidden_layers=4, num_experts=3,
+                                  num_experts_per_tok=1, moe_intermediate_size=40, shared_expert_intermediate_size=72,
+                                  decoder_sparse_step=2, mlp_only_layers=[3], qkv_bias=False),
+    "qwen3_moe": dict(SMALL, model_type="qwen3_moe", num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48,
+                      head_dim=24),
+    "qwen3_moe-dense-layers": dict(SMALL, model_type="qwen3_moe", num_experts=5, num_experts_per_tok=3,
+                                   moe_intermediate_size=32, mlp_only_layers=[0, 2], tie_word_embeddings=True),
+}
+
+# Published config.json values (the fields that fix a tensor), and the parameter count the class gives.
+REAL = {
+    # https://huggingface.co/Qwen/Qwen2-0.5B/blob/main/config.json
+    "qwen2-0.5b": ({"model_type": "qwen2", "hidden_size": 896, "intermediate_size": 4864, "num_attention_heads": 14,
+                    "num_hidden_layers": 24, "num_key_value_heads": 2, "vocab_size": 151936,
+                    "tie_word_embeddings": True, "max_position_embeddings": 131072}, 494_032_768),
+    # https://huggingface.co/google/gemma-2-2b/blob/main/config.json
+    "gemma-2-2b": ({"model_type": "gemma2", "hidden_size": 2304, "intermediate_size": 9216, "num_attention_heads": 8,
+                    "num_key_value_heads": 4, "head_dim": 256, "num_hidden_layers": 26, "vocab_size": 256000,
+                    "final_logit_softcapping": 30.0, "attn_logit_softcapping": 50.0,
+                    "max_position_embeddings": 8192}, 2_614_341_888),
+    # https://huggingface.co/microsoft/Phi-3-mini-4k-instruct/blob/main/config.json
+    "phi-3-mini": ({"model_type": "phi3", "hidden_size": 3072, "intermediate_size": 8192, "num_attention_heads": 32,
+                    "num_key_value_heads": 32, "num_hidden_layers": 32, "vocab_size": 32064, "pad_token_id": 32000,
+                    "tie_word_embeddings": False, "max_position_embeddings": 4096}, 3_821_079_552),
+    # https://huggingface.co/mistralai/Mixtral-8x7B-v0.1/blob/main/config.json
+    "mixtral-8x7b": ({"model_type": "mixtral", "hidden_size": 4096, "intermediate_size": 14336,
+                      "num_attention_heads": 32, "num_key_value_heads": 8, "num_hidden_layers": 32,
+                      "num_local_experts": 8, "num_experts_per_tok": 2, "vocab_size": 32000,
+                      "max_position_embeddings": 32768}, 46_702_792_704),
+    # https://huggingface.co/Qwen/Qwen1.5-MoE-A2.7B/blob/main/config.json
+    "qwen1.5-moe-a2.7b": ({"model_type": "qwen2_moe", "hidden_size": 2048, "intermediate_size": 5632,
+                           "num_attention_heads": 16, "num_key_value_heads": 16, "num_hidden_layers": 24,
+                           "num_experts": 60, "num_experts_per_tok": 4, "moe_intermediate_size": 1408,
+                           "shared_expert_intermediate_size": 5632, "decoder_sparse_step": 1, "vocab_size": 151936,
+                           "tie_word_embeddings": False, "max_position_embeddings": 8192}, 14_315_784_192),
+    # https://huggingface.co/Qwen/Qwen3-30B-A3B/blob/main/config.json
+    "qwen3-30b-a3b": ({"model_type": "qwen3_moe", "hidden_size": 2048, "intermediate_size": 6144,
+                       "moe_intermediate_size": 768, "num_attention_heads": 32, "num_key_value_heads": 4,
+                       "head_dim": 128, "num_hidden_layers": 48, "num_experts": 128, "num_experts_per_tok": 8,
+                       "decoder_sparse_step": 1, "mlp_only_layers": [], "vocab_size": 151936,
+                       "tie_word_embeddings": False, "max_position_embeddings": 40960}, 30_532_122_624),
+    # https://huggingface.co/google/gemma-3-1b-pt/blob/main/config.json
+    "gemma-3-1b": ({"model_type": "gemma3_text", "hidden_size": 1152, "intermediate_size": 6912,
+                    "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256, "num_hidden_layers": 26,
+                    "vocab_size": 262144, "max_position_embeddings": 32768}, 999_885_952),
+    # https://huggingface.co/meta-llama/Llama-3.2-1B/blob/main/config.json
+    "llama-3.2-1b": ({"model_type": "llama", "hidden_size": 2048, "intermediate_size": 8192, "num_attention_heads": 32,
+                      "num_key_value_heads": 8, "head_dim": 64, "num_hidden_layers": 16, "vocab_size": 128256,
+                      "tie_word_embeddings": True, "max_position_embeddings": 131072,
+                      "rope_scaling": {"factor": 32.0, "high_freq_factor": 4.0, "low_freq_factor": 1.0,
+                                       "original_max_position_embeddings": 8192, "rope_type": "llama3"}},
+                     1_235_814_400),
+    # https://huggingface.co/Qwen/Qwen3-0.6B/blob/main/config.json
+    "qwen3-0.6b": ({"model_type": "qwen3", "hidden_size": 1024, "intermediate_size": 3072, "num_attention_heads": 16,
+                    "num_key_value_heads": 8, "head_dim": 128, "num_hidden_layers": 28, "vocab_size": 151936,
+                    "tie_word_embeddings": True, "max_position_embeddings": 40960}, 596_049_920),
+}
+
+
+@pytest.fixture(scope="module")
+def hf():
+    """transformers, imported once for the module (a test dependency only: the estimator imports no torch)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    transformers.logging.set_verbosity_error()
+    return torch, transformers
+
+
+def meta_model(hf, cfg: dict):
+    torch, transformers = hf
+    kwargs = {k: v for k, v in cfg.items() if k != "model_type"}
+    config = transformers.AutoConfig.for_model(cfg["model_type"], **kwargs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with torch.device("meta"):
+            if cfg["model_type"] == "bert":
+                return transformers.BertModel(config, add_pooling_layer=True)
+            return transformers.AutoModelForCausalLM.from_config(config)
+
+
+def hf_tensors(model, family: str) -> dict[str, tuple[int, ...]]:
+    strip = "transformer." if family == "gpt2" else ""   # GPT2LMHeadModel keeps the body under .transformer
+    return {n.removeprefix(strip): tuple(p.shape) for n, p in model.named_parameters()}
+
+
+def write(tmp_path: Path, cfg: dict, name: str = "config.json") -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_config_gives_the_classes_parameters_exactly(hf, tmp_path: Path, case: str) -> None:
+    cfg = CASES[case]
+    shape = load_config(write(tmp_path, cfg))
+    model = meta_model(hf, cfg)
+    assert dict(parameter_shapes(shape)) == hf_tensors(model, shape.family)
+    assert estimator.parameter_count(shape) == sum(p.numel() for p in model.parameters())
+
+
+def test_every_family_is_covered() -> None:
+    assert {load_config_family(c) for c in CASES.values()} == set(FAMILIES)
+
+
+def load_config_family(cfg: dict) -> str:
+    return shape_from_config(cfg).family
+
+
+@pytest.mark.parametrize("name", list(REAL))
+def test_published_shapes_give_the_published_counts(hf, name: str) -> None:
+    cfg, published = REAL[name]
+    shape = shape_from_config(cfg)
+    model = meta_model(hf, cfg)
+    assert estimator.parameter_count(shape) == sum(p.numel() for p in model.parameters()) == published
