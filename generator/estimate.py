@@ -18,7 +18,8 @@ from generator.argv import attach_negative_values
 from generator.errors import InputError, one_line
 
 from experiments.lib import estimator
-from experiments.lib.model_shapes import BUILTIN, FAMILIES, ModelShape, ShapeError, builtin, load_config
+from experiments.lib.model_shapes import (BUILTIN, FAMILIES, MODEL_TYPES, TIED_DEFAULT, ModelShape, ShapeError,
+                                          builtin, load_config)
 
 DEFAULT_SEQ = 1024
 
@@ -60,16 +61,31 @@ def parser() -> argparse.ArgumentParser:
                "'handbook estimate --config path/to/config.json --json'; 'handbook estimate --params 7e9'.")
     src = p.add_argument_group("the model (one of)")
     src.add_argument("--model", metavar="NAME", help=f"built-in shape: {', '.join(BUILTIN)}")
-    src.add_argument("--config", metavar="PATH", help="a Hugging Face config.json (GPT-2, BERT or Llama style)")
+    src.add_argument("--config", metavar="PATH",
+                     help=f"a Hugging Face config.json (model_type {', '.join(MODEL_TYPES)})")
     src.add_argument("--params", metavar="N", help="parameter count only (e.g. 7e9); activations are not estimated")
-    src.add_argument("--family", choices=FAMILIES, help="typed shape: the architecture family")
+    src.add_argument("--family", choices=FAMILIES,
+                     help="typed shape: the architecture family (its layout: biases, norms, fused projections, "
+                          "tying and dropout as the Hugging Face class has them)")
     pos = _int_arg("positive")
     nonneg = _int_arg("nonnegative")
     src.add_argument("--hidden", type=pos, help="typed shape: hidden size")
     src.add_argument("--layers", type=pos, help="typed shape: number of layers")
     src.add_argument("--heads", type=pos, help="typed shape: attention heads")
     src.add_argument("--kv-heads", type=nonneg, default=0, help="typed shape: key/value heads (default: heads)")
-    src.add_argument("--intermediate", type=nonneg, default=0, help="typed shape: MLP width (default 4*hidden)")
+    src.add_argument("--intermediate", type=nonneg, default=0,
+                     help="typed shape: MLP width (default 4*hidden for gpt2, bert; MoE: the dense layers' and "
+                          "Mixtral's experts' width)")
+    src.add_argument("--head-dim", type=nonneg, default=0,
+                     help="typed shape: width of one attention head (default hidden/heads; Gemma and Qwen3 set it)")
+    src.add_argument("--experts", type=nonneg, default=0,
+                     help="typed shape, mixtral/qwen2_moe/qwen3_moe: routed experts per MoE layer")
+    src.add_argument("--top-k", type=nonneg, default=0,
+                     help="typed shape, MoE: experts each token is routed through")
+    src.add_argument("--moe-intermediate", type=nonneg, default=0,
+                     help="typed shape, qwen2_moe/qwen3_moe: each routed expert's MLP width")
+    src.add_argument("--shared-intermediate", type=nonneg, default=0,
+                     help="typed shape, qwen2_moe: the shared expert's MLP width (0: none wide)")
     src.add_argument("--vocab", type=pos, help="typed shape: vocabulary size")
     src.add_argument("--positions", type=nonneg, default=0,
                      help="typed shape: learned positions (gpt2, bert; default: the sequence length)")
@@ -87,6 +103,14 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--checkpointing", default="none", help="none, selective or full (default none)")
     run.add_argument("--zero", type=nonneg, default=0, help="ZeRO stage 0-3 (default 0: plain data parallel)")
     run.add_argument("--gpus", type=pos, default=1, help="data-parallel degree (default 1)")
+    run.add_argument("--attention", default="sdpa",
+                     help="sdpa (transformers' default: no s x s scores kept) or eager (default sdpa)")
+    run.add_argument("--device", default="cuda",
+                     help="the kind of device sized: cuda or cpu (dropout masks, autocast op lists; default cuda)")
+    run.add_argument("--optimizer-impl", default="default",
+                     help="for-loop, foreach or fused (default: torch's choice, foreach on cuda, for-loop on cpu)")
+    run.add_argument("--keep-grads", action="store_true",
+                     help="zero_grad(set_to_none=False): gradients stay allocated between steps")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--list-models", action="store_true", help="list the built-in shapes and exit")
     return p
@@ -123,14 +147,18 @@ def resolve(args: argparse.Namespace) -> tuple[ModelShape | None, int | None]:
         raise _InputError(f"a typed shape needs {', '.join(missing)}")
     if args.tied and args.untied:
         raise _InputError("give --tied or --untied, not both")
-    tied = {"gpt2": not args.untied, "bert": True, "llama": args.tied}[args.family]
+    # Tying as each config class defaults it (TIED_DEFAULT: gpt2, bert, gemma tie); the flags override.
+    tied = True if args.family == "bert" else (
+        not args.untied if TIED_DEFAULT.get(args.family, False) else args.tied)
     seq = args.seq or DEFAULT_SEQ
+    learned = args.family in ("gpt2", "bert")
     return ModelShape(family=args.family, hidden=args.hidden, layers=args.layers, heads=args.heads,
                       kv_heads=args.kv_heads, intermediate=args.intermediate, vocab=args.vocab,
-                      positions=args.positions or (seq if args.family != "llama" else 0),
+                      head_dim=args.head_dim, positions=args.positions or (seq if learned else 0),
                       type_vocab=2 if args.family == "bert" else 0,
-                      tied_embeddings=tied,
-                      dropout=args.family != "llama", name="custom"), None
+                      tied_embeddings=tied, dropout=learned, experts=args.experts, top_k=args.top_k,
+                      moe_intermediate=args.moe_intermediate, shared_intermediate=args.shared_intermediate,
+                      name="custom"), None
 
 
 def default_seq(shape: ModelShape | None) -> int:
@@ -143,26 +171,51 @@ def _gib(n: int) -> str:
     return f"{n / 2**30:,.2f} GiB"
 
 
+PHASE_TERMS = {"params": "weights", "grads": "gradients", "optimizer": "optimizer state",
+               "master_grads": "fp32 gradient copies", "cast_weights": "autocast cast weights",
+               "activations": "saved activations", "logits": "logits", "loss_temporaries": "loss temporaries",
+               "working_set": "layer backward working set", "temporaries": "step temporaries",
+               "ddp_buckets": "DDP gradient buckets", "gathered_params": "gathered units (ZeRO-3)",
+               "reduce_buffers": "reduce-scatter buffers"}
+
+
 def render_table(result: dict) -> str:
     s = result["setup"]
     name = result["model"] or "model"
-    lines = [f"{name}: {result['parameters']:,} parameters; {s['optimizer']}, {s['precision']}, "
-             f"batch {s['batch']} x seq {s['seq']}, checkpointing {s['checkpointing']}, "
-             f"ZeRO-{s['zero']} over {s['gpus']} GPU{'s' if s['gpus'] > 1 else ''}", ""]
-    width = max(len(f"{v:,}") for v in result["per_device_bytes"].values())
-    lines.append(f"{'per device':<14}{'bytes':>{width}}  {'':>14}")
+    lines = [f"{name}: {result['parameters']:,} parameters; {s['optimizer']} ({s['optimizer_impl_used']}), "
+             f"{s['precision']}, batch {s['batch']} x seq {s['seq']}, checkpointing {s['checkpointing']}, "
+             f"{s['attention']} attention, ZeRO-{s['zero']} over {s['gpus']} GPU{'s' if s['gpus'] > 1 else ''}, "
+             f"sized for {s['device']}", ""]
+    width = max(len(f"{v:,}") for v in (*result["per_device_bytes"].values(), result["peak_bytes"]))
+    lines.append(f"{'persistent, per device':<26}{'bytes':>{width}}  {'':>14}")
     for key in ("params", "grads", "optimizer", "activations", "total"):
         v = result["per_device_bytes"][key]
-        label = {"params": "weights", "grads": "gradients", "optimizer": "optimizer"}.get(key, key)
+        label = {"params": "weights", "grads": "gradients", "optimizer": "optimizer state",
+                 "total": "sum of the terms"}.get(key, key)
         note = "  (not estimated: no shape)" if key == "activations" and not result["activations_estimated"] else ""
         if key == "total":
-            lines.append("-" * (14 + width + 16))
-        lines.append(f"{label:<14}{v:>{width},}  {_gib(v):>14}{note}")
+            lines.append("-" * (26 + width + 16))
+        lines.append(f"{label:<26}{v:>{width},}  {_gib(v):>14}{note}")
     lines.append("")
-    lines.append(f"{'card':<16}{'memory':>12}  {'fits':<5} source (decimal GB)")
+    lines.append("live bytes by phase of one step:")
+    for key, ph in result["phases"].items():
+        mark = "  <- peak" if key == result["peak_phase"] else ""
+        lines.append(f"  {ph['label']:<40}{_gib(ph['total_bytes']):>14}{mark}")
+        terms = [f"{PHASE_TERMS[t]} {_gib(v)}" for t, v in ph["terms_bytes"].items() if v]
+        lines.append(f"    {'; '.join(terms)}")
+    lines.append(f"{'peak':<26}{result['peak_bytes']:>{width},}  {_gib(result['peak_bytes']):>14}  "
+                 f"({result['phases'][result['peak_phase']]['label']})")
+    if result["headroom_bytes"]:
+        lines.append(f"{'+ CUDA context':<26}{result['headroom_bytes']:>{width},}  {_gib(result['headroom_bytes']):>14}"
+                     f"  ({result['headroom_source']})")
+    for note in result["notes"]:
+        lines.append(f"note: {note}")
+    lines.append("")
+    lines.append(f"{'card':<16}{'memory':>12}  {'verdict':<13} dtypes, source of the total (nvidia-smi)")
     for f in result["fits"]:
-        lines.append(f"{f['gpu']:<16}{_gib(f['capacity_bytes']):>12}  {'yes' if f['fits'] else 'no':<5} {f['source']}")
-    lines.append("(the sum leaves out the CUDA context, allocator fragmentation and the step's temporaries)")
+        lines.append(f"{f['gpu']:<16}{_gib(f['capacity_bytes']):>12}  {f['verdict']:<13} "
+                     f"{'/'.join(f['dtypes'])}; {f['source']}")
+    lines.append(f"(the peak leaves out {', '.join(result['leaves_out'])})")
     return "\n".join(lines)
 
 
@@ -176,7 +229,8 @@ def main(argv: list[str]) -> int:
         shape, params = resolve(args)
         setup = estimator.Setup(optimizer=args.optimizer, precision=args.precision, batch=args.batch,
                                 seq=args.seq or default_seq(shape), checkpointing=args.checkpointing,
-                                zero=args.zero, gpus=args.gpus)
+                                zero=args.zero, gpus=args.gpus, attention=args.attention, device=args.device,
+                                optimizer_impl=args.optimizer_impl, set_to_none=not args.keep_grads)
         result = estimator.estimate(setup, shape=shape, params=params)
     except (_InputError, ShapeError, estimator.EstimateError) as exc:
         print(f"handbook estimate: error: {one_line(exc)}", file=sys.stderr)

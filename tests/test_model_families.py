@@ -163,3 +163,77 @@ def test_published_shapes_give_the_published_counts(hf, name: str) -> None:
     shape = shape_from_config(cfg)
     model = meta_model(hf, cfg)
     assert estimator.parameter_count(shape) == sum(p.numel() for p in model.parameters()) == published
+
+
+BAD = [
+    (dict(CASES["qwen2"], num_key_value_heads=3), "field 'num_key_value_heads' (3) does not divide"),
+    ({k: v for k, v in CASES["mistral"].items() if k != "num_key_value_heads"}, "missing field 'num_key_value_heads'"),
+    (dict(CASES["qwen3"], head_dim="24"), "field 'head_dim' must be a non-negative integer, not '24'"),
+    (dict(CASES["gemma2"], final_logit_softcapping="30"), "field 'final_logit_softcapping' must be a positive number"),
+    (dict(CASES["qwen3"], attention_bias="yes"), "field 'attention_bias' must be true or false, not 'yes'"),
+    (dict(CASES["mixtral"], num_local_experts=0), "field 'num_local_experts' must be a positive integer, not 0"),
+    (dict(CASES["mixtral"], num_experts_per_tok=5), "field 'num_experts_per_tok' (5) exceeds num_local_experts (4)"),
+    (dict(CASES["qwen2_moe"], moe_intermediate_size=-1), "field 'moe_intermediate_size' must be a non-negative"),
+    (dict(CASES["qwen2_moe"], shared_expert_intermediate_size=1.5), "field 'shared_expert_intermediate_size'"),
+    (dict(CASES["qwen3_moe"], decoder_sparse_step=0), "field 'decoder_sparse_step' must be a positive integer"),
+    (dict(CASES["qwen3_moe"], mlp_only_layers=[1, "2"]), "field 'mlp_only_layers' must be a list of layer indices"),
+    (dict(CASES["phi3"], resid_pdrop="0.1"), "field 'resid_pdrop' must be a probability"),
+    ({k: v for k, v in CASES["phi3"].items() if k != "intermediate_size"}, "missing field 'intermediate_size'"),
+    (dict(CASES["gemma"], model_type="gemma3"), "model_type 'gemma3' is the multimodal Gemma 3"),
+    (dict(CASES["llama-1"], model_type=["llama"]), "field 'model_type' must be a string"),
+]
+
+
+@pytest.mark.parametrize("cfg, message", BAD)
+def test_bad_fields_are_one_line_naming_the_file_and_field(tmp_path: Path, capsys, cfg: dict, message: str) -> None:
+    path = write(tmp_path, cfg)
+    assert estimate_main(["--config", str(path)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and str(path) in err and message in err, err
+
+
+def test_an_unknown_model_type_still_suggests_params_or_a_typed_shape(tmp_path: Path, capsys) -> None:
+    path = write(tmp_path, dict(SMALL, model_type="falcon"))
+    assert estimate_main(["--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "model_type 'falcon' is not supported" in err and "--params" in err and "--family" in err
+
+
+# Typed shapes (--family --hidden ... --head-dim and the MoE flags) for the configs they can express: the same
+# parameters as reading the config.
+TYPED = {
+    "qwen2": ["--family", "qwen2", "--kv-heads", "2", "--intermediate", "96"],
+    "qwen3": ["--family", "qwen3", "--kv-heads", "2", "--intermediate", "96", "--head-dim", "24"],
+    "gemma2": ["--family", "gemma2", "--kv-heads", "2", "--intermediate", "96", "--head-dim", "24"],
+    "phi3": ["--family", "phi3", "--kv-heads", "2", "--intermediate", "96"],
+    "mixtral": ["--family", "mixtral", "--kv-heads", "2", "--intermediate", "96", "--experts", "4", "--top-k", "2"],
+    "qwen2_moe": ["--family", "qwen2_moe", "--kv-heads", "2", "--intermediate", "96", "--experts", "4", "--top-k",
+                  "2", "--moe-intermediate", "48", "--shared-intermediate", "80"],
+    "qwen3_moe": ["--family", "qwen3_moe", "--kv-heads", "2", "--intermediate", "96", "--experts", "4", "--top-k",
+                  "2", "--moe-intermediate", "48", "--head-dim", "24"],
+}
+DIMS = ["--hidden", "64", "--layers", "3", "--heads", "4", "--vocab", "101", "--seq", "128", "--json"]
+
+
+@pytest.mark.parametrize("case", list(TYPED))
+def test_typed_shape_equals_the_config(tmp_path: Path, capsys, case: str) -> None:
+    assert estimate_main(TYPED[case] + DIMS) == 0
+    typed = json.loads(capsys.readouterr().out)
+    cfg = dict(CASES[case], resid_pdrop=0.0) if case == "phi3" else CASES[case]   # typed decoders: no dropout
+    assert estimate_main(["--config", str(write(tmp_path, cfg)), "--seq", "128", "--json"]) == 0
+    read = json.loads(capsys.readouterr().out)
+    assert typed["parameters"] == read["parameters"]
+    assert typed["per_device_bytes"] == read["per_device_bytes"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--family", "mixtral", "--intermediate", "96", "--experts", "4"], "top_k must be between 1 and experts (4)"),
+    (["--family", "qwen3_moe", "--intermediate", "96", "--experts", "4", "--top-k", "2"],
+     "moe_intermediate (moe_intermediate_size) is required"),
+    (["--family", "qwen3", "--intermediate", "96", "--top-k", "2"], "top_k is for a mixture of experts"),
+    (["--family", "phi3", "--intermediate", "96", "--head-dim", "-1"], "argument --head-dim: must not be negative"),
+])
+def test_typed_shape_errors_are_one_line(capsys, argv: list[str], message: str) -> None:
+    assert estimate_main(argv + DIMS) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
