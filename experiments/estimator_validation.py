@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
+from experiments.lib import estimator, formulas, model_shapes  # summarize only (torch-free)
 from experiments.lib.memory import MemoryTracker, grad_bytes, optimizer_state_bytes, param_bytes, tensor_bytes
 from experiments.lib.saved import count_saved
 from experiments.lib.threads import single_thread
@@ -80,9 +81,7 @@ class Config:
 PROFILES = {
     "test": Config(batch=1, seq=16, hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64, vocab=64,
                    cases=(("gpt2", "fp32", "eager", False), ("llama", "fp32", "sdpa", False))),
-    "quick": Config(cases=grid(("gpt2", "llama"), checkpointing=(False,))
-                    + grid(("gpt2", "llama"), ("fp32", "bf16-mixed"), ("sdpa",), (True,))
-                    + grid(("qwen2", "gemma2", "mixtral"), ("fp32", "bf16-mixed"), ("eager", "sdpa"), (False,))),
+    "quick": Config(),  # every case, at a tiny size
     # 50-125M parameters at sequence 512 (GPT-2 small's shape; a Llama of the same width)
     "full": Config(batch=2, seq=512, hidden=768, layers=8, heads=12, kv_heads=4, intermediate=2048, vocab=32000,
                    experts=4, top_k=2,
@@ -275,8 +274,13 @@ TARGET_PEAK_BELOW = 0.03   # and never more than 3 % below it
 TARGET_ACTIVATIONS = 0.05  # activations within +-5 %
 BYTES_PER_PARAM_RULE = 16  # "16 bytes per parameter": fp32 weights, gradients, Adam's two moments
 PHASES = ("forward", "backward", "optimizer")
+STATES = ("params", "grads", "optimizer")
+SAVED_LABELS = {"activation": "activations", "cast_weight": "cast weights"}
+PHASE_LABELS = {"forward": "forward pass", "backward": "backward pass", "optimizer": "optimizer step",
+                "between_steps": "between steps"}
 TERM_LABELS = {"params": "weights", "grads": "gradients", "optimizer": "optimizer state",
-               "activations": "saved activations", "cast_weights": "autocast's cast weights",
+               "activations": "saved activations (after forward)", "cast_weights": "autocast's cast weights",
+               "backward_growth": "backward's peak above the end of forward",
                "step_temporaries": "optimizer-step temporaries"}
 RULE_LABELS = {"estimator_peak": "estimator's peak", "sum_of_terms": "plain sum of terms",
                "korthikanti": "model states + sbh(34 + 5as/h)", "bytes_per_param": "16 bytes per parameter"}
@@ -292,8 +296,16 @@ def measured_terms(x: dict) -> dict[str, int]:
         "optimizer": x["optimizer_state_bytes"] + x["master_weights_bytes"],
         "activations": sum(saved.get("activation", {}).values()),
         "cast_weights": sum(saved.get("cast_weight", {}).values()),
+        "backward_growth": x["phases"]["backward"]["peak"]["total_bytes"] - x["phases"]["forward"]["end"]["total_bytes"],
         "step_temporaries": step["peak"]["total_bytes"] - x["phases"]["backward"]["end"]["total_bytes"],
     }
+
+
+def measured_phases(x: dict) -> dict[str, int]:
+    """The live bytes of each phase that a peak model predicts: the peak of forward, backward and the
+    optimizer step, and what is live between steps."""
+    return {**{ph: x["phases"][ph]["peak"]["total_bytes"] for ph in PHASES},
+            "between_steps": x["before_step"]["total_bytes"]}
 
 
 def measured_peak(x: dict) -> tuple[int, str]:
@@ -303,8 +315,6 @@ def measured_peak(x: dict) -> tuple[int, str]:
 
 def predict(data: dict, x: dict) -> dict:
     """The estimator's answer for one case, or why it has none (an unsupported family or layout)."""
-    from experiments.lib import estimator, model_shapes
-
     try:
         shape = model_shapes.shape_from_config(x["hf_config"], where=f"{x['family']} config", name=x["family"])
         wanted = {"optimizer": "adamw", "precision": x["precision"], "batch": data["batch"], "seq": data["seq"],
@@ -317,14 +327,39 @@ def predict(data: dict, x: dict) -> dict:
         return {"available": False, "reason": str(exc).splitlines()[0]}
     per_device = est["per_device_bytes"]
     peak = est.get("peak_bytes")
-    return {"available": True, "reason": None, "parameters": est["parameters"], "shape": shape,
-            "terms": {k: v for k, v in per_device.items() if k != "total"}, "sum_bytes": per_device["total"],
+    terms = {k: v for k, v in per_device.items() if k != "total" and isinstance(v, int)}
+    # what one layer's recomputation adds exists only during backward: after forward it is not there yet
+    recompute = (est.get("activation_terms_bytes") or {}).get("recompute_bytes", 0)
+    if "activations" in terms:
+        terms["activations"] -= recompute
+    # With a peak model, the terms that exist only within a phase, from its phase totals (names of the
+    # phases as the estimator gives them: forward = end of forward, backward, optimizer, between_steps).
+    phases = {ph: v["total_bytes"] for ph, v in (est.get("phases") or {}).items()
+              if isinstance(v, dict) and isinstance(v.get("total_bytes"), int)}
+    persistent = sum(per_device.get(k, 0) for k in STATES)
+    if "forward" in phases and "backward" in phases:
+        terms["backward_growth"] = phases["backward"] - phases["forward"]
+    if "optimizer" in phases:
+        terms["step_temporaries"] = phases["optimizer"] - persistent
+    cast = ((est.get("phases") or {}).get("forward") or {}).get("terms_bytes", {}).get("cast_weights")
+    if isinstance(cast, int):
+        terms["cast_weights"] = cast
+    return {"available": True, "reason": None, "parameters": est["parameters"], "shape": shape, "phases": phases,
+            "terms": terms, "sum_bytes": per_device["total"], "recompute_bytes": recompute,
             "peak_bytes": peak if peak is not None else per_device["total"], "has_peak_model": peak is not None,
             "peak_phase": est.get("peak_phase"), "inputs_ignored": ignored}
 
 
+def _share(by_dtype: dict[str, int], dtype: str) -> float | None:
+    total = sum(by_dtype.values())
+    return by_dtype.get(dtype, 0) / total if total else None
+
+
 def _ratio(pred: int | None, meas: int) -> float | None:
-    return pred / meas if pred is not None and meas else None
+    """predicted / measured; 1 when both are zero; None without a prediction or with nothing measured."""
+    if pred is None or (meas == 0 and pred != 0):
+        return None
+    return pred / meas if meas else 1.0
 
 
 def _case(data: dict, key: str, x: dict) -> dict:
@@ -333,13 +368,16 @@ def _case(data: dict, key: str, x: dict) -> dict:
     p = predict(data, x)
     label = (f"{FAMILY_LABELS.get(x['family'], x['family'])}, {x['precision']}, {x['attention']}"
              + (", checkpointed" if x["checkpointing"] else ""))
-    out = {"label": label, "family": x["family"], "precision": x["precision"], "attention": x["attention"],
+    out = {"label": label, "family": x["family"], "family_label": FAMILY_LABELS.get(x["family"], x["family"]),
+           "measured_peak_phase_label": PHASE_LABELS[phase], "precision": x["precision"], "attention": x["attention"],
            "checkpointing": x["checkpointing"], "model_class": x["model_class"], "parameters": x["parameters"],
            "measured_peak_bytes": peak, "measured_peak_phase": phase,
-           "phases": {ph: {"peak_bytes": x["phases"][ph]["peak"]["total_bytes"],
+           "phases": {ph: {"label": PHASE_LABELS[ph], "peak_bytes": x["phases"][ph]["peak"]["total_bytes"],
                            "end_bytes": x["phases"][ph]["end"]["total_bytes"],
                            "cuda_max_allocated_bytes": x["phases"][ph]["cuda_max_allocated_bytes"]} for ph in PHASES},
-           "saved_bytes": x["saved_bytes"],
+           "saved": {f"{kind}/{dtype}": {"label": f"{SAVED_LABELS.get(kind, kind)}, {dtype}", "saved_bytes": n}
+                     for kind, by_dtype in x["saved_bytes"].items() for dtype, n in by_dtype.items()},
+           "fp32_saved_share": _share(x["saved_bytes"].get("activation", {}), "float32"),
            "predicted": p["available"], "reason": p["reason"]}
     predicted_terms = p["terms"] if p["available"] else {}
     terms = {}
@@ -349,6 +387,11 @@ def _case(data: dict, key: str, x: dict) -> dict:
                     "modelled": pred is not None, "ratio": _ratio(pred, m),
                     "miss_bytes": (pred - m) if pred is not None else -m}
     out["terms"] = terms
+    mph = measured_phases(x)
+    pph = p["phases"] if p["available"] else {}
+    out["phase_ledger"] = {ph: {"label": PHASE_LABELS[ph], "measured_bytes": m, "predicted_bytes": pph.get(ph),
+                                "modelled": pph.get(ph) is not None, "ratio": _ratio(pph.get(ph), m)}
+                           for ph, m in mph.items()}
     if not p["available"]:
         out.update(rules={}, verdict="no prediction", peak_ok=False, activations_ok=False, worst_term=None,
                    worst_term_label=None)
@@ -356,8 +399,9 @@ def _case(data: dict, key: str, x: dict) -> dict:
     e_act = 2 if x["precision"] != "fp32" else 4  # the rule is for 16-bit activations; fp32 stores twice that
     shape = p["shape"]
     states = sum(predicted_terms.get(k, 0) for k in ("params", "grads", "optimizer"))
-    korthikanti_acts = shape.layers * formulas_korthikanti(data["seq"], data["batch"], shape.hidden, shape.heads) \
-        * e_act // 2
+    # Korthikanti et al. 2022, section 4.1, per layer (formulas.korthikanti_activation_bytes)
+    korthikanti_acts = shape.layers * formulas.korthikanti_activation_bytes(data["seq"], data["batch"], shape.hidden,
+                                                                             shape.heads) * e_act // 2
     totals = {
         "estimator_peak": p["peak_bytes"],
         "sum_of_terms": p["sum_bytes"],
@@ -382,12 +426,6 @@ def _case(data: dict, key: str, x: dict) -> dict:
     return out
 
 
-def formulas_korthikanti(s: int, b: int, h: int, a: int) -> int:
-    from experiments.lib import formulas
-
-    return formulas.korthikanti_activation_bytes(s, b, h, a)
-
-
 def summarize(data: dict) -> dict:
     cases = {k: _case(data, k, x) for k, x in data["cases"].items()}
     predicted = [c for c in cases.values() if c["predicted"]]
@@ -400,8 +438,12 @@ def summarize(data: dict) -> dict:
     if predicted and not predicted[0]["rules"]["estimator_peak"]["label"].startswith("estimator's"):
         rules["estimator_peak"]["label"] = predicted[0]["rules"]["estimator_peak"]["label"]
     act = [c["terms"]["activations"]["ratio"] for c in predicted]
+    compared = [c for c in predicted if all(c["terms"][t]["modelled"] for t in STATES)]
+    shares = [c["fp32_saved_share"] for c in cases.values()
+              if c["precision"] == "bf16-mixed" and c["fp32_saved_share"] is not None]
     return {
         "ran": data["ran"], "reason": data["reason"], "device_kind": data["device_kind"],
+        "device": data["device"], "transformers": data["transformers"],
         "cases": cases, "rules": rules,
         "case_count": len(cases), "predicted_count": len(predicted),
         "unpredicted_count": len(cases) - len(predicted),
@@ -409,7 +451,23 @@ def summarize(data: dict) -> dict:
         "peak_ok_count": sum(1 for c in predicted if c["peak_ok"]),
         "activations_ok_count": sum(1 for c in predicted if c["activations_ok"]),
         "activations_min_ratio": min(act) if act else None, "activations_max_ratio": max(act) if act else None,
-        "peak_phases": {ph: sum(1 for c in cases.values() if c["measured_peak_phase"] == ph) for ph in PHASES},
+        "peak_phases": {ph: {"label": PHASE_LABELS[ph],
+                             "count": sum(1 for c in cases.values() if c["measured_peak_phase"] == ph)}
+                        for ph in PHASES},
+        "worst_terms": {t: {"label": label, "count": sum(1 for c in predicted if c["worst_term"] == t)}
+                        for t, label in TERM_LABELS.items()},
+        "unmodelled_terms": {t: {"label": label} for t, label in TERM_LABELS.items()
+                             if predicted and not all(c["terms"][t]["modelled"] for c in predicted)},
+        "states_compared_count": len(compared),
+        "states_exact_count": sum(1 for c in compared if all(
+            c["terms"][t]["predicted_bytes"] == c["terms"][t]["measured_bytes"] for t in STATES)),
+        "autocast_cases": len(shares),
+        "autocast_fp32_saved_min_share": min(shares) if shares else None,
+        "autocast_fp32_saved_max_share": max(shares) if shares else None,
+        "inputs_ignored": sorted({k for c in predicted for k in c["inputs_ignored"]}),
+        "inputs_ignored_label": ", ".join(sorted({k for c in predicted for k in c["inputs_ignored"]})) or "none",
+        "unpredicted_reasons": {r: {"count": sum(1 for c in cases.values() if c["reason"] == r)}
+                                for r in dict.fromkeys(c["reason"] for c in cases.values() if not c["predicted"])},
         "targets": {"peak_above_ratio": TARGET_PEAK_ABOVE, "peak_below_ratio": TARGET_PEAK_BELOW,
                     "activations_ratio": TARGET_ACTIVATIONS},
     }
