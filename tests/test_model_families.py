@@ -237,3 +237,66 @@ def test_typed_shape_errors_are_one_line(capsys, argv: list[str], message: str) 
     assert estimate_main(argv + DIMS) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err, err
+
+
+# --- activations of the family-specific parts, measured on transformers' own blocks (fp32, CPU) ----------------
+
+def saved_bytes(hf, module, x, skip=()) -> int:
+    """Bytes of the distinct storages autograd saves in ``module(x)``, the module's parameters and ``x`` aside."""
+    torch, _ = hf
+    own = {p.untyped_storage().data_ptr() for p in module.parameters()} | {x.untyped_storage().data_ptr()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in own:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x)
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("case", ["mixtral", "qwen2_moe", "qwen3_moe"])
+def test_moe_block_saves_what_the_routing_predicts(hf, case: str) -> None:
+    """A routed MLP block (router, top-k experts, Qwen2-MoE's shared expert) under transformers' default
+    experts implementation: tokens x top-k pairs through the experts, within 1 %."""
+    torch, _ = hf
+    torch.manual_seed(0)
+    cfg = dict(CASES[case], num_hidden_layers=1)
+    model = meta_model_real(hf, cfg)
+    block = model.model.layers[0].mlp
+    s, b = 48, 2
+    x = torch.randn(b, s, cfg["hidden_size"], requires_grad=True)
+    measured = saved_bytes(hf, block, x)
+    terms = estimator.layer_activation_terms(shape_from_config(cfg), s, b, 4, routed=True)
+    predicted = terms["mlp_bytes"] + terms["router_bytes"]
+    assert abs(predicted / measured - 1) < 0.01, (predicted, measured)
+
+
+def meta_model_real(hf, cfg: dict):
+    """The class built on the CPU with real (random) weights: a forward pass needs them."""
+    _, transformers = hf
+    config = transformers.AutoConfig.for_model(cfg["model_type"], **{k: v for k, v in cfg.items() if k != "model_type"})
+    return transformers.AutoModelForCausalLM.from_config(config)
+
+
+def test_moe_activations_sum_routed_and_dense_layers() -> None:
+    """Qwen-MoE with dense layers (mlp_only_layers, decoder_sparse_step): the total is each layer's own terms."""
+    m = shape_from_config(CASES["qwen2_moe-sparse-step"])
+    assert m.moe_layers == [1] and m.n_moe_layers == 1  # layers 1 and 3 by the step; 3 is listed dense
+    setup = estimator.Setup(seq=64, batch=2, precision="fp32")
+    got = estimator.activation_terms(m, setup)
+    mask = estimator.dropout_mask_bytes(setup)
+    per = []
+    for i in range(m.layers):
+        t = estimator.layer_activation_terms(m, 64, 2, 4, mask, routed=i in m.moe_layers)
+        t["scores_bytes"] = estimator.attention_scores_bytes(m, 64, 2, setup, t)
+        per.append(sum(t.values()))
+    assert got["layers_bytes"] == sum(per) and got["per_layer_bytes"] == max(per)
+    # top-k scales the routed part: twice the experts per token, twice the experts' pairs
+    one, two = (estimator.layer_activation_terms(ModelShape(**{**m.as_dict(), "top_k": k}), 64, 2, 2, routed=True)
+                for k in (1, 2))
+    h, W = m.hidden, m.d_expert
+    assert two["mlp_bytes"] - one["mlp_bytes"] == 2 * 64 * 2 * (2 * h + 4 * W)

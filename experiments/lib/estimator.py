@@ -22,31 +22,92 @@ The model, term by term (every number an integer count of bytes):
   data-parallel degree, stage 2 also gradients, stage 3 also weights
   (``formulas.zero_bytes_per_device``), rounded up to whole bytes.
 
-The total is the sum of the terms: the usual sizing rule, which ignores the
-allocator's fragmentation, the CUDA context, temporary buffers and
-communication buckets.
+``per_device_bytes`` is the sum of those terms (the usual sizing rule). The
+prediction a reader acts on is ``peak_bytes``: the live bytes at each phase of
+one training step (``phases``: the end of forward, the worst point of
+backward, the optimizer step, between steps), with the temporaries the sum
+leaves out (autocast's cast weights, the logits and the loss's fp32
+temporaries, gradients as they appear, the optimizer's temporaries, ZeRO-3's
+gathered layers and reduce-scatter buffers, DDP's gradient buckets), and
+their maximum. Card verdicts compare that peak plus a headroom for the CUDA
+context with the total memory the driver reports, and never say "fits" for a
+dtype the card does not compute. Still left out: allocator fragmentation,
+communication library buffers (NCCL), and framework extras.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import NamedTuple, Sequence
 
 from experiments.lib import formulas
-from experiments.lib.model_shapes import BUILTIN, ModelShape, parameter_shapes
+from experiments.lib.model_shapes import (BUILTIN, DECODERS, MOE_FAMILIES, QK_NORM_FAMILIES, SANDWICH_FAMILIES,
+                                          ModelShape, parameter_shapes)
 
 OPTIMIZERS = ("sgd", "sgd-momentum", "adam", "adamw", "adam-amsgrad", "adafactor", "adamw-8bit")
 
-# Bytes per element: (weights, gradients, optimizer state, activations).
-# "bf16-mixed"/"fp16-mixed" are torch.autocast with fp32 weights (PyTorch AMP
-# docs; Lightning's precision names): fp32 weights, grads and optimizer state,
-# 16-bit activations. "bf16" keeps everything in bf16; torch.optim then keeps
-# its state in the parameters' dtype too.
-PRECISIONS: dict[str, tuple[int, int, int, int]] = {
-    "fp32": (4, 4, 4, 4),
-    "bf16-mixed": (4, 4, 4, 2),
-    "fp16-mixed": (4, 4, 4, 2),
-    "bf16": (2, 2, 2, 2),
+
+
+class Layout(NamedTuple):
+    """A precision layout, by what it keeps: bytes per parameter (or per activation element)."""
+    weights: int          # the model's parameters
+    grads: int            # their .grad
+    state: int            # each optimizer state element (torch.optim keeps it in the dtype of what it updates)
+    activations: int      # saved activations (the compute dtype)
+    master: int = 0       # an fp32 master copy the optimizer updates (0: it updates the weights themselves)
+    cast: int = 0         # autocast's 16-bit copies of the weights used by matmuls, live forward to backward
+    compute: str = "fp32"  # the dtype the matmuls run in: a card must compute it
+    gather: int = 0       # ZeRO-3: bytes per parameter of an all-gathered unit (0: the weights' dtype)
+    unit_grad: int = 0    # ZeRO-2/3: bytes per parameter of a unit's unsharded gradient (0: the grads' dtype)
+    reduce: int = 0       # ZeRO-2/3: bytes per parameter of the reduce-scatter buffer (0: the grads' dtype)
+    zero3_only: bool = False
+
+
+# The layouts people train with, named by what they keep.
+# * fp32: everything fp32.
+# * bf16-mixed / fp16-mixed: torch.autocast (PyTorch AMP docs; Lightning's precision names): fp32 weights,
+#   gradients and optimizer state; matmuls in 16 bits, whose outputs (the activations) are 16-bit.
+#   Autocast casts each fp32 weight a matmul uses to 16 bits and caches the copy for the autocast region
+#   (aten/src/ATen/autocast_mode.cpp, ``cached_cast``: leaf tensors that require grad); the matmul saves
+#   that copy for backward, so about 2 bytes per matmul parameter stay live from forward into backward.
+# * bf16: pure bf16, no master copy; torch.optim keeps its state in bf16 too. Updates smaller than about
+#   2^-8 |w| round away (Micikevicius et al. 2018, "Mixed Precision Training", section 3.1).
+# * bf16-master / fp16-master: 16-bit weights and gradients, an fp32 master copy and fp32 moments, the
+#   layout of DeepSpeed and Megatron-LM and of ZeRO's accounting (Rajbhandari et al. 2020, section 3.1:
+#   2 + 2 + K with K = 12 for Adam: master 4 + moments 8). The master copy counts as optimizer state
+#   (ZeRO's K), so ZeRO-1 shards it.
+# * fsdp2-bf16: FSDP2 (ZeRO-3) with ``MixedPrecisionPolicy(param_dtype=bfloat16, reduce_dtype=float32)``
+#   (torch.distributed.fsdp docs): sharded fp32 parameters, gradients and state; each unit is all-gathered
+#   in bf16 for compute, its gradient computed in bf16 and reduce-scattered in fp32.
+PRECISIONS: dict[str, Layout] = {
+    "fp32": Layout(4, 4, 4, 4),
+    "bf16-mixed": Layout(4, 4, 4, 2, cast=2, compute="bf16"),
+    "fp16-mixed": Layout(4, 4, 4, 2, cast=2, compute="fp16"),
+    "bf16": Layout(2, 2, 2, 2, compute="bf16"),
+    "bf16-master": Layout(2, 2, 4, 2, master=4, compute="bf16"),
+    "fp16-master": Layout(2, 2, 4, 2, master=4, compute="fp16"),
+    "fsdp2-bf16": Layout(4, 4, 4, 2, compute="bf16", gather=2, unit_grad=2, reduce=4, zero3_only=True),
 }
+PRECISION_NOTES = {
+    "bf16": "pure bf16 keeps no master copy: updates smaller than about 2^-8 |w| are lost "
+            "(Micikevicius et al. 2018, section 3.1)",
+}
+ATTENTION = ("sdpa", "eager")   # transformers' default is "sdpa" (PreTrainedModel._check_and_adjust_attn_implementation)
+DEVICES = ("cuda", "cpu")
+OPTIMIZER_IMPLS = ("default", "foreach", "for-loop", "fused")
+# torch.optim's default (torch/optim/optimizer.py, ``_default_to_fused_or_foreach``): foreach when every
+# parameter is on a device with foreach kernels (``_get_foreach_kernels_supported_devices``: cuda, xpu, ...;
+# not cpu), else the for-loop; fused is never the default.
+DEFAULT_IMPL = {"cuda": "foreach", "cpu": "for-loop"}
+# The optimizer step's temporaries, measured by the optimizer chapter (experiments/optimizer_state.py,
+# results/cpu-amd-epyc-2c-24gb/optimizer_state.json, summarize's ``temporaries_over_params_ratio``):
+# foreach Adam/AdamW/AMSGrad/Adafactor 1.00x the bytes of the tensors it updates, SGD 0; the for-loop
+# one tensor at a time, 0.28x there = 2.04x its largest tensor (Adam's denominator and update); fused
+# none. bitsandbytes' 8-bit step is one kernel per tensor (counted as fused).
+FOREACH_TEMPORARIES = {"sgd": 0, "sgd-momentum": 0, "adam": 1, "adamw": 1, "adam-amsgrad": 1, "adafactor": 1,
+                       "adamw-8bit": 0}
+FOR_LOOP_LARGEST_TENSORS = {"sgd": 0, "sgd-momentum": 0, "adam": 2, "adamw": 2, "adam-amsgrad": 2, "adafactor": 2,
+                            "adamw-8bit": 0}
+NO_FUSED = ("adafactor",)  # torch.optim.Adafactor has no fused implementation
 CHECKPOINTING = ("none", "selective", "full")
 ZERO_STAGES = (0, 1, 2, 3)
 
@@ -59,20 +120,29 @@ ZERO_STAGES = (0, 1, 2, 3)
 BNB_MIN_8BIT_SIZE = 4096
 BNB_BLOCK = 256
 
-# Memory of common accelerators, in bytes (decimal GB as the vendor
-# datasheets state them):
-GPUS: tuple[tuple[str, int, str], ...] = (
-    ("T4 16 GB", 16 * 10**9, "NVIDIA T4 datasheet"),
-    ("V100 16 GB", 16 * 10**9, "NVIDIA V100 Tensor Core GPU datasheet"),
-    ("RTX 4090 24 GB", 24 * 10**9, "NVIDIA GeForce RTX 4090 specifications"),
-    ("L4 24 GB", 24 * 10**9, "NVIDIA L4 Tensor Core GPU datasheet"),
-    ("V100 32 GB", 32 * 10**9, "NVIDIA V100 Tensor Core GPU datasheet"),
-    ("A100 40 GB", 40 * 10**9, "NVIDIA A100 Tensor Core GPU datasheet"),
-    ("L40S 48 GB", 48 * 10**9, "NVIDIA L40S datasheet"),
-    ("A100 80 GB", 80 * 10**9, "NVIDIA A100 Tensor Core GPU datasheet"),
-    ("H100 80 GB", 80 * 10**9, "NVIDIA H100 Tensor Core GPU datasheet"),
-    ("H200 141 GB", 141 * 10**9, "NVIDIA H200 Tensor Core GPU datasheet"),
+MIB = 2**20
+# Cards: the total memory the driver reports (nvidia-smi, MiB), the dtypes their tensor cores compute
+# (bf16 arrived with Ampere: NVIDIA A100 Tensor Core GPU Architecture whitepaper; T4 (Turing) and V100
+# (Volta) compute fp16 but not bf16), and where the figure comes from. A card whose reported total no
+# public source gave is left out (the H200 and the V100 32 GB among them).
+_MODAL = "nvidia-smi total, modal-labs/modal-client PR #2797"
+CARDS: tuple[tuple[str, int, tuple[str, ...], str], ...] = (
+    ("T4 16 GB", 15360 * MIB, ("fp32", "fp16"), _MODAL),
+    ("V100 16 GB", 16384 * MIB, ("fp32", "fp16"), "nvidia-smi total (V100-SXM2-16GB), 1CatAI/1Cat-vLLM issue #85"),
+    ("L4 24 GB", 23034 * MIB, ("fp32", "fp16", "bf16"), _MODAL),
+    ("RTX 4090 24 GB", 24564 * MIB, ("fp32", "fp16", "bf16"), "nvidia-smi total, RLinf/RLinf issue #255"),
+    ("A100 40 GB", 40960 * MIB, ("fp32", "fp16", "bf16"), _MODAL),
+    ("L40S 48 GB", 46068 * MIB, ("fp32", "fp16", "bf16"), _MODAL),
+    ("A100 80 GB", 81920 * MIB, ("fp32", "fp16", "bf16"), _MODAL),
+    ("H100 80 GB", 81559 * MIB, ("fp32", "fp16", "bf16"), _MODAL + "; NVIDIA/nccl issue #1264"),
 )
+GPUS: tuple[tuple[str, int, str], ...] = tuple((n, c, src) for n, c, _, src in CARDS)
+# Headroom beside the peak: the CUDA context, which nvidia-smi counts and the allocator does not (781 MiB
+# after CUDA initialisation in pytorch/pytorch issue #34323). On a GPU host the hardware experiment
+# measures this host's context (summary.hardware.cuda.context_bytes). The caching allocator's reserve
+# and fragmentation are not predictable from the shapes and stay outside the verdict.
+CUDA_CONTEXT_BYTES = 781 * MIB
+CUDA_CONTEXT_SOURCE = "pytorch/pytorch issue #34323 (781 MiB after CUDA initialisation)"
 
 
 class EstimateError(ValueError):
@@ -94,6 +164,10 @@ class Setup:
     checkpointing: str = "none"
     zero: int = 0
     gpus: int = 1                # data-parallel degree
+    attention: str = "sdpa"      # eager keeps the s^2 scores; sdpa (transformers' default) does not
+    device: str = "cuda"         # the kind of device sized: dropout masks and autocast differ (see below)
+    optimizer_impl: str = "default"  # for-loop, foreach or fused; default: what torch.optim picks on the device
+    set_to_none: bool = True     # zero_grad(set_to_none=True), torch's default: no gradients between steps
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -102,6 +176,15 @@ class Setup:
             raise EstimateError(f"unknown precision {self.precision!r} (one of {', '.join(PRECISIONS)})")
         if self.checkpointing not in CHECKPOINTING:
             raise EstimateError(f"unknown checkpointing {self.checkpointing!r} (one of {', '.join(CHECKPOINTING)})")
+        if self.attention not in ATTENTION:
+            raise EstimateError(f"unknown attention {self.attention!r} (one of {', '.join(ATTENTION)})")
+        if self.device not in DEVICES:
+            raise EstimateError(f"unknown device {self.device!r} (one of {', '.join(DEVICES)})")
+        if self.optimizer_impl not in OPTIMIZER_IMPLS:
+            raise EstimateError(f"unknown optimizer implementation {self.optimizer_impl!r} "
+                                f"(one of {', '.join(OPTIMIZER_IMPLS)})")
+        if not isinstance(self.set_to_none, bool):
+            raise EstimateError(f"set_to_none must be true or false, not {self.set_to_none!r}")
         for key in ("batch", "seq", "gpus"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -111,6 +194,14 @@ class Setup:
                                     f"(at most {MAX_SIZE:,})")
         if self.zero not in ZERO_STAGES:
             raise EstimateError(f"zero must be 0, 1, 2 or 3, not {self.zero!r}")
+        if PRECISIONS[self.precision].zero3_only and self.zero != 3:
+            raise EstimateError(f"precision {self.precision} is FSDP2's MixedPrecisionPolicy: it needs zero 3")
+        if self.optimizer_impl == "fused" and self.optimizer in NO_FUSED:
+            raise EstimateError(f"optimizer {self.optimizer} has no fused implementation")
+
+    @property
+    def impl(self) -> str:
+        return DEFAULT_IMPL[self.device] if self.optimizer_impl == "default" else self.optimizer_impl
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -137,41 +228,129 @@ def optimizer_bytes(optimizer: str, shapes: Sequence[Sequence[int]], state_elem_
     return formulas.optimizer_state_bytes(key, shapes, bytes_per_elem=state_elem_bytes)
 
 
-def layer_activation_terms(m: ModelShape, s: int, b: int, e: int, mask_bytes: int = 1) -> dict[str, int]:
+def layer_activation_terms(m: ModelShape, s: int, b: int, e: int, mask_bytes: int = 1,
+                           routed: bool | None = None) -> dict[str, int]:
     """Bytes one transformer layer saves for backward (no checkpointing).
 
     Korthikanti et al. 2022, section 4.1, with 16-bit activations (e = 2),
     multi-head attention, a 4h MLP and dropout gives sbh(34 + 5as/h). Here:
     ``e`` bytes per activation element, 1-byte dropout masks, the MLP width
-    ``I`` and ``kv`` key/value heads of ``a``:
+    ``I``, ``kv`` key/value heads of ``a`` and the head width ``d`` (which
+    Gemma and Qwen3 set apart from h/a):
 
     * norms: the input and output of both norms, 4e*sbh (the output feeds
-      the QKV projection and the MLP);
-    * attention: Q, K and V and the attention output, e*sbh*(2 + 2kv/a);
+      the QKV projection and the MLP); Gemma 2 and 3 add a pre- and a
+      post-feedforward norm, 8e*sbh; Qwen3 and Gemma 3 normalise queries and
+      keys over d, 2e*sb(a + kv)d more;
+    * attention: Q, K and V and the attention output, e*sb*d*(2a + 2kv);
     * scores: softmax output e*as^2b, with dropout its 1-byte mask and the
-      dropped-out copy (1 + e)*as^2b;
-    * MLP: GELU (GPT-2, BERT) saves its input and output, 2e*sbI; SwiGLU
-      (Llama) the gate output, its SiLU, the up projection and their product,
-      4e*sbI;
+      dropped-out copy (1 + e)*as^2b; Gemma 2's tanh soft-capping of the
+      scores keeps the tanh output, e*as^2b more;
+    * MLP: GELU (GPT-2, BERT) saves its input and output, 2e*sbI; the gated
+      MLPs of the decoder families (SwiGLU; Gemma's GeGLU; Phi-3's fused
+      gate_up_proj is the same two halves) the gate output, its activation,
+      the up projection and their product, 4e*sbI;
     * dropout masks after the attention projection and the MLP: 2sbh.
+
+    A mixture-of-experts layer (Mixtral, Qwen2-MoE, Qwen3-MoE) routes each of
+    its T = s*b tokens to its top k of E experts (Shazeer et al. 2017, section
+    2.1; Fedus et al. 2022), so the experts see T*k (token, expert) pairs, each
+    through an expert of width W (transformers 5.17, ``MixtralExperts.forward``
+    and ``integrations/moe.py``: "S = num_tokens * num_top_k" pairs):
+
+    * experts (in ``mlp_bytes``): per pair the gate_up projection (2W), the
+      activation's output (W), the product (W), the gathered input and the
+      expert's output kept for its routing weight (2h): e*T*k*(2h + 4W).
+      That is transformers' default ``experts_implementation="grouped_mm"``;
+      the ``eager`` loop keeps one more h per pair (its weighted copy);
+    * Qwen2-MoE's shared expert sees every token: a gated MLP of width S,
+      4e*T*S, and its sigmoid gate keeps the expert's output and the gate,
+      e*T*(h + 1);
+    * router (``router_bytes``): the fp32 softmax over the E experts
+      (``softmax(router_logits, dtype=float)``), 4*T*E, Mixtral's fp32
+      normalising sum, 4*T, and per pair 41 bytes of bookkeeping: the int64
+      expert index (8), the fp32 routing weight and its gathered copy (8),
+      the int64 sort and token indices of the dispatch (24) and a bool mask.
+    Measured with ``saved_tensors_hooks`` on transformers' blocks (fp32, CPU;
+    ``tests/test_model_families.py``), parameters and the block's input aside.
+
+    Which layers are routed follows ``ModelShape.moe_layers``; ``routed``
+    picks the kind (None: the larger of the model's layer kinds).
 
     ``mask_bytes`` is 1 on CUDA (a bool mask); torch's CPU dropout keeps its
     mask in the activation dtype, so a CPU measurement passes ``e``.
     """
-    h, a, I = m.hidden, m.heads, m.d_ff
-    sbh, sbI, as2b = s * b * h, s * b * I, a * s * s * b
-    d = 1 if m.dropout else 0
-    qkv = e * sbh + 2 * e * s * b * m.n_kv_heads * m.d_head   # Q (a heads) + K, V (kv heads)
+    h, a, I, d, kv = m.hidden, m.heads, m.d_ff, m.d_head, m.n_kv_heads
+    sb = s * b
+    sbh, as2b = sb * h, a * s * s * b
+    drop = 1 if m.dropout else 0
+    if routed is None:
+        kinds = [k for k in (True, False) if (m.n_moe_layers if k else m.layers - m.n_moe_layers)]
+        return max((layer_activation_terms(m, s, b, e, mask_bytes, k) for k in kinds),
+                   key=lambda t: (sum(t.values()), t["router_bytes"]))
+    norm = (8 if m.family in SANDWICH_FAMILIES else 4) * e * sbh
+    if m.family in QK_NORM_FAMILIES:
+        norm += 2 * e * sb * (a + kv) * d
+    if routed and m.family in MOE_FAMILIES:
+        T, k, W = sb, m.top_k, m.d_expert
+        mlp = e * T * k * (2 * h + 4 * W)
+        if m.family == "qwen2_moe":
+            mlp += 4 * e * T * m.shared_intermediate + e * T * (h + 1)
+        router = 4 * T * m.experts + 4 * T + 41 * T * k
+    else:
+        mlp = (4 if m.family in DECODERS else 2) * e * sb * I
+        router = 0
     return {
-        "norm_bytes": 4 * e * sbh,                          # two norms: input and output each
-        "attention_bytes": qkv + e * s * b * a * m.d_head,  # Q, K, V and the attention output
-        "scores_bytes": e * as2b + d * (mask_bytes + e) * as2b,
-        "mlp_bytes": (4 if m.family == "llama" else 2) * e * sbI,
-        "dropout_masks_bytes": d * 2 * mask_bytes * sbh,
+        "norm_bytes": norm,
+        "attention_bytes": e * sb * d * (2 * a + 2 * kv),   # Q (a heads), K, V (kv heads), the attention output
+        "scores_bytes": e * as2b + drop * (mask_bytes + e) * as2b + (e * as2b if m.attn_softcap else 0),
+        "mlp_bytes": mlp,
+        "router_bytes": router,
+        "dropout_masks_bytes": drop * 2 * mask_bytes * sbh,
     }
 
 
-def activation_terms(m: ModelShape, setup: Setup, mask_bytes: int = 1) -> dict[str, int]:
+def smaller_layers_bytes(m: ModelShape, s: int, b: int, e: int, mask_bytes: int = 1) -> int:
+    """What the model's layers save less than ``layers`` x its largest layer: a MoE model whose dense layers
+    (mlp_only_layers, decoder_sparse_step) differ from its routed ones. Only the MLP and router differ."""
+    n_moe = m.n_moe_layers
+    if m.family not in MOE_FAMILIES or n_moe in (0, m.layers):
+        return 0
+    routed, dense = (layer_activation_terms(m, s, b, e, mask_bytes, k) for k in (True, False))
+    size = {k: t["mlp_bytes"] + t["router_bytes"] for k, t in ((True, routed), (False, dense))}
+    big = max(size.values())
+    return n_moe * (big - size[True]) + (m.layers - n_moe) * (big - size[False])
+
+
+def dropout_mask_bytes(setup: Setup) -> int:
+    """Bytes per element of a dropout mask: a bool on CUDA; torch's CPU dropout keeps its mask in the
+    activation dtype (aten/src/ATen/native/Dropout.cpp: the CPU path multiplies by a mask of the input's dtype)."""
+    return 1 if setup.device == "cuda" else PRECISIONS[setup.precision].activations
+
+
+def attention_scores_bytes(m: ModelShape, s: int, b: int, setup: Setup, layer: dict[str, int]) -> int:
+    """One layer's saved attention-score bytes under the attention implementation of ``setup``.
+
+    * sdpa (transformers' default): the fused kernels (flash, memory-efficient, and the CPU flash kernel)
+      save no s x s matrix, only the fp32 log-sum-exp of each query row, 4 x a x s x b bytes
+      (``_scaled_dot_product_flash_attention`` returns ``logsumexp`` for backward); dropout inside the kernel
+      keeps a seed, not a mask.
+    * eager: the layer's own scores term. Under autocast on CUDA, ``softmax`` is on the fp32 list of CUDA
+      autocast (torch.amp docs, "CUDA Ops that can autocast to float32"), so the softmax output it saves is fp32
+      and the matmul after it saves a 16-bit copy: 4as^2b + e*as^2b, plus the dropout mask. CPU autocast runs
+      softmax in its input dtype (softmax is on neither CPU list, "CPU Ops that can autocast to ..."), so
+      the layer's term stands.
+    """
+    if setup.attention == "sdpa":
+        return 4 * m.heads * s * b
+    lay = PRECISIONS[setup.precision]
+    if lay.cast and setup.device == "cuda":
+        e, as2b = lay.activations, m.heads * s * s * b
+        return max(layer["scores_bytes"], 4 * as2b + e * as2b + (dropout_mask_bytes(setup) * as2b if m.dropout else 0))
+    return layer["scores_bytes"]
+
+
+def activation_terms(m: ModelShape, setup: Setup, mask_bytes: int | None = None) -> dict[str, int]:
     """Per-device activation bytes saved for backward, by term.
 
     Beyond the layers: the embedding's dropout mask (and BERT's embedding
@@ -182,20 +361,26 @@ def activation_terms(m: ModelShape, setup: Setup, mask_bytes: int = 1) -> dict[s
     """
     e = PRECISIONS[setup.precision][3]
     s, b, h = setup.seq, setup.batch, m.hidden
+    if mask_bytes is None:
+        mask_bytes = dropout_mask_bytes(setup)
     layer = layer_activation_terms(m, s, b, e, mask_bytes)
-    per_layer = sum(layer.values())
+    layer = {**layer, "scores_bytes": attention_scores_bytes(m, s, b, setup, layer)}  # the attention implementation
+    per_layer = sum(layer.values())                # the largest layer (a MoE model's routed or dense kind)
+    smaller = smaller_layers_bytes(m, s, b, e, mask_bytes)   # what its other layers save less
     if setup.checkpointing == "none":
         recompute = 0
-        layers = m.layers * per_layer
+        layers = m.layers * per_layer - smaller
     elif setup.checkpointing == "selective":  # no attention scores kept; one layer's recomputed in backward
         recompute = layer["scores_bytes"]
-        layers = m.layers * (per_layer - recompute) + recompute
+        layers = m.layers * (per_layer - recompute) + recompute - smaller
     else:  # full: each layer's input, plus one layer recomputed during backward
         recompute = per_layer
         layers = m.layers * e * s * b * h + recompute
     embedding = (mask_bytes if m.dropout else 0) * s * b * h + (e * s * b * h if m.family == "bert" else 0)
     head = 2 * e * s * b * h
     logits = 4 * s * b * m.vocab
+    if m.logit_softcap:  # Gemma 2: tanh(logits / cap) * cap keeps the tanh output, e bytes per logit
+        logits += e * s * b * m.vocab
     return {"layers_bytes": layers, "embedding_bytes": embedding, "head_bytes": head, "logits_bytes": logits,
             "per_layer_bytes": per_layer, "recompute_bytes": recompute,
             "total_bytes": layers + embedding + head + logits}
@@ -205,12 +390,14 @@ def model_state_bytes(shapes: Sequence[Sequence[int]], optimizer: str, precision
                       gpus: int) -> tuple[dict[str, int], dict[str, int]]:
     """(unsharded, per-device) bytes of weights, gradients and optimizer state for tensors of ``shapes``.
 
-    Per device follows ZeRO (``formulas.zero_bytes_per_device``), each sharded
-    term rounded up to a whole byte.
+    The optimizer term holds the fp32 master copy of the master layouts (ZeRO's K counts it). Per device
+    follows ZeRO (``formulas.zero_bytes_per_device``), each sharded term rounded up to a whole byte.
     """
     n = sum(formulas.numel(s) for s in shapes)
-    w, g, o, _ = PRECISIONS[precision]
-    full = {"params": n * w, "grads": n * g, "optimizer": optimizer_bytes(optimizer, shapes, o)}
+    lay = PRECISIONS[precision]
+    master = n * lay.master
+    full = {"params": n * lay.weights, "grads": n * lay.grads,
+            "optimizer": optimizer_bytes(optimizer, shapes, lay.state) + master, "master": master}
     rule = formulas.zero_bytes_per_device(1, zero, gpus, weight_bytes=full["params"], grad_bytes=full["grads"],
                                           optimizer_bytes=full["optimizer"])
     per_device = {
@@ -223,12 +410,138 @@ def model_state_bytes(shapes: Sequence[Sequence[int]], optimizer: str, precision
     return full, per_device
 
 
-def fits(total_bytes: int) -> list[dict]:
-    return [{"gpu": name, "capacity_bytes": cap, "fits": total_bytes <= cap, "source": src} for name, cap, src in GPUS]
+def lookup_only_parameters(m: ModelShape) -> int:
+    """Parameters used only by embedding lookups (no matmul, so autocast casts none of them): the
+    position and token-type tables, and the token embedding unless it is tied to the output head."""
+    return (0 if m.tied_embeddings else m.vocab * m.hidden) + m.positions * m.hidden + m.type_vocab * m.hidden
+
+
+def unit_parameters(m: ModelShape) -> tuple[int, int]:
+    """(one layer, the rest) in parameters: FSDP2's units when each layer is wrapped and the root holds the
+    embeddings, the final norm and the head. Read off the architecture itself (one layer against two)."""
+    one = parameter_count(replace(m, layers=1))
+    layer = parameter_count(replace(m, layers=2)) - one
+    return layer, one - layer
+
+
+def _impl_temporaries(setup: Setup, update_elems: int, largest_elems: int, update_bytes: int) -> int:
+    impl = setup.impl
+    if impl == "fused":
+        return 0
+    if impl == "foreach":
+        return FOREACH_TEMPORARIES[setup.optimizer] * update_elems * update_bytes
+    return FOR_LOOP_LARGEST_TENSORS[setup.optimizer] * largest_elems * update_bytes
+
+
+def phases(setup: Setup, shape: ModelShape | None, shapes: Sequence[Sequence[int]], per_device: dict[str, int],
+           acts: dict[str, int] | None) -> dict[str, dict]:
+    """Live bytes per device at each phase of one training step, term by term (every term an integer).
+
+    * forward: the end of forward: the persistent state, every cast weight in autocast's cache, the saved
+      activations (the loss's fp32 log-probabilities among them) and the logits the model returns
+      (activation dtype); gradients are not allocated yet unless they persist (set_to_none=False).
+    * backward: at its start the cache is gone (only saved cast weights stay) and the loss's two fp32
+      logit-sized temporaries appear (the gradients of the log-probabilities and of the upcast logits,
+      2 x 4sbV); then gradients appear as activations are freed, layer by layer, so the live bytes run
+      linearly from the start (all activations, the first gradients: the root unit's, the head) to the end
+      (every gradient, the embedding's activations). The worse end counts, with one layer's backward
+      working set (the gradient of its input and the MLP's two widest gradients, or eager's two score
+      gradients).
+    * optimizer: weights, gradients, state and the implementation's temporaries; a master layout first
+      copies the 16-bit gradients to fp32 (4 bytes per updated parameter) and frees them, so its step holds
+      the fp32 gradients and the larger of the 16-bit gradients and the temporaries.
+    * between_steps: weights and state (and gradients with set_to_none=False).
+
+    ZeRO: under stage 3 the root unit stays gathered (FSDP2 does not reshard the root after forward) and a
+    layer plus the one prefetched is gathered in the compute dtype; under stages 2-3 a unit's unsharded
+    gradient and its reduce-scatter buffer are live in backward; under plain data parallelism (stages 0-1,
+    more than one GPU) DDP keeps a copy of the gradients in its buckets (gradient_as_bucket_view=False,
+    the default; torch DistributedDataParallel docs).
+    """
+    lay = PRECISIONS[setup.precision]
+    N, z = setup.gpus, setup.zero
+    n = sum(formulas.numel(x) for x in shapes)
+    P, G, O = per_device["params"], per_device["grads"], per_device["optimizer"]
+    kept = 0 if setup.set_to_none else G
+    ddp = n * lay.grads if z < 2 and N > 1 else 0
+    if shape is not None:
+        layer, root = unit_parameters(shape)
+        matmul = n - lookup_only_parameters(shape)
+        e, s, b, V = lay.activations, setup.seq, setup.batch, shape.vocab
+        logits, loss_tmp = e * s * b * V, 2 * 4 * s * b * V
+        as2b = shape.heads * s * s * b
+        scores_grad = (4 if lay.cast and setup.device == "cuda" else e) * as2b if setup.attention == "eager" else 0
+        working = e * s * b * shape.hidden + max(2 * e * s * b * shape.d_ff, 2 * scores_grad)
+        act, act_end = acts["total_bytes"], acts["embedding_bytes"]
+    else:
+        layer, root, matmul = 0, 0, n   # no shape: no units (gathered layers and buffers are not estimated)
+        logits = loss_tmp = working = act = act_end = 0
+    cast = lay.cast * matmul
+    # Autocast's cache holds every cast weight until the autocast region ends (the end of forward, loss
+    # included); then only the copies saved for backward stay: all of them, or under full checkpointing the
+    # head's alone (a checkpointed layer saves nothing and casts again when it is recomputed).
+    cast_saved = lay.cast * shape.vocab * shape.hidden if shape is not None and setup.checkpointing == "full" \
+        else cast
+    gather = (lay.gather or lay.weights) * (root + 2 * layer) if z >= 3 else 0
+    unit_grad = lay.unit_grad or lay.grads
+    root_grad = root * unit_grad if z >= 2 else 0       # the root unit's unsharded gradient, reduced at the end
+    reduce = layer * unit_grad + (layer + root) * (lay.reduce or lay.grads) if z >= 2 else 0
+    first_grads = G if not setup.set_to_none else min(root * unit_grad, n * lay.grads)
+    fwd = {"params": P, "grads": kept, "optimizer": O, "cast_weights": cast, "activations": act,
+           "logits": logits, "ddp_buckets": ddp, "gathered_params": gather}
+    early = {"params": P, "optimizer": O, "cast_weights": cast_saved, "activations": act, "logits": logits,
+             "grads": 0, "loss_temporaries": 0, "working_set": 0, "ddp_buckets": ddp, "gathered_params": gather,
+             "reduce_buffers": reduce}
+    # the loss's temporaries come first; the head's gradient and a layer's working set after they are freed
+    if loss_tmp >= first_grads + working:
+        early["loss_temporaries"] = loss_tmp
+    else:
+        early["grads"], early["working_set"] = first_grads, working
+    late = {"params": P, "optimizer": O, "cast_weights": 0, "activations": act_end, "logits": logits,
+            "grads": G + root_grad, "working_set": working, "ddp_buckets": ddp, "gathered_params": gather,
+            "reduce_buffers": reduce}
+    bwd, point = (early, "start") if sum(early.values()) >= sum(late.values()) else (late, "end")
+    update_elems = ceil_div(n, N) if z >= 1 else n
+    largest = max(formulas.numel(x) for x in shapes)
+    update_bytes = lay.master or lay.weights
+    temps = _impl_temporaries(setup, update_elems, largest, update_bytes)
+    if lay.master:
+        master_grads = 4 * update_elems
+        opt = {"params": P, "optimizer": O, "master_grads": master_grads, "grads": 0, "temporaries": 0,
+               "ddp_buckets": ddp}
+        opt["grads" if G >= temps else "temporaries"] = max(G, temps)
+    else:
+        opt = {"params": P, "grads": G, "optimizer": O, "temporaries": temps, "ddp_buckets": ddp}
+    between = {"params": P, "grads": kept, "optimizer": O, "ddp_buckets": ddp}
+    out = {}
+    for name, terms, note in (("forward", fwd, "end of forward"),
+                              ("backward", bwd, f"worst point of backward (its {point})"),
+                              ("optimizer", opt, f"optimizer step ({setup.impl})"),
+                              ("between_steps", between, "between steps")):
+        out[name] = {"label": note, "terms_bytes": terms, "total_bytes": sum(terms.values())}
+    return out
+
+
+LEAVES_OUT = ("allocator fragmentation and reserve", "NCCL and other communication library buffers",
+              "the framework's own extras (kernels' workspaces, cuBLAS handles)")
+
+
+def fits(peak_bytes: int, precision: str = "fp32", headroom_bytes: int = CUDA_CONTEXT_BYTES) -> list[dict]:
+    """Each card's verdict: the peak plus the headroom within the reported total, in a dtype it computes."""
+    need = PRECISIONS[precision].compute
+    out = []
+    for name, cap, dtypes, src in CARDS:
+        dtype_ok = need in dtypes
+        room = peak_bytes + headroom_bytes <= cap
+        verdict = ("fits" if room else "does not fit") if dtype_ok else f"no {need}"
+        out.append({"gpu": name, "capacity_bytes": cap, "capacity_mib": cap // MIB, "dtypes": list(dtypes),
+                    "dtype_ok": dtype_ok, "fits": dtype_ok and room, "verdict": verdict,
+                    "spare_bytes": cap - peak_bytes - headroom_bytes, "source": src})
+    return out
 
 
 def estimate(setup: Setup, shape: ModelShape | None = None, params: int | None = None) -> dict:
-    """Per-device bytes of weights, gradients, optimizer state and activations.
+    """Per-device bytes of weights, gradients, optimizer state and activations, and the peak by phase.
 
     Give a ``shape`` (parameter count, optimizer state on real tensor shapes,
     activations) or only ``params`` (one flat tensor; no activations).
@@ -261,16 +574,30 @@ def estimate(setup: Setup, shape: ModelShape | None = None, params: int | None =
     acts = activation_terms(shape, setup) if shape is not None else None
     per_device["activations"] = acts["total_bytes"] if acts else 0
     per_device["total"] = sum(per_device.values())
+    by_phase = phases(setup, shape, shapes, per_device, acts)
+    peak_phase = max(by_phase, key=lambda k: by_phase[k]["total_bytes"])
+    peak = by_phase[peak_phase]["total_bytes"]
+    headroom = CUDA_CONTEXT_BYTES if setup.device == "cuda" else 0
     return {
         "model": (shape.name or None) if shape is not None else None,
         "shape": shape.as_dict() if shape is not None else None,
         "parameters": n_params,
-        "setup": asdict(setup),
+        "setup": {**asdict(setup), "optimizer_impl_used": setup.impl},
         "per_device_bytes": per_device,
+        "persistent_sum_bytes": per_device["total"],
+        "peak_bytes": peak,
+        "peak_phase": peak_phase,
+        "phases": by_phase,
+        "headroom_bytes": headroom,
+        "headroom_source": CUDA_CONTEXT_SOURCE if headroom else None,
+        "leaves_out": list(LEAVES_OUT),
+        "notes": ([PRECISION_NOTES[setup.precision]] if setup.precision in PRECISION_NOTES else [])
+        + ([] if shape is not None else ["no shape: activations, logits, ZeRO's gathered layers and buffers "
+                                         "are not estimated"]),
         "unsharded_bytes": full,
         "activation_terms_bytes": acts,
         "activations_estimated": acts is not None,
-        "fits": fits(per_device["total"]),
+        "fits": fits(peak, setup.precision, headroom),
     }
 
 
@@ -278,8 +605,17 @@ def calculator_inputs() -> dict:
     """Everything the in-browser calculator needs, read at build time (one source of truth, no measurement)."""
     return {
         "shapes": {k: {**m.as_dict(), "parameters": parameter_count(m)} for k, m in BUILTIN.items()},
-        "precisions": {k: list(v) for k, v in PRECISIONS.items()},
+        "precisions": {k: v._asdict() for k, v in PRECISIONS.items()},
+        "precision_notes": PRECISION_NOTES,
         "optimizers": list(OPTIMIZERS),
+        "attention": list(ATTENTION),
+        "devices": list(DEVICES),
+        "optimizer_impls": list(OPTIMIZER_IMPLS),
+        "default_impl": DEFAULT_IMPL,
+        "foreach_temporaries": FOREACH_TEMPORARIES,
+        "for_loop_largest_tensors": FOR_LOOP_LARGEST_TENSORS,
+        "no_fused": list(NO_FUSED),
+        "cuda_context_bytes": CUDA_CONTEXT_BYTES,
         "checkpointing": list(CHECKPOINTING),
         "state_tensors_per_param": {k: v for k, v in formulas.STATE_TENSORS_PER_PARAM.items()
                                     if k in OPTIMIZERS},
@@ -288,5 +624,5 @@ def calculator_inputs() -> dict:
         "step_tensor_bytes": formulas.STEP_TENSOR_BYTES,
         "bnb_min_8bit_size": BNB_MIN_8BIT_SIZE,
         "bnb_block": BNB_BLOCK,
-        "gpus": [{"name": n, "capacity_bytes": c, "source": s} for n, c, s in GPUS],
+        "gpus": [{"name": n, "capacity_bytes": c, "dtypes": list(d), "source": s} for n, c, d, s in CARDS],
     }

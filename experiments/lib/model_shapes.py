@@ -65,8 +65,9 @@ class ModelShape:
     shared_intermediate: int = 0  # the shared expert's width (Qwen2-MoE's shared_expert_intermediate_size)
     sparse_step: int = 1        # every sparse_step-th layer is MoE (decoder_sparse_step)
     dense_layers: tuple[int, ...] = ()  # layers kept dense (mlp_only_layers)
-    logit_softcap: bool = False  # tanh soft-capping of the final logits (Gemma 2's final_logit_softcapping)
-    attn_softcap: bool = False  # tanh soft-capping of the attention scores (Gemma 2's attn_logit_softcapping)
+    logit_softcap: bool | None = None  # tanh soft-capping of the final logits (final_logit_softcapping;
+                                       # None: the family's default, on for Gemma 2 only)
+    attn_softcap: bool | None = None   # tanh soft-capping of the attention scores (attn_logit_softcapping; ditto)
     name: str = ""
     source: str = field(default="", compare=False)
 
@@ -75,6 +76,9 @@ class ModelShape:
             raise ShapeError(f"unknown model family {self.family!r} (one of {', '.join(FAMILIES)})")
         if self.qkv_bias is None:
             object.__setattr__(self, "qkv_bias", QKV_BIAS_DEFAULT.get(self.family, False))
+        for key in ("logit_softcap", "attn_softcap"):  # Gemma2Config: final 30.0, attention 50.0; others none
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, self.family == "gemma2")
         if isinstance(self.dense_layers, list):
             object.__setattr__(self, "dense_layers", tuple(self.dense_layers))
         for key in ("hidden", "layers", "heads", "vocab"):
