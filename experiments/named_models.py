@@ -55,6 +55,8 @@ PROFILES = {
     "test": Config(vocab=64, v_seq=32, v_batch=2, layers=2, hidden=32, heads=4),
     "quick": Config(),
     "full": Config(vocab=32000, v_seq=1024, v_batch=4, layers=8, hidden=1024, heads=16),
+    # gpu: the GPU plan's profile, sized to its time budget (generator/gpu_plan.py, STEPS).
+    "gpu": Config(vocab=32000, v_seq=1024, v_batch=4, layers=8, hidden=1024, heads=16),
 }
 
 # %% [markdown]
@@ -111,11 +113,12 @@ def measure(cfg: Config, device: str, checkpointing: str, precision: str = "fp32
 
     shape = ModelShape(family="gpt2", hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads, vocab=cfg.vocab,
                        positions=cfg.v_seq, dropout=cfg.dropout > 0, name="small GPT")
+    # the handbook's GPT writes its attention out ("math": the estimator's eager) on the device measured
     setup = estimator.Setup(optimizer="adamw", precision=precision, batch=cfg.v_batch, seq=cfg.v_seq,
-                            checkpointing=checkpointing)
+                            checkpointing=checkpointing, attention="eager", device=dev_type)
     est = estimator.estimate(setup, shape=shape)
-    mask_bytes = 1 if dev_type == "cuda" else estimator.PRECISIONS[precision][3]
-    acts = estimator.activation_terms(shape, setup, mask_bytes=mask_bytes)
+    mask_bytes = estimator.dropout_mask_bytes(setup)
+    acts = estimator.activation_terms(shape, setup)
     recompute = acts["recompute_bytes"]
     predicted = {**{k: est["per_device_bytes"][k] for k in ("params", "grads", "optimizer")},
                  "activations": acts["total_bytes"] - recompute}
@@ -179,7 +182,13 @@ def breakdown(name: str) -> dict:
         est = estimator.estimate(estimator.Setup(optimizer="adamw", batch=BATCH, seq=seq, **extra), shape=m)
         fitting = [f for f in est["fits"] if f["fits"]]
         smallest = min(fitting, key=lambda f: f["capacity_bytes"])["gpu"] if fitting else None
+        phase = est["phases"][est["peak_phase"]]
         setups[key] = {"label": label, "setup": est["setup"], "per_device_bytes": est["per_device_bytes"],
+                       "peak_bytes": est["peak_bytes"], "peak_phase": est["peak_phase"],
+                       "peak_phase_label": phase["label"],
+                       "peak_over_sum_ratio": est["peak_bytes"] / est["per_device_bytes"]["total"],
+                       "phases_bytes": {k: v["total_bytes"] for k, v in est["phases"].items()},
+                       "headroom_bytes": est["headroom_bytes"],
                        "fits": est["fits"], "smallest_fit": smallest, "smallest_fit_label": smallest or "none listed",
                        "bytes_per_param": est["per_device_bytes"]["total"] / est["parameters"]}
     return {"name": name, "family": m.family, "parameters": estimator.parameter_count(m), "seq": seq,
@@ -197,13 +206,37 @@ def _check(c: str, x: dict) -> dict:
             "peak_over_predicted_ratio": x["peak_total_bytes"] / total}
 
 
+# Rajbhandari et al. 2020 (ZeRO), figure 1: 7.5B parameters on 64 GPUs, Adam in mixed precision
+# (2 + 2 + K bytes per parameter, K = 12), per-device model state in GB (10^9 bytes) at each stage.
+ZERO_PAPER = {"params": 7_500_000_000, "gpus": 64,
+              "stages": ((0, "baseline", 120.0), (1, "P_os", 31.4), (2, "P_os+g", 16.6), (3, "P_os+g+p", 1.9))}
+
+
+def zero_paper_case() -> dict:
+    """The ZeRO paper's figure 1 case through the estimator's bf16-master layout (its 2 + 2 + 12)."""
+    rows = {}
+    for stage, label, paper_gb in ZERO_PAPER["stages"]:
+        est = estimator.estimate(estimator.Setup(optimizer="adam", precision="bf16-master", zero=stage,
+                                                 gpus=ZERO_PAPER["gpus"]), params=ZERO_PAPER["params"])
+        state = sum(est["per_device_bytes"][k] for k in ("params", "grads", "optimizer"))
+        rows[f"stage{stage}"] = {"stage": stage, "label": label, "paper_gb": paper_gb, "estimator_bytes": state,
+                                 "estimator_gb": round(state / 1e9, 1), "matches": round(state / 1e9, 1) == paper_gb}
+    return {"params": ZERO_PAPER["params"], "gpus": ZERO_PAPER["gpus"], "precision": "bf16-master",
+            "stages": rows, "all_match": all(r["matches"] for r in rows.values())}
+
+
 def summarize(data: dict) -> dict:
     return {
+        "zero_paper": zero_paper_case(),
         "zero_gpus": ZERO_GPUS,
         "batch": BATCH,
         "setups": {key: label for key, label, _ in SETUPS},
         "models": {name: breakdown(name) for name in MODELS},
-        "gpus": [{"name": n, "capacity_bytes": c, "source": s} for n, c, s in estimator.GPUS],
+        "gpus": [{"name": n, "capacity_bytes": c, "capacity_mib": c // estimator.MIB, "dtypes": list(d),
+                  "dtypes_label": ", ".join(d), "source": s} for n, c, d, s in estimator.CARDS],
+        "headroom_bytes": estimator.CUDA_CONTEXT_BYTES,
+        "headroom_source": estimator.CUDA_CONTEXT_SOURCE,
+        "leaves_out": ", ".join(estimator.LEAVES_OUT),
         "validation": {c: _check(c, x) for c, x in data["runs"].items()},
     }
 
@@ -213,7 +246,7 @@ def summarize(data: dict) -> dict:
 # %%
 TERM_COLORS = (("params", "weights", "#4c72b0"), ("grads", "gradients", "#dd8452"),
                ("optimizer", "optimizer state", "#55a868"), ("activations", "activations", "#c44e52"))
-LINE_GPUS = ("RTX 4090 24 GB", "A100 40 GB", "H100 80 GB", "H200 141 GB")
+LINE_GPUS = ("RTX 4090 24 GB", "A100 40 GB", "A100 80 GB")
 
 
 def plot(data: dict, summary: dict) -> dict:
@@ -230,7 +263,10 @@ def plot(data: dict, summary: dict) -> dict:
             vals = [m["setups"][k]["per_device_bytes"][term] / 2**30 for k in keys]
             ax.bar(range(len(keys)), vals, 0.7, bottom=bottoms, color=color, label=label)
             bottoms = [b + v for b, v in zip(bottoms, vals)]
-        top = max(bottoms)
+        peaks = [m["setups"][k]["peak_bytes"] / 2**30 for k in keys]
+        ax.scatter(range(len(keys)), peaks, marker="_", s=300, color="black", zorder=3,
+                   label="peak of the step" if ax is axes.flat[0] else None)
+        top = max(bottoms + peaks)
         last_label = None
         for name in LINE_GPUS:
             cap = gpus[name] / 2**30
@@ -249,7 +285,8 @@ def plot(data: dict, summary: dict) -> dict:
         handles, labels = axes.flat[0].get_legend_handles_labels()
         last.axis("off")
         last.legend(handles, labels, loc="center", fontsize=8, title="AdamW, per device", title_fontsize=8)
-    fig.suptitle("Training memory per GPU (estimator, GiB); dashed: card capacities (vendor datasheets, decimal GB)",
+    fig.suptitle("Persistent memory per GPU (estimator, GiB), with the predicted peak (black tick); "
+                 "dashed: card totals (nvidia-smi)",
                  fontsize=9)
     fig.tight_layout()
     figs["breakdown"] = fig

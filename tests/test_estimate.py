@@ -178,8 +178,9 @@ def test_layer_terms_reduce_to_korthikanti() -> None:
         assert sum(estimator.layer_activation_terms(m, s, b, 2).values()) == formulas.korthikanti_activation_bytes(
             s, b, h, a)
         m3 = ModelShape(family="gpt2", hidden=h, layers=3, heads=a, vocab=10, positions=s)
-        sel = estimator.activation_terms(m3, estimator.Setup(seq=s, batch=b, checkpointing="selective"))
-        none = estimator.activation_terms(m3, estimator.Setup(seq=s, batch=b))
+        kw = dict(seq=s, batch=b, precision="bf16", attention="eager")   # pure 16-bit, the s^2 scores kept
+        sel = estimator.activation_terms(m3, estimator.Setup(checkpointing="selective", **kw))
+        none = estimator.activation_terms(m3, estimator.Setup(**kw))
         # selective drops 5as^2b per layer, and rebuilds one layer's during backward
         assert none["layers_bytes"] - sel["layers_bytes"] == 2 * 5 * a * s * s * b
         assert sel["recompute_bytes"] == 5 * a * s * s * b
@@ -230,7 +231,7 @@ def test_zero_sharding_and_precisions() -> None:
     n = estimator.parameter_count(m)
     base = estimator.estimate(estimator.Setup(optimizer="adamw", precision="bf16-mixed"), shape=m)
     full = base["unsharded_bytes"]
-    assert full == {"params": 4 * n, "grads": 4 * n, "optimizer": 8 * n + 4 * len(parameter_shapes(m))}
+    assert full == {"params": 4 * n, "grads": 4 * n, "optimizer": 8 * n + 4 * len(parameter_shapes(m)), "master": 0}
     for stage in (0, 1, 2, 3):
         r = estimator.estimate(estimator.Setup(zero=stage, gpus=8), shape=m)["per_device_bytes"]
         ref = formulas.zero_bytes_per_device(1, stage, 8, weight_bytes=full["params"], grad_bytes=full["grads"],
@@ -300,8 +301,12 @@ def test_cli_table_and_config(capsys, tmp_path: Path) -> None:
     code, out, _ = run_cli(capsys, "--config", str(cfg), "--optimizer", "sgd-momentum", "--precision", "fp32")
     assert code == 0
     n = estimator.parameter_count(shape_from_config(json.loads(cfg.read_text())))
-    assert f"{n:,} parameters" in out and "NVIDIA H100 Tensor Core GPU datasheet" in out
-    assert any(line.startswith("H100 80 GB") and " yes " in line for line in out.splitlines())
+    assert f"{n:,} parameters" in out and "NVIDIA/nccl issue #1264" in out
+    assert any(line.startswith("H100 80 GB") and " fits " in line for line in out.splitlines())
+    assert any(line.startswith("T4 16 GB") and " fits " in line for line in out.splitlines())  # fp32: T4 computes it
+    for phase in ("end of forward", "worst point of backward", "optimizer step (foreach)", "between steps"):
+        assert phase in out
+    assert "<- peak" in out and "the peak leaves out allocator fragmentation" in out
 
 
 @pytest.mark.parametrize("argv, needle", [
@@ -375,7 +380,7 @@ def test_against_checkpointing_chapter_result() -> None:
     m = ModelShape(family="gpt2", hidden=cfg["hidden"], layers=cfg["layers"], heads=cfg["heads"], vocab=cfg["vocab"],
                    positions=cfg["seq"], dropout=cfg["dropout"] > 0)
     acts = {c: estimator.activation_terms(m, estimator.Setup(precision="fp32", batch=cfg["batch"], seq=cfg["seq"],
-                                                             checkpointing=c), mask_bytes=4)
+                                                             checkpointing=c, attention="eager", device="cpu"))
             for c in estimator.CHECKPOINTING}
     stored = {c: a["total_bytes"] - a["recompute_bytes"] for c, a in acts.items()}
     assert pol["none"]["activations_bytes"] / stored["none"] == pytest.approx(1.0, abs=0.03)
@@ -383,3 +388,152 @@ def test_against_checkpointing_chapter_result() -> None:
     saved_measured = pol["none"]["peak_bytes"] - pol["every_layer"]["peak_bytes"]
     saved_predicted = acts["none"]["total_bytes"] - acts["full"]["total_bytes"]
     assert saved_measured / saved_predicted == pytest.approx(1.0, abs=0.1)
+
+
+# --- precision layouts, the peak by phase, device and attention, cards ------------------------------
+
+def test_precision_layouts_bytes_per_param() -> None:
+    """Each layout's persistent bytes per parameter with Adam (one flat tensor: the step tensor is 4 bytes)."""
+    want = {"fp32": (4, 4, 8), "bf16-mixed": (4, 4, 8), "fp16-mixed": (4, 4, 8), "bf16": (2, 2, 4),
+            "bf16-master": (2, 2, 12), "fp16-master": (2, 2, 12), "fsdp2-bf16": (4, 4, 8)}
+    assert set(want) == set(estimator.PRECISIONS)
+    n = 1000
+    for name, (w, g, o) in want.items():
+        setup = estimator.Setup(optimizer="adam", precision=name, zero=3 if name == "fsdp2-bf16" else 0)
+        full = estimator.estimate(setup, params=n)["unsharded_bytes"]
+        assert (full["params"], full["grads"], full["optimizer"]) == (w * n, g * n, o * n + 4), name
+    # the optimizer chapter's regimes are the same layouts, byte for byte
+    for regime, layout in formulas.LAYOUT_OF_REGIME.items():
+        full = estimator.estimate(estimator.Setup(optimizer="adam", precision=layout), params=n)["unsharded_bytes"]
+        assert (full["params"] + full["grads"] + full["optimizer"] - 4) == formulas.bytes_per_param(regime) * n
+    with pytest.raises(estimator.EstimateError, match="fsdp2-bf16 is FSDP2's MixedPrecisionPolicy: it needs zero 3"):
+        estimator.Setup(precision="fsdp2-bf16", zero=2)
+    assert "2^-8" in estimator.estimate(estimator.Setup(precision="bf16"), params=n)["notes"][0]
+
+
+def test_zero_paper_figure_1() -> None:
+    """Rajbhandari et al. 2020, figure 1: 7.5B parameters, 64 GPUs, Adam, mixed precision (K = 12):
+    120 / 31.4 / 16.6 / 1.9 GB per device for baseline / P_os / P_os+g / P_os+g+p, in 10^9 bytes."""
+    paper = (120, 31.4, 16.6, 1.9)
+    got = []
+    for stage in range(4):
+        r = estimator.estimate(estimator.Setup(optimizer="adam", precision="bf16-master", zero=stage, gpus=64),
+                               params=7_500_000_000)["per_device_bytes"]
+        got.append(r["params"] + r["grads"] + r["optimizer"])
+    assert tuple(round(x / 1e9, 1) for x in got) == paper
+    assert round(got[0] / 2**30, 1) != paper[0]   # GiB would not give the paper's figures: its GB are 10^9 bytes
+
+
+def test_peak_is_the_worst_phase_term_by_term() -> None:
+    m = BUILTIN["gpt2-xl"]
+    n = estimator.parameter_count(m)
+    r = estimator.estimate(estimator.Setup(optimizer="adamw", precision="bf16-mixed", seq=1024), shape=m)
+    ph = r["phases"]
+    assert set(ph) == {"forward", "backward", "optimizer", "between_steps"}
+    for p in ph.values():
+        assert p["total_bytes"] == sum(p["terms_bytes"].values())
+    assert r["peak_bytes"] == max(p["total_bytes"] for p in ph.values()) == ph[r["peak_phase"]]["total_bytes"]
+    assert r["persistent_sum_bytes"] == r["per_device_bytes"]["total"]
+    # autocast's cast weights: 2 bytes per matmul parameter (GPT-2's lookup-only table: the positions)
+    assert ph["forward"]["terms_bytes"]["cast_weights"] == 2 * (n - m.positions * m.hidden)
+    # foreach (torch's default on CUDA): temporaries 1.0x the updated fp32 weights
+    assert ph["optimizer"]["terms_bytes"]["temporaries"] == 4 * n and r["setup"]["optimizer_impl_used"] == "foreach"
+    assert ph["between_steps"]["terms_bytes"] == {"params": 4 * n, "grads": 0, "optimizer": ph["forward"]["terms_bytes"]
+                                                  ["optimizer"], "ddp_buckets": 0}
+    # the backward's start holds the loss's two fp32 logit-sized temporaries
+    assert 2 * 4 * 1024 * m.vocab in ph["backward"]["terms_bytes"].values() or ph["backward"]["label"].endswith("end)")
+    kept = estimator.estimate(estimator.Setup(set_to_none=False), shape=m)["phases"]["between_steps"]
+    assert kept["terms_bytes"]["grads"] == 4 * n
+    fused = estimator.estimate(estimator.Setup(optimizer_impl="fused"), shape=m)["phases"]["optimizer"]
+    loop = estimator.estimate(estimator.Setup(device="cpu"), shape=m)
+    assert fused["terms_bytes"]["temporaries"] == 0
+    largest = max(formulas.numel(x) for x in estimator.tensor_shapes(m))
+    assert loop["setup"]["optimizer_impl_used"] == "for-loop"
+    assert loop["phases"]["optimizer"]["terms_bytes"]["temporaries"] == 2 * 4 * largest
+    with pytest.raises(estimator.EstimateError, match="adafactor has no fused"):
+        estimator.Setup(optimizer="adafactor", optimizer_impl="fused")
+
+
+def test_measured_optimizer_temporaries_back_the_constants() -> None:
+    """The step-temporary constants against the optimizer chapter's measurement on this repository's host."""
+    from experiments import optimizer_state
+
+    env = json.loads((ROOT / "results" / "cpu-amd-epyc-2c-24gb" / "optimizer_state.json").read_text())
+    summary = optimizer_state.summarize(env["data"])["optimizers"]
+    for opt in ("adam", "adamw", "adam-amsgrad", "sgd"):
+        assert summary[opt]["foreach"]["temporaries_over_params_ratio"] == pytest.approx(
+            estimator.FOREACH_TEMPORARIES[opt], abs=0.01)
+        assert summary[opt]["fused"]["temporaries_over_params_ratio"] < 0.01
+
+
+def test_master_layout_step_and_zero3_units() -> None:
+    m = BUILTIN["llama-2-7b"]
+    n = estimator.parameter_count(m)
+    layer, root = estimator.unit_parameters(m)
+    assert root + m.layers * layer == n and root == 2 * 32000 * 4096 + 4096
+    shard = -(-n // 8)
+    # the step holds the fp32 gradient copies and the larger of the 16-bit gradients and foreach's temporaries
+    r1 = estimator.estimate(estimator.Setup(precision="bf16-master", zero=1, gpus=8), shape=m)
+    opt = r1["phases"]["optimizer"]["terms_bytes"]
+    assert opt["master_grads"] == 4 * shard and (opt["grads"], opt["temporaries"]) == (2 * n, 0)
+    assert r1["phases"]["forward"]["terms_bytes"]["cast_weights"] == 0           # 16-bit weights: nothing to cast
+    assert r1["phases"]["forward"]["terms_bytes"]["ddp_buckets"] == 2 * n
+    r2 = estimator.estimate(estimator.Setup(precision="bf16-master", zero=2, gpus=8), shape=m)
+    opt = r2["phases"]["optimizer"]["terms_bytes"]
+    assert (opt["grads"], opt["temporaries"]) == (0, 4 * shard)                   # foreach over the fp32 shard
+    z3 = estimator.estimate(estimator.Setup(precision="fsdp2-bf16", zero=3, gpus=8), shape=m)
+    t = z3["phases"]["forward"]["terms_bytes"]
+    assert t["gathered_params"] == 2 * (root + 2 * layer) and t["cast_weights"] == 0
+    assert z3["per_device_bytes"]["params"] == -(-4 * n // 8)
+
+
+def test_attention_and_device() -> None:
+    m = BUILTIN["gpt2-xl"]
+    s, b, a = 1024, 1, m.heads
+    eager = estimator.activation_terms(m, estimator.Setup(attention="eager", precision="bf16", seq=s))
+    sdpa = estimator.activation_terms(m, estimator.Setup(attention="sdpa", precision="bf16", seq=s))
+    per = estimator.layer_activation_terms(m, s, b, 2, 1)
+    # sdpa keeps the fp32 log-sum-exp per query row instead of the scores, their mask and dropped copy
+    assert eager["per_layer_bytes"] - sdpa["per_layer_bytes"] == per["scores_bytes"] - 4 * a * s * b
+    # eager under CUDA autocast: softmax is on CUDA's fp32 list, so its saved output is fp32
+    cuda = estimator.activation_terms(m, estimator.Setup(attention="eager", seq=s))
+    cpu = estimator.activation_terms(m, estimator.Setup(attention="eager", seq=s, device="cpu"))
+    as2b = a * s * s * b
+    assert cuda["per_layer_bytes"] - sum(per.values()) == (4 + 2 + 1) * as2b - per["scores_bytes"]
+    # CPU dropout masks take the activation dtype (2 bytes here), CUDA's 1
+    assert cpu["per_layer_bytes"] - sum(per.values()) == 2 * 1024 * 1600 * 2 - 2 * 1024 * 1600 + 2 * as2b - as2b
+    with pytest.raises(estimator.EstimateError, match="unknown attention 'flash'"):
+        estimator.Setup(attention="flash")
+    with pytest.raises(estimator.EstimateError, match="unknown device 'tpu'"):
+        estimator.Setup(device="tpu")
+
+
+def test_cards_report_driver_totals_and_dtypes() -> None:
+    cards = {n: (c, d) for n, c, d, _ in estimator.CARDS}
+    assert cards["A100 40 GB"][0] == 40960 * 2**20 and cards["A100 80 GB"][0] == 81920 * 2**20
+    assert cards["H100 80 GB"][0] == 81559 * 2**20 and "H200 141 GB" not in cards   # no source found: left out
+    tiny = estimator.estimate(estimator.Setup(precision="bf16-mixed"), params=1000)
+    verdicts = {f["gpu"]: f["verdict"] for f in tiny["fits"]}
+    assert verdicts["T4 16 GB"] == verdicts["V100 16 GB"] == "no bf16"   # no bf16 before Ampere
+    assert verdicts["A100 40 GB"] == "fits" and not any(f["fits"] for f in tiny["fits"] if not f["dtype_ok"])
+    fp16 = {f["gpu"]: f["fits"] for f in estimator.estimate(estimator.Setup(precision="fp16-mixed"), params=1000)["fits"]}
+    assert fp16["T4 16 GB"]
+    # the verdict is the peak plus the CUDA context against the total
+    edge = cards["A100 40 GB"][0] - estimator.CUDA_CONTEXT_BYTES
+    for peak, ok in ((edge, True), (edge + 1, False)):
+        f = {x["gpu"]: x["fits"] for x in estimator.fits(peak, "bf16-mixed")}
+        assert f["A100 40 GB"] is ok
+
+
+def test_cli_json_peak_and_new_options(capsys) -> None:
+    code, out, _ = run_cli(capsys, "--model", "gpt2-xl", "--attention", "eager", "--device", "cpu",
+                           "--optimizer-impl", "foreach", "--keep-grads", "--json")
+    assert code == 0
+    got = json.loads(out)
+    want = estimator.estimate(estimator.Setup(attention="eager", device="cpu", optimizer_impl="foreach",
+                                              set_to_none=False), shape=BUILTIN["gpt2-xl"])
+    assert got["peak_bytes"] == want["peak_bytes"] and got["peak_phase"] == want["peak_phase"]
+    assert got["phases"] == want["phases"] and got["persistent_sum_bytes"] == got["per_device_bytes"]["total"]
+    assert got["headroom_bytes"] == 0      # sized for a CPU: no CUDA context
+    code, _, err = run_cli(capsys, "--model", "gpt2-xl", "--attention", "flash")
+    assert code == 2 and "unknown attention 'flash'" in err and err.count("\n") == 1

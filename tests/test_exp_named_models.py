@@ -83,3 +83,21 @@ def test_autocast_validation(summary: dict) -> None:
     for term in ("params", "grads", "optimizer"):
         assert v["terms"][term]["measured_bytes"] == v["terms"][term]["predicted_bytes"]
     assert 1.0 < v["terms"]["activations"]["ratio"] < 1.5
+
+
+def test_peak_verdicts_and_the_zero_paper_case(summary: dict) -> None:
+    """Verdicts use the peak and the cards' reported totals; the ZeRO paper's figure 1 is reproduced."""
+    zp = summary["zero_paper"]
+    assert [(x["paper_gb"], x["estimator_gb"]) for x in zp["stages"].values()] == \
+        [(120.0, 120.0), (31.4, 31.4), (16.6, 16.6), (1.9, 1.9)] and zp["all_match"]
+    gpus = {g["name"]: g for g in summary["gpus"]}
+    for m in summary["models"].values():
+        for x in m["setups"].values():
+            assert x["peak_bytes"] == max(x["phases_bytes"].values())
+            for f in x["fits"]:
+                assert f["fits"] == (f["dtype_ok"] and x["peak_bytes"] + x["headroom_bytes"] <= f["capacity_bytes"])
+                assert f["dtype_ok"] == (("fp32" if x["setup"]["precision"] == "fp32" else "bf16")
+                                         in gpus[f["gpu"]]["dtypes"])
+    # no bf16 on a T4: the bf16-mixed set-ups never name it, however small the model
+    assert all(m["setups"][k]["smallest_fit"] not in ("T4 16 GB", "V100 16 GB")
+               for m in summary["models"].values() for k in ("bf16_mixed", "checkpointing", "zero3"))

@@ -33,6 +33,14 @@ def test_will_it_fit_page(site) -> None:
                      "ZeroRedundancyOptimizer (ZeRO-1)"):
         assert expected in text, expected
     assert "<svg" in (out / "07-will-it-fit" / "index.html").read_text(encoding="utf-8")
+    # the ZeRO paper's figure 1 case, the paper's figure beside the estimator's, in 10^9 bytes
+    zp = summary["named_models"]["zero_paper"]
+    assert zp["all_match"]
+    flat = " ".join(text.split())
+    for x in zp["stages"].values():
+        assert f"{x['paper_gb']} GB {x['estimator_gb']} GB {grouped(x['estimator_bytes'])}" in flat
+    for words in ("bf16-master", "fsdp2-bf16", "end of forward", "worst point of backward", "2^{-8}"):
+        assert words in flat or words in (out / "07-will-it-fit" / "index.html").read_text(encoding="utf-8"), words
 
 
 def test_named_models_page(site) -> None:
@@ -42,9 +50,11 @@ def test_named_models_page(site) -> None:
     for m in n["models"].values():
         assert grouped(m["parameters"]) in text
         for x in m["setups"].values():
-            assert bytes_(x["per_device_bytes"]["total"]) in text
+            assert bytes_(x["per_device_bytes"]["total"]) in text and bytes_(x["peak_bytes"]) in text
+            assert x["peak_phase_label"] in text
     for g in n["gpus"]:
-        assert g["source"] in text
+        assert g["source"] in text and f"{grouped(g['capacity_mib'])} MiB" in text
+    assert "40,960 MiB" in text and bytes_(n["headroom_bytes"]) in text and n["leaves_out"] in text
     v = n["validation"]["none"]["terms"]
     assert bytes_(v["optimizer"]["measured_bytes"]) in text and ratio(v["activations"]["ratio"], 4) in text
     assert "bf16 autocast activations after forward" in " ".join(text.split())  # labels from the summary
@@ -55,7 +65,7 @@ def test_cheatsheet_part(site) -> None:
     out, _, summary = site
     text = site_text(out, "cheatsheet/index.html")
     l7 = summary["named_models"]["models"]["llama-2-7b"]
-    assert "Will it fit?" in text and bytes_(l7["setups"]["zero3"]["per_device_bytes"]["total"]) in text
+    assert "Will it fit?" in text and bytes_(l7["setups"]["zero3"]["peak_bytes"]) in text
     assert ratio(summary["sharding"]["top"]["zero1"]["state_vs_ddp_ratio"]) in text
 
 

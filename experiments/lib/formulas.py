@@ -70,10 +70,17 @@ def optimizer_state_bytes(optimizer: str, shapes: Iterable[Shape], bytes_per_ele
 PRECISION_REGIMES = {
     # name: (weights, grads, master copy, optimizer state) bytes per parameter
     "fp32": (4, 4, 0, 8),
-    "amp-autocast": (4, 4, 0, 8),        # torch.autocast: weights stay fp32; casts are transient
-    "mixed-master": (2, 2, 4, 8),        # 16-bit weights and grads, fp32 master + Adam moments (2+2+12)
-    "pure-bf16": (2, 2, 0, 4),           # everything bf16, Adam moments bf16 too
+    "amp-autocast": (4, 4, 0, 8),        # torch.autocast ("bf16-mixed"): weights stay fp32; casts are transient
+    "mixed-master": (2, 2, 4, 8),        # "bf16-master": 16-bit weights and grads, fp32 master + moments (2+2+12)
+    "pure-bf16": (2, 2, 0, 4),           # "bf16": everything bf16, Adam moments bf16 too
 }
+
+
+# The same layouts as the estimator names them (``estimator.PRECISIONS``), so the optimizer chapter, the
+# will-it-fit drill and ``handbook estimate`` speak of one layout each. Autocast's 16-bit weight copies
+# (about 2 bytes per matmul parameter, live from forward into backward) are a transient: the estimator's
+# peak counts them; this persistent accounting does not.
+LAYOUT_OF_REGIME = {"fp32": "fp32", "amp-autocast": "bf16-mixed", "mixed-master": "bf16-master", "pure-bf16": "bf16"}
 
 
 def bytes_per_param(regime: str) -> int:
