@@ -18,46 +18,77 @@ import pytest
 
 from conftest import REPO, build_site
 from experiments.lib import estimator
-from experiments.lib.model_shapes import BUILTIN
+from experiments.lib.model_shapes import BUILTIN, MOE_FAMILIES, TIED_DEFAULT
 from generator.estimate import main as estimate_main
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = Path("/usr/bin/chromium")
 
-# (model or typed shape, set-up): every built-in, every optimizer, precision, checkpointing and ZeRO stage.
+# (model or typed shape, set-up): every built-in, every optimizer, precision layout, checkpointing, ZeRO stage,
+# attention, device kind and optimizer implementation, and zero_grad both ways.
+D = dict(attention="sdpa", device="cuda", optimizer_impl="default", set_to_none=True)
 VECTORS = [
-    ("bert-base", dict(optimizer="adamw", precision="fp32", batch=8, seq=512, checkpointing="none", zero=0, gpus=1)),
-    ("gpt2-xl", dict(optimizer="sgd", precision="bf16", batch=4, seq=1024, checkpointing="selective", zero=1, gpus=2)),
+    ("bert-base", dict(optimizer="adamw", precision="fp32", batch=8, seq=512, checkpointing="none", zero=0, gpus=1,
+                       **{**D, "attention": "eager"})),
+    ("gpt2-xl", dict(optimizer="sgd", precision="bf16", batch=4, seq=1024, checkpointing="selective", zero=1, gpus=2,
+                     **{**D, "attention": "eager", "device": "cpu"})),
     ("gpt2-xl", dict(optimizer="adafactor", precision="fp16-mixed", batch=1, seq=777, checkpointing="full", zero=0,
-                     gpus=1)),
+                     gpus=1, **{**D, "attention": "eager", "optimizer_impl": "for-loop"})),
     ("llama-2-7b", dict(optimizer="adamw", precision="bf16-mixed", batch=1, seq=4096, checkpointing="full", zero=3,
-                        gpus=8)),
+                        gpus=8, **D)),
     ("llama-2-70b", dict(optimizer="adamw-8bit", precision="bf16", batch=2, seq=4096, checkpointing="selective",
-                         zero=2, gpus=64)),
+                         zero=2, gpus=64, **{**D, "set_to_none": False})),
     ("llama-3-8b", dict(optimizer="adam-amsgrad", precision="fp32", batch=3, seq=8192, checkpointing="none", zero=1,
-                        gpus=7)),
-    ("llama-3-8b", dict(optimizer="sgd-momentum", precision="bf16-mixed", batch=16, seq=2048, checkpointing="full",
-                        zero=3, gpus=3)),
+                        gpus=7, **{**D, "optimizer_impl": "fused"})),
+    ("llama-3-8b", dict(optimizer="sgd-momentum", precision="bf16-master", batch=16, seq=2048, checkpointing="full",
+                        zero=3, gpus=3, **{**D, "optimizer_impl": "foreach"})),
+    ("llama-2-7b", dict(optimizer="adamw", precision="fsdp2-bf16", batch=2, seq=2048, checkpointing="none", zero=3,
+                        gpus=16, **{**D, "attention": "eager"})),
     ({"family": "llama", "hidden": 512, "layers": 6, "heads": 8, "kv_heads": 2, "intermediate": 1376, "vocab": 32000,
       "untied": True},
-     dict(optimizer="adam", precision="bf16", batch=4, seq=1024, checkpointing="none", zero=0, gpus=1)),
+     dict(optimizer="adam", precision="fp16-master", batch=4, seq=1024, checkpointing="none", zero=1, gpus=4,
+          **{**D, "device": "cpu", "set_to_none": False})),
     ({"family": "gpt2", "hidden": 256, "layers": 4, "heads": 4, "kv_heads": 0, "intermediate": 0, "vocab": 5000,
       "untied": False},
-     dict(optimizer="adafactor", precision="fp32", batch=2, seq=300, checkpointing="selective", zero=2, gpus=4)),
+     dict(optimizer="adafactor", precision="bf16-mixed", batch=2, seq=300, checkpointing="selective", zero=2, gpus=4,
+          **{**D, "attention": "eager", "device": "cpu"})),
     ({"family": "bert", "hidden": 128, "layers": 2, "heads": 2, "kv_heads": 0, "intermediate": 300, "vocab": 999,
       "untied": False},
-     dict(optimizer="adamw-8bit", precision="fp16-mixed", batch=5, seq=64, checkpointing="full", zero=1, gpus=2)),
+     dict(optimizer="adamw-8bit", precision="fp16-mixed", batch=5, seq=64, checkpointing="full", zero=1, gpus=2, **D)),
+    # the other families' typed shapes (--head-dim and the MoE fields): Qwen3-0.6B's layer shape (tied, q/k norms),
+    # Gemma 2 (extra norms, soft-capping, eager), a Qwen2-MoE with a shared expert and a small Mixtral
+    ({"family": "qwen3", "hidden": 1024, "layers": 4, "heads": 16, "kv_heads": 8, "intermediate": 3072,
+      "vocab": 151936, "head_dim": 128, "untied": False},
+     dict(optimizer="adamw", precision="bf16-mixed", batch=2, seq=2048, checkpointing="none", zero=0, gpus=1, **D)),
+    ({"family": "gemma2", "hidden": 2304, "layers": 3, "heads": 8, "kv_heads": 4, "intermediate": 9216,
+      "vocab": 256000, "head_dim": 256, "untied": False},
+     dict(optimizer="adamw", precision="bf16-mixed", batch=1, seq=1024, checkpointing="selective", zero=0, gpus=1,
+          **{**D, "attention": "eager"})),
+    ({"family": "qwen2_moe", "hidden": 512, "layers": 3, "heads": 8, "kv_heads": 8, "intermediate": 1408,
+      "vocab": 32000, "experts": 16, "top_k": 4, "moe_intermediate": 256, "shared_intermediate": 1024,
+      "untied": True},
+     dict(optimizer="adamw", precision="fp32", batch=4, seq=512, checkpointing="none", zero=2, gpus=2, **D)),
+    ({"family": "mixtral", "hidden": 1024, "layers": 2, "heads": 8, "kv_heads": 2, "intermediate": 3584,
+      "vocab": 32000, "experts": 8, "top_k": 2, "untied": True},
+     dict(optimizer="adamw", precision="bf16-master", batch=2, seq=1024, checkpointing="full", zero=0, gpus=1, **D)),
 ]
+SHAPE_EXTRAS = ("head_dim", "experts", "top_k", "moe_intermediate", "shared_intermediate")  # 0 when left out
+OPTIONS = ("optimizer", "precision", "checkpointing", "zero", "attention", "device", "optimizer_impl")
 
 
 def cli_argv(model, setup: dict) -> list[str]:
-    argv = ["--json"] + [x for k, v in setup.items() for x in (f"--{k}", str(v))]
+    argv = ["--json"] + [x for k, v in setup.items() if k != "set_to_none"
+                         for x in (f"--{k.replace('_', '-')}", str(v))]
+    argv += [] if setup["set_to_none"] else ["--keep-grads"]
     if isinstance(model, str):
         return argv + ["--model", model]
     argv += ["--family", model["family"]]
     for key in ("hidden", "layers", "heads", "kv_heads", "intermediate", "vocab"):
         argv += [f"--{key.replace('_', '-')}", str(model[key])]
-    return argv + (["--untied"] if model["untied"] else [])
+    for key in SHAPE_EXTRAS:
+        argv += [f"--{key.replace('_', '-')}", str(model.get(key, 0))]
+    # the form's box is "a separate output head"; the CLI's default follows the family (TIED_DEFAULT)
+    return argv + (["--untied"] if model["untied"] else [] if model["family"] in TIED_DEFAULT else ["--tied"])
 
 
 def cli(argv: list[str], capsys) -> dict:
@@ -117,10 +148,15 @@ def fill(pg, model, setup: dict) -> None:
         pg.select_option("#hb-family", model["family"])
         for key in ("hidden", "layers", "heads", "kv_heads", "intermediate", "vocab"):
             pg.fill(f"#hb-{key.replace('_', '-')}", str(model[key]))
+        for key in SHAPE_EXTRAS:
+            pg.fill(f"#hb-{key.replace('_', '-')}", str(model.get(key, 0)))
         pg.fill("#hb-positions", "0")
         pg.set_checked("#hb-untied", model["untied"])
-    for key in ("optimizer", "precision", "checkpointing", "zero"):
+    # the layout before the stage could be refused in between (fsdp2-bf16 needs zero 3): set both, then read
+    for key in ("optimizer", "precision", "checkpointing", "zero", "attention", "device"):
         pg.select_option(f"#hb-{key}", str(setup[key]))
+    pg.select_option("#hb-impl", setup["optimizer_impl"])
+    pg.set_checked("#hb-keep-grads", not setup["set_to_none"])
     for key in ("batch", "seq", "gpus"):
         pg.fill(f"#hb-{key}", str(setup[key]))
 
@@ -130,7 +166,13 @@ def read(pg) -> dict:
         parameters: document.getElementById('hb-parameters').dataset.value,
         per: Object.fromEntries(['params', 'grads', 'optimizer', 'activations', 'total'].map(
             k => [k, document.getElementById('hb-out-' + k).dataset.bytes])),
-        fits: [...document.querySelectorAll('#hb-fits li')].map(li => [li.dataset.gpu, li.dataset.fits === 'true']),
+        fits: [...document.querySelectorAll('#hb-fits li')].map(li => [li.dataset.gpu, li.dataset.fits === 'true',
+                                                                      li.dataset.verdict]),
+        peak: document.getElementById('hb-out-peak').dataset.bytes,
+        phase: document.getElementById('hb-out-peak').dataset.phase,
+        phases: Object.fromEntries(['forward', 'backward', 'optimizer', 'between_steps'].map(
+            k => [k, document.getElementById('hb-phase-' + k).dataset.bytes])),
+        headroom: document.getElementById('hb-out-headroom').dataset.bytes,
         error: document.getElementById('hb-error').hidden ? '' : document.getElementById('hb-error').textContent,
     })""")
 
@@ -145,28 +187,42 @@ def test_calculator_equals_cli(page, capsys, i: int) -> None:
     assert got["error"] == ""
     assert int(got["parameters"]) == want["parameters"]
     assert {k: int(v) for k, v in got["per"].items()} == want["per_device_bytes"]
-    assert got["fits"] == [[f["gpu"], f["fits"]] for f in want["fits"]]
+    assert got["fits"] == [[f["gpu"], f["fits"], f["verdict"]] for f in want["fits"]]
+    assert int(got["peak"]) == want["peak_bytes"] and got["phase"] == want["peak_phase"]
+    assert {k: int(v) for k, v in got["phases"].items()} == {k: v["total_bytes"] for k, v in want["phases"].items()}
+    assert int(got["headroom"]) == want["headroom_bytes"]
     assert not errors and not outside
 
 
 def test_vectors_cover_every_option() -> None:
-    used = {k: {s[k] for _, s in VECTORS} for k in ("optimizer", "precision", "checkpointing", "zero")}
+    used = {k: {s[k] for _, s in VECTORS} for k in OPTIONS + ("set_to_none",)}
     assert used == {"optimizer": set(estimator.OPTIMIZERS), "precision": set(estimator.PRECISIONS),
-                    "checkpointing": set(estimator.CHECKPOINTING), "zero": {0, 1, 2, 3}}
+                    "checkpointing": set(estimator.CHECKPOINTING), "zero": {0, 1, 2, 3},
+                    "attention": set(estimator.ATTENTION), "device": set(estimator.DEVICES),
+                    "optimizer_impl": set(estimator.OPTIMIZER_IMPLS), "set_to_none": {True, False}}
+    peaks = {estimator.estimate(estimator.Setup(**s), shape=BUILTIN[m])["peak_phase"]
+             for m, s in VECTORS if isinstance(m, str)}
+    assert len(peaks) >= 2   # the vectors reach more than one phase's peak
     assert {m for m, _ in VECTORS if isinstance(m, str)} == set(BUILTIN)
-    assert {m["family"] for m, _ in VECTORS if isinstance(m, dict)} == {"gpt2", "bert", "llama"}
+    typed = {m["family"] for m, _ in VECTORS if isinstance(m, dict)}
+    assert {"gpt2", "bert", "llama", "qwen3", "gemma2"} <= typed and len(typed & set(MOE_FAMILIES)) >= 2
 
 
 def test_calculator_reports_bad_input(page) -> None:
     pg, errors, _ = page
     fill(pg, "bert-base", dict(optimizer="adamw", precision="fp32", batch=1, seq=1024, checkpointing="none", zero=0,
-                               gpus=1))
+                               gpus=1, **D))
     got = read(pg)
     with pytest.raises(estimator.EstimateError) as exc:
         estimator.estimate(estimator.Setup(seq=1024), shape=BUILTIN["bert-base"])
     assert got["error"] == str(exc.value)
     pg.fill("#hb-batch", "-3")
     assert "batch must be a positive integer" in read(pg)["error"]
+    fill(pg, "llama-2-7b", dict(optimizer="adamw", precision="fsdp2-bf16", batch=1, seq=1024, checkpointing="none",
+                                zero=1, gpus=2, **D))
+    with pytest.raises(estimator.EstimateError) as exc:
+        estimator.Setup(precision="fsdp2-bf16", zero=1, gpus=2)
+    assert read(pg)["error"] == str(exc.value)
     assert not errors
 
 
