@@ -300,3 +300,25 @@ def test_moe_activations_sum_routed_and_dense_layers() -> None:
                 for k in (1, 2))
     h, W = m.hidden, m.d_expert
     assert two["mlp_bytes"] - one["mlp_bytes"] == 2 * 64 * 2 * (2 * h + 4 * W)
+
+
+def test_the_calculator_knows_the_same_families() -> None:
+    """docs/assets/calculator.js repeats the family lists and defaults of model_shapes (Chromium checks the sums)."""
+    import re
+
+    from experiments.lib import model_shapes as ms
+
+    js = (Path(__file__).resolve().parents[1] / "docs" / "assets" / "calculator.js").read_text(encoding="utf-8")
+
+    def js_list(name: str) -> list[str]:
+        return re.findall(r'"(\w+)"', re.search(rf"const {name} = \[(.*?)\];", js, re.S).group(1))
+
+    def js_map(name: str) -> dict[str, bool]:
+        return {k: v == "true" for k, v in re.findall(r"(\w+): (true|false)",
+                                                      re.search(rf"const {name} = \{{(.*?)\}};", js, re.S).group(1))}
+
+    assert js_list("FAMILIES") == list(ms.FAMILIES) and "const DECODERS = FAMILIES.slice(2);" in js
+    assert ms.DECODERS == ms.FAMILIES[2:]
+    for name in ("MOE_FAMILIES", "QK_NORM_FAMILIES", "SANDWICH_FAMILIES", "FUSED_FAMILIES"):
+        assert js_list(name) == list(getattr(ms, name)), name
+    assert js_map("QKV_BIAS_DEFAULT") == ms.QKV_BIAS_DEFAULT and js_map("TIED_DEFAULT") == ms.TIED_DEFAULT
