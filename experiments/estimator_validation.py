@@ -41,7 +41,7 @@ import torch
 from experiments.lib import estimator, formulas, model_shapes  # summarize only (torch-free)
 from experiments.lib.memory import MemoryTracker, grad_bytes, optimizer_state_bytes, param_bytes, tensor_bytes
 from experiments.lib.saved import count_saved
-from experiments.lib.threads import single_thread
+from experiments.lib.threads import cpu_threads
 
 TIMEOUT_S = 600
 
@@ -75,6 +75,7 @@ class Config:
     vocab: int = 512
     experts: int = 4           # Mixtral: experts per layer
     top_k: int = 2             # Mixtral: experts per token
+    threads: int = 1           # CPU intra-op threads (0: leave torch's default); tiny tensors gain nothing from more
     cases: tuple[tuple[str, str, str, bool], ...] = grid()
 
 
@@ -82,15 +83,15 @@ PROFILES = {
     "test": Config(batch=1, seq=16, hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64, vocab=64,
                    cases=(("gpt2", "fp32", "eager", False), ("llama", "fp32", "sdpa", False))),
     "quick": Config(),  # every case, at a tiny size
-    # 50-125M parameters at sequence 512 (GPT-2 small's shape; a Llama of the same width)
-    "full": Config(batch=2, seq=512, hidden=768, layers=8, heads=12, kv_heads=4, intermediate=2048, vocab=32000,
-                   experts=4, top_k=2,
+    # 67-115M parameters at sequence 512 (GPT-2 small's width, six layers; Mixtral with two experts, one per token)
+    "full": Config(batch=1, seq=512, hidden=768, layers=6, heads=12, kv_heads=4, intermediate=2048, vocab=32000,
+                   experts=2, top_k=1, threads=0,
                    cases=grid(("gpt2", "llama"), checkpointing=(False,))
                    + grid(("gpt2", "llama"), ("bf16-mixed",), ("sdpa",), (True,))
                    + grid(("qwen2", "gemma2", "mixtral"), ("bf16-mixed",), ("sdpa",), (False,))),
     # a GPU host: GPT-2 small's width at sequence 1024, a few cases (the GPU plan's time is short)
     "gpu": Config(batch=4, seq=1024, hidden=768, layers=12, heads=12, kv_heads=4, intermediate=2048, vocab=50304,
-                  experts=4, top_k=2,
+                  experts=4, top_k=2, threads=0,
                   cases=grid(("gpt2", "llama"), ("fp32", "bf16-mixed", "bf16-master"), ("eager", "sdpa"), (False,))
                   + grid(("gpt2", "llama"), ("bf16-mixed",), ("sdpa",), (True,))
                   + grid(("qwen2", "gemma2", "mixtral"), ("bf16-mixed",), ("sdpa",), (False,))),
@@ -247,7 +248,7 @@ def run(cfg: Config, device: str) -> dict:
                 "cases": {}}
     missing = sorted({c[0] for c in cfg.cases} - set(CONFIG_MAPPING.keys()))
     cases = {}
-    with single_thread(device):
+    with cpu_threads(cfg.threads, device):
         for case in cfg.cases:
             if case[0] in missing:
                 continue
@@ -390,7 +391,9 @@ def _case(data: dict, key: str, x: dict) -> dict:
     mph = measured_phases(x)
     pph = p["phases"] if p["available"] else {}
     out["phase_ledger"] = {ph: {"label": PHASE_LABELS[ph], "measured_bytes": m, "predicted_bytes": pph.get(ph),
-                                "modelled": pph.get(ph) is not None, "ratio": _ratio(pph.get(ph), m)}
+                                "modelled": pph.get(ph) is not None, "ratio": _ratio(pph.get(ph), m),
+                                "cuda_max_allocated_bytes": x["phases"][ph]["cuda_max_allocated_bytes"]
+                                if ph in x["phases"] else None}
                            for ph, m in mph.items()}
     if not p["available"]:
         out.update(rules={}, verdict="no prediction", peak_ok=False, activations_ok=False, worst_term=None,
@@ -420,6 +423,7 @@ def _case(data: dict, key: str, x: dict) -> dict:
     worst = max(terms, key=lambda t: abs(terms[t]["miss_bytes"]))
     out.update(peak_error_ratio=err, peak_ok=peak_ok, activations_ok=act_ok,
                estimator_peak_phase=p["peak_phase"], inputs_ignored=p["inputs_ignored"],
+               estimator_peak_phase_label=PHASE_LABELS.get(p["peak_phase"], p["peak_phase"]) or "—",
                verdict="inside" if peak_ok and act_ok else "outside",
                worst_term=None if peak_ok and act_ok else worst,
                worst_term_label=None if peak_ok and act_ok else TERM_LABELS[worst])
@@ -444,10 +448,12 @@ def summarize(data: dict) -> dict:
     return {
         "ran": data["ran"], "reason": data["reason"], "device_kind": data["device_kind"],
         "device": data["device"], "transformers": data["transformers"],
+        "families_missing": data.get("families_missing", []),
         "cases": cases, "rules": rules,
         "case_count": len(cases), "predicted_count": len(predicted),
         "unpredicted_count": len(cases) - len(predicted),
         "inside_count": sum(1 for c in predicted if c["verdict"] == "inside"),
+        "outside_count": sum(1 for c in predicted if c["verdict"] == "outside"),
         "peak_ok_count": sum(1 for c in predicted if c["peak_ok"]),
         "activations_ok_count": sum(1 for c in predicted if c["activations_ok"]),
         "activations_min_ratio": min(act) if act else None, "activations_max_ratio": max(act) if act else None,
