@@ -21,6 +21,7 @@ Run it: ``python -m experiments.activation_memory --profile quick``.
 # %%
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -368,6 +369,20 @@ def summarize_predicted_share(rows: list) -> list:
     return out
 
 
+def summarize_weight_cache(m: dict) -> dict:
+    """The 16-bit weight copies autocast keeps for backward: per layer and per weight they copy.
+
+    They are not parameters, so a bytes-per-parameter table of the model state leaves them out; they live
+    from the forward pass until backward has used them.
+    """
+    casts = [t for t in m["tensors"] if t["kind"] == "weight_cast"]
+    weights = sum(math.prod(t["shape"]) for t in casts)
+    cast_bytes = sum(t["bytes"] for t in casts)
+    return {"bytes": cast_bytes, "weights": weights, "matrices": len(casts),
+            "dtype": casts[0]["dtype"] if casts else None,
+            "bytes_per_weight": cast_bytes / weights if weights else 0.0}
+
+
 def summarize(data: dict) -> dict:
     shape = data["shape"]
     s, b, h, a = shape["seq"], shape["batch"], shape["hidden"], shape["heads"]
@@ -385,6 +400,7 @@ def summarize(data: dict) -> dict:
                                      if t["module"] in ("ln1", "ln2") and t["shape"][-1] == 1),
         **{key: summarize_breakdown(m, shape) for key, m in runs.items()},
         "run_labels": dict(RUN_LABELS),
+        "autocast_weight_cache": summarize_weight_cache(data["autocast_bf16"]),
         "by_op": by_op_table(runs),
         "seq_sweep": summarize_seq_sweep(data["seq_sweep"], shape),
         "batch_sweep": summarize_batch_sweep(data["batch_sweep"], shape),

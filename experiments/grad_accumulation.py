@@ -459,8 +459,14 @@ def summarize_amp(x: dict) -> dict:
     wrong = x["clip_before_unscale_norm"]
     return {
         "clipped_rel_diff_vs_fp32": relative(x["clipped_max_abs_diff_vs_fp32"], x["fp32_clipped_max_abs"]),
-        # clipping the scaled gradient: the update comes out this many times too small (null: no scaler)
+        # clipping the scaled gradient: the gradient handed to the optimizer comes out this many times too
+        # small (null: no scaler). What was measured is that gradient's norm, not the update: SGD's step
+        # shrinks by the same factor, Adam's m/sqrt(v) cancels a constant factor until gradients near eps.
         "clip_before_unscale_shrink": x["clipped_norm"] / max(wrong, 1e-30) if wrong is not None else None,
+        # the limit against the gradient's norm: below 1, the right loop clips too, and the factor is then the
+        # loss scale itself; with a limit above the norm it would be scale * norm / limit, smaller
+        "max_norm_over_grad_norm": x["max_norm"] / x["pre_clip_norm"],
+        "correct_loop_clips": x["pre_clip_norm"] > x["max_norm"],
     }
 
 

@@ -598,7 +598,12 @@ def summarize(data: dict) -> dict:
         "flop_count_matches": mm["flop_count_check"]["counted_flops"] == mm["flop_count_check"]["predicted_flops"],
         "bandwidth": {
             "largest_copy_bytes": largest_bw["bytes"],
-            "gb_per_s": largest_bw["gb_per_s"],  # the device's bandwidth: the copy far exceeds any cache
+            "gb_per_s": largest_bw["gb_per_s"],  # the copy far exceeds any cache
+            # On a CPU the copy runs on the threads torch was given: it measures what they can stream, which
+            # on a host with few cores is below the DRAM's bandwidth (the ridge points inherit this figure).
+            # A GPU's copy kernel fills the device, so there it is the memory's achievable bandwidth.
+            "limited_by_threads": data["device_type"] == "cpu",
+            "threads": data["threads"],
             "best_gb_per_s": max(p["gb_per_s"] for p in bw),
             "cache_faster": max(p["gb_per_s"] for p in bw) > largest_bw["gb_per_s"],
             "size_labels": [iec_bytes(p["bytes"]) for p in bw],

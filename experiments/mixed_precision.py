@@ -352,9 +352,14 @@ def summarize_formats(formats: dict) -> dict:
     out = {}
     for name, x in formats.items():
         formula = x["smallest_normal"] * x["eps"]
+        # The format's own spacing at 1.0, 2**-p for p fraction bits, from the measured round trip: the
+        # smallest subnormal is 2**(emin - p) and the smallest normal 2**emin (p = 0 without subnormals).
+        spacing = x["smallest_subnormal"] / x["smallest_normal"]
         out[name] = {"smallest_subnormal_formula": formula,
                      "formula_matches_format": formula == x["smallest_subnormal"],
                      "has_subnormals": x["smallest_subnormal"] < x["smallest_normal"],
+                     "spacing_at_one": spacing,
+                     "eps_matches_spacing": spacing == x["eps"],
                      "log2_range": math.log2(x["max"] / x["smallest_subnormal"])}
     return out
 
@@ -410,6 +415,10 @@ def summarize(data: dict) -> dict:
     return {
         "formats": formats,
         "formula_mismatch": [data["formats"][n]["dtype"] for n, x in formats.items() if not x["formula_matches_format"]],
+        # formats whose torch.finfo eps is not the spacing of the format at 1.0
+        "eps_mismatch": {n: {"dtype": data["formats"][n]["dtype"], "eps": data["formats"][n]["eps"],
+                             "spacing_at_one": x["spacing_at_one"]}
+                         for n, x in formats.items() if not x["eps_matches_spacing"]},
         "cheatsheet_formats": [n for n in CHEATSHEET_FORMATS if n in data["formats"]],
         "loss_scaling": {pop: {"label": POPULATION_LABELS[pop], **summarize_population(data["loss_scaling"][pop])}
                          for pop in POPULATION_LABELS},

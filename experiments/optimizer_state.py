@@ -257,12 +257,22 @@ IMPLEMENTATIONS = ("for-loop", "foreach", "fused")  # the order of the pages' co
 BYTES_PER_PARAM_PARTS = ("weights", "grads", "master", "optimizer")
 
 
-def summarize_step(x: dict) -> dict:
+def model_buffer_bytes(model: dict) -> int:
+    """The model's buffers: one bool causal mask of ``seq x seq`` per layer (``experiments.lib.gpt``).
+
+    They are live through ``optimizer.step()`` without being parameters, gradients or state, so the
+    step's peak holds them: without subtracting them, SGD's step (which allocates nothing) showed
+    2 x 64 x 64 B = 8 KiB of "temporaries" on the quick model.
+    """
+    return model["layers"] * model["seq"] ** 2
+
+
+def summarize_step(x: dict, buffers_bytes: int = 0) -> dict:
     """Ratios and temporaries of one optimizer and implementation (``supported: False``: nothing to derive)."""
     if not x["supported"]:
         return {"supported": False}
     params, grads, state, predicted = x["params_bytes"], x["grads_bytes"], x["state_bytes"], x["predicted_state_bytes"]
-    temporaries = max(x["step_peak_bytes"] - (params + grads + state), 0)
+    temporaries = max(x["step_peak_bytes"] - (params + grads + state + buffers_bytes), 0)
     persistent = params + params + predicted
     return {
         "supported": True,
@@ -289,12 +299,18 @@ def summarize_precision(regime: str, x: dict) -> dict:
 def summarize(data: dict) -> dict:
     optimizers = data["optimizers"]
     first = next(iter(optimizers.values()))
+    buffers = model_buffer_bytes(data["model"])
+    zeros = data["zero_grad"]["zeros"]["grad_bytes_between_steps"]
     return {
         "implementations": [impl for impl in IMPLEMENTATIONS if impl in first],
-        "optimizers": {name: {impl: summarize_step(x) for impl, x in impls.items()}
+        "buffers_bytes": buffers,
+        "optimizers": {name: {impl: summarize_step(x, buffers) for impl, x in impls.items()}
                        for name, impls in optimizers.items()},
         "zero_grad": {mode: {"unused_param_updated": z["unused_param_max_change"] > 0.0}
                       for mode, z in data["zero_grad"].items()},
+        # the zero_grad test's model is the chapter's plus one unused Linear(d_model, d_model): its gradient
+        # buffers exceed the chapter model's parameter bytes by that layer's
+        "zero_grad_extra_layer_bytes": zeros - data["model"]["params_bytes"],
         "precision": {regime: summarize_precision(regime, x) for regime, x in data["precision"].items()},
     }
 

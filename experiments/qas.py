@@ -267,6 +267,8 @@ def summarize(data: dict) -> dict:
         "fp32_over_int8_ratio": {n: 1 / v for n, v in int8_over.items()},
         "qas_over_fp32_ratio": qas_over,
         "int8_over_fp32_min": min(int8_over.values()), "int8_over_fp32_max": max(int8_over.values()),
+        # how many times too little the int8 weights move, across layers (each layer has its own s_W)
+        "fp32_over_int8_min": 1 / max(int8_over.values()), "fp32_over_int8_max": 1 / min(int8_over.values()),
         "qas_over_fp32_min": min(qas_over.values()), "qas_over_fp32_max": max(qas_over.values()),
     }
 

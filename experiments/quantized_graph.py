@@ -225,6 +225,8 @@ def bits_for(value: int) -> int:
 def summarize(data: dict) -> dict:
     """The best clipping range, the accumulator bits needed and predicted, int32's capacity, labels."""
     qmax = data["int8_max"]
+    # int8 is two's complement: codes run from -(qmax + 1) to qmax, so the largest product is (-128)**2
+    worst_product = (qmax + 1) ** 2
     clipping = data["clipping"]
     best = min(clipping, key=lambda r: r["real_vs_fp32_rel_rms"])
     widest = max(clipping, key=lambda r: r["percentile"])
@@ -236,8 +238,8 @@ def summarize(data: dict) -> dict:
             "max_abs_accumulator": row["max_abs_accumulator"],
             "fake_fp32_codes_differ_fraction": row["fake_fp32_codes_differ_fraction"],
             "bits_needed": bits_for(row["max_abs_accumulator"]),
-            # The worst case: every product at 127 * 127 with the same sign.
-            "predicted_worst_case_bits": bits_for(row["reduction_length"] * qmax * qmax),
+            # The worst case: every product at (-128) * (-128) with the same sign.
+            "predicted_worst_case_bits": bits_for(row["reduction_length"] * worst_product),
             "narrowest_bits": narrowest["bits"],
             "narrowest_codes_wrong_fraction": narrowest["codes_wrong_fraction"],
         })
@@ -245,8 +247,11 @@ def summarize(data: dict) -> dict:
     rows = [x for per_layer in data["layers"].values() for x in per_layer.values()]
     return {
         "labels": LABELS,
-        # How many worst-case int8 products (127 * 127 each) an int32 accumulator holds.
-        "int32_max_products": 2 ** 31 // (qmax * qmax),
+        # How many worst-case int8 products ((-128)**2 = 2**14 each) an int32 accumulator holds: its largest
+        # value is 2**31 - 1, so 2**17 - 1 of them.
+        "int32_max_products": (2 ** 31 - 1) // worst_product,
+        "int8_min": -(qmax + 1),
+        "worst_product": worst_product,
         "best_clip_percentile": best["percentile"],
         "best_clip_rel_rms": best["real_vs_fp32_rel_rms"],
         "no_clip_percentile": widest["percentile"],

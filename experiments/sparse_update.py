@@ -390,6 +390,10 @@ def summarize(data: dict) -> dict:
         "layer_cost_model_max_rel_error": max(layer_errors),
         "smallest_searched_near_full": min(near_full, key=lambda s: s["measured_bytes"]) if near_full else None,
         "seeds_averaged": data["seeds"] > 1,
+        # the searched update at the largest budget against the full update: within NEAR_FULL_ACCURACY they
+        # match (with one seed, a few test images either way are noise, not a ranking)
+        "near_full_accuracy": NEAR_FULL_ACCURACY,
+        "largest_search_matches_full": abs(searches[-1]["accuracy"] - full["accuracy"]) <= NEAR_FULL_ACCURACY,
         "stock_torch_conv": {
             "sparse_bias_only_bytes": data["frontier"]["bias_only"]["measured_bytes"],
             "bias_only_over_full_update_fraction": stock["bias_only_bytes"] / stock["full_update_bytes"],

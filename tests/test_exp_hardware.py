@@ -366,7 +366,9 @@ def _canned_optimizer_state(regimes: tuple[str, ...] = ("mixed-master",)) -> dic
     """The fields of an optimizer_state result that its summarize reads for the side-by-side rows."""
     step = {"supported": True, "params_bytes": 4000, "grads_bytes": 4000, "state_bytes": 8064,
             "predicted_state_bytes": 8064, "step_peak_bytes": 17000, "peak_bytes": 18000}
-    return {"optimizers": {"adamw": {"foreach": step, "fused": {**step, "supported": False}}}, "zero_grad": {},
+    return {"optimizers": {"adamw": {"foreach": step, "fused": {**step, "supported": False}}},
+            "model": {"layers": 1, "seq": 8, "params_bytes": 4000},
+            "zero_grad": {"zeros": {"grad_bytes_between_steps": 4000, "unused_param_max_change": 0.0}},
             "precision": {r: {"parameters": 1000, "weights_bytes": 2000, "grads_bytes": 2000, "master_bytes": 4000,
                               "optimizer_bytes": 8000} for r in regimes}}
 

@@ -52,8 +52,9 @@ def test_int32_capacity_and_bits_by_hand():
                      "accumulator": [{"reduction_length": 64, "max_abs_accumulator": 65535,
                                       "fake_fp32_codes_differ_fraction": 0.0,
                                       "by_bits": [{"bits": 16, "codes_wrong_fraction": 0.5}]}]})
-    # int32 holds 2**31 // 127**2 worst-case products.
-    assert s["int32_max_products"] == 133144
-    # 65535 needs 16 magnitude bits and a sign; 64 * 127**2 = 1,032,256 < 2**20 needs 20 and a sign.
+    # int8 runs from -128 to 127: the worst product is (-128)**2 = 2**14, and int32 (at most 2**31 - 1)
+    # holds 131,071 of them (not 2**31 // 127**2 = 133,144).
+    assert s["int32_max_products"] == 131071
+    # 65535 needs 16 magnitude bits and a sign; 64 * 128**2 = 2**20 needs 21 and a sign.
     assert s["accumulator"][0]["bits_needed"] == 17
-    assert s["accumulator"][0]["predicted_worst_case_bits"] == 21
+    assert s["accumulator"][0]["predicted_worst_case_bits"] == 22

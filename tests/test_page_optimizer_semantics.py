@@ -1,9 +1,11 @@
 """Chapters 1 and 2 and their cheat-sheet parts render this host's numbers: a mini site built with
 ``--strict`` from canned results of the experiments' ``test`` profiles (summaries derived at build time)."""
 
+import json
+
 import pytest
 
-from conftest import build_chapter_site, site_text, test_profile_data
+from conftest import REPO, build_chapter_site, site_text, test_profile_data
 from experiments import grad_accumulation, optimizer_lifecycle, optimizer_state, weight_decay
 from generator.site.formatting import bytes_, grouped, ms, num, pct, ratio, sci
 
@@ -16,9 +18,12 @@ CHAPTER1, CHAPTER2 = "01-where-the-memory-goes.md", "02-optimizer-semantics.md"
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("chapters1-2")
     data = {name: test_profile_data(name) for name in MODULES}
+    # chapter 1 quotes the activations chapter's autocast weight copies: a committed result, not another run
+    data["activation_memory"] = json.loads(next((REPO / "results").glob("*/activation_memory.json")).read_text())["data"]
     out = build_chapter_site(root, data, (CHAPTER1, CHAPTER2),
-                             ("_cheatsheet/01-where-the-memory-goes.md", "_cheatsheet/02-optimizer-semantics.md"))
-    summaries = {name: MODULES[name].summarize(d) for name, d in data.items()}
+                             ("_cheatsheet/01-where-the-memory-goes.md", "_cheatsheet/02-optimizer-semantics.md"),
+                             stubs={"03-activations.md": "# Activations\n", "05-mixed-precision.md": "# Mixed precision\n"})
+    summaries = {name: module.summarize(data[name]) for name, module in MODULES.items()}
     return out, data, summaries
 
 

@@ -38,7 +38,7 @@ def test_page_renders_the_numbers(site):
         bytes_(fus["fused"]["adam"]["fused"]["max_live_grad_bytes"]),
         fu["breakages"]["saved_output_modified"]["error_message"],
         # derived figures the page reads from the summaries (pages never compute)
-        grouped(qgs["int32_max_products"]), grouped(qs["fp32_over_int8_ratio"]["conv2"]),
+        grouped(qgs["int32_max_products"]), sci(qs["fp32_over_int8_min"]), sci(qs["fp32_over_int8_max"]),
         sci(qs["at_start"]["conv2"]["weight_scale_rms_squared"]),
         ratio(qs["at_start"]["conv2"]["int8_measured_over_predicted_ratio"]),
         pct(sps["stock_torch_conv"]["bias_only_over_full_update_fraction"]),

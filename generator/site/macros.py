@@ -141,7 +141,8 @@ def page_globals(*, page_uri: str, page_url: str, data: ResultsView, summary: Re
 
 
 def provenance(env: jinja2.Environment, host: dict, runs: list[tuple[str, dict]], compact: bool) -> str:
-    values = {"host": host, "memory_gib": f"{host['device_memory_bytes'] / 2**30:.0f}", "runs": runs}
+    # the same rounding as the ``bytes`` filter, so a footer and the page above it give one figure
+    values = {"host": host, "memory_gib": FILTERS["num"](host["device_memory_bytes"] / 2**30), "runs": runs}
     if compact:  # one paragraph, for the printed cheat sheet
         dates = sorted(e["started_at"] for _, e in runs)
         values.update(torches=sorted({escape(e["env"]["torch"]) for _, e in runs}),

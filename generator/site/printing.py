@@ -16,6 +16,7 @@ HEADING = re.compile(r"<h([12])[^>]*>(.*?)</h\1>", re.S)
 TAGS = re.compile(r"<[^>]+>")
 OPEN_DETAILS = re.compile(r"<details(?![^>]*\bopen\b)")  # drills print with their answers
 PERMALINK = re.compile(r'<a class="headerlink"[^>]*>.*?</a>', re.S)
+CHAPTER_NUMBER = re.compile(r"^(\d+)-")  # docs/01-where-the-memory-goes.md is chapter 01, as on the site
 
 
 def _text(fragment: str) -> str:
@@ -23,13 +24,19 @@ def _text(fragment: str) -> str:
 
 
 def write_handbook_html(site_dir: Path, pages: list, snippets, cover: dict) -> Path:
-    """Write ``site/handbook.html`` from the printed pages, in nav order, after the cover."""
+    """Write ``site/handbook.html`` from the printed pages, in nav order, after the cover.
+
+    The contents number a chapter as its file does (``01-...md`` is 01), so the print edition and the
+    site agree; pages without a number (home, calculator, hardware) are listed unnumbered.
+    """
     chapters = []
     for page in pages:
         body = OPEN_DETAILS.sub("<details open", PERMALINK.sub("", page.html))
         heads = [(int(level), _text(text)) for level, text in HEADING.findall(body)]
         title = next((t for lvl, t in heads if lvl == 1), page.title)
-        chapters.append({"title": title, "subs": [t for lvl, t in heads if lvl == 2], "body": Markup(body)})
+        numbered = CHAPTER_NUMBER.match(page.src_uri)
+        chapters.append({"title": title, "number": numbered.group(1) if numbered else None,
+                         "subs": [t for lvl, t in heads if lvl == 2], "body": Markup(body)})
     out = site_dir / "handbook.html"
     out.write_text(snippets.get_template("handbook.html.j2").render(chapters=chapters, **cover), encoding="utf-8")
     return out
