@@ -490,7 +490,7 @@ def plot(data: dict, summary: dict):
     import matplotlib.pyplot as plt
 
     cases = [c for c in summary["cases"].values() if c["predicted"]]
-    fig, ax = plt.subplots(figsize=(7.4, max(2.4, 0.22 * len(cases) + 1.2)))
+    fig, ax = plt.subplots(figsize=(7.4, max(2.8, 0.2 * len(cases) + 1.8)))
     if not cases:
         ax.text(0.5, 0.5, "no case with a prediction" if summary["ran"] else f"not run: {summary['reason']}",
                 ha="center", va="center", transform=ax.transAxes, fontsize=9)
@@ -506,13 +506,14 @@ def plot(data: dict, summary: dict):
     ax.axvline(1.0, color="black", lw=0.8)
     ax.set_yticks(list(ys), [c["label"] for c in cases], fontsize=6)
     ax.invert_yaxis()
-    ax.set_xscale("log")
-    ax.set_xlabel("predicted / measured peak of the step (log scale)", fontsize=8)
+    ax.set_xlabel("predicted / measured peak of the step", fontsize=8)
     ax.tick_params(axis="x", labelsize=7)
-    ax.legend(fontsize=6, loc="best")
-    ax.set_title(f"Each rule against the measured peak ({data['device']}, batch {data['batch']}, "
+    ax.grid(axis="x", lw=0.4, alpha=0.5)
+    fig.legend(*ax.get_legend_handles_labels(), fontsize=6, loc="lower center", ncol=3, frameon=False)
+    fig.suptitle(f"Each rule against the measured peak ({data['device']}, batch {data['batch']}, "
                  f"seq {data['seq']})", fontsize=9)
-    fig.tight_layout()
+    height = fig.get_figheight()
+    fig.tight_layout(rect=(0, 0.5 / height, 1, 1 - 0.1 / height))  # room for the legend below
     return fig
 
 # %%
