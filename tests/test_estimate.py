@@ -499,9 +499,21 @@ def test_attention_and_device() -> None:
     cuda = estimator.activation_terms(m, estimator.Setup(attention="eager", seq=s))
     cpu = estimator.activation_terms(m, estimator.Setup(attention="eager", seq=s, device="cpu"))
     as2b = a * s * s * b
-    assert cuda["per_layer_bytes"] - sum(per.values()) == (4 + 2 + 1) * as2b - per["scores_bytes"]
-    # CPU dropout masks take the activation dtype (2 bytes here), CUDA's 1
-    assert cpu["per_layer_bytes"] - sum(per.values()) == 2 * 1024 * 1600 * 2 - 2 * 1024 * 1600 + 2 * as2b - as2b
+    per_ac = estimator.layer_activation_terms(m, s, b, 2, 1)
+    assert cuda["per_layer_bytes"] - sum(per_ac.values()) == (4 + 2 + 1) * as2b - per_ac["scores_bytes"]
+    # CPU dropout masks take the activation dtype (2 bytes), CUDA's 1
+    per_cpu = estimator.layer_activation_terms(m, s, b, 2, 2)
+    assert cpu["per_layer_bytes"] == sum(per_cpu.values())
+    # sdpa on a CPU with attention dropout falls back to the math path: the scores are kept as eager keeps them
+    cpu_sdpa = estimator.activation_terms(m, estimator.Setup(attention="sdpa", seq=s, device="cpu"))
+    assert cpu_sdpa["per_layer_bytes"] == cpu["per_layer_bytes"]
+    # an unfused gelu_new (GPT-2's activation_function) keeps x, 0.5x, tanh and 1 + tanh besides its output
+    from types import SimpleNamespace
+
+    g = SimpleNamespace(hidden_act="gelu_new", d_ff=m.d_ff)
+    assert estimator.activation_function_extra_bytes(g, s, b, estimator.Setup()) == (2 + 2 * 4) * s * b * m.d_ff
+    assert estimator.activation_function_extra_bytes(g, s, b, estimator.Setup(device="cpu")) == 3 * 2 * s * b * m.d_ff
+    assert estimator.activation_function_extra_bytes(m, s, b, estimator.Setup()) == 0   # no gelu_new declared
     with pytest.raises(estimator.EstimateError, match="unknown attention 'flash'"):
         estimator.Setup(attention="flash")
     with pytest.raises(estimator.EstimateError, match="unknown device 'tpu'"):
@@ -537,3 +549,14 @@ def test_cli_json_peak_and_new_options(capsys) -> None:
     assert got["headroom_bytes"] == 0      # sized for a CPU: no CUDA context
     code, _, err = run_cli(capsys, "--model", "gpt2-xl", "--attention", "flash")
     assert code == 2 and "unknown attention 'flash'" in err and err.count("\n") == 1
+
+
+def test_cpu_autocast_keeps_softmax_and_layer_norm_in_their_input_dtype() -> None:
+    """What ``attention_scores_bytes`` relies on: CPU autocast has neither op on a list (a bf16 input stays
+    bf16), where CUDA autocast runs both in fp32 (the torch.amp op reference)."""
+    import torch.nn.functional as F
+
+    x = torch.randn(2, 8, dtype=torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert F.softmax(x, -1).dtype == torch.bfloat16 and F.layer_norm(x, (8,)).dtype == torch.bfloat16
+        assert (torch.randn(2, 8) @ torch.randn(8, 8)).dtype == torch.bfloat16   # matmuls do autocast

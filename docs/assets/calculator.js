@@ -186,8 +186,10 @@
     const h = big(m.hidden), a = big(m.heads), I = big(dFF(m)), d = big(dHead(m)), kv = big(kvHeads(m));
     const sb = s * b, sbh = sb * h, as2b = a * s * s * b;
     const drop = m.dropout ? 1n : 0n;
-    let norm = (SANDWICH_FAMILIES.includes(m.family) ? 8n : 4n) * e * sbh;
+    let norm = (SANDWICH_FAMILIES.includes(m.family) ? 10n : DECODERS.includes(m.family) ? 6n : 4n) * e * sbh;
     if (QK_NORM_FAMILIES.includes(m.family)) norm += 2n * e * sb * (a + kv) * d;
+    let attention = e * sb * d * (2n * a + 2n * kv);
+    if (FUSED_FAMILIES.includes(m.family)) attention += e * sb * d * (2n * a + kv);  // Phi-3's fused qkv buffer
     let mlp, router;
     if (routed && MOE_FAMILIES.includes(m.family)) {
       const k = big(m.top_k), W = big(dExpert(m));
@@ -200,7 +202,7 @@
     }
     return {
       norm,
-      attention: e * sb * d * (2n * a + 2n * kv),
+      attention,
       scores: e * as2b + drop * (mask + e) * as2b + (m.attn_softcap ? e * as2b : 0n),
       mlp,
       router,
@@ -223,7 +225,7 @@
 
   // estimator.attention_scores_bytes: sdpa keeps the fp32 log-sum-exp; eager under CUDA autocast a fp32 softmax
   function scoresBytes(m, s, b, setup, t) {
-    if (setup.attention === "sdpa") return 4n * big(m.heads) * s * b;
+    if (setup.attention === "sdpa" && !(setup.device === "cpu" && m.dropout)) return 4n * big(m.heads) * s * b;
     const lay = D.precisions[setup.precision];
     if (lay.cast && setup.device === "cuda") {
       const e = big(lay.activations), as2b = big(m.heads) * s * s * b;
@@ -233,23 +235,33 @@
     return t.scores;
   }
 
+  // estimator.activation_function_extra_bytes: GPT-2's unfused gelu_new keeps three more tensors
+  function activationExtra(m, s, b, setup) {
+    if (m.hidden_act !== "gelu_new") return 0n;
+    const lay = D.precisions[setup.precision], e = big(lay.activations);
+    const t = lay.cast && setup.device === "cuda" ? 4n : e;
+    return (e + 2n * t) * s * b * big(dFF(m));
+  }
+
   // estimator.activation_terms
   function activationTerms(m, setup) {
     const e = big(D.precisions[setup.precision].activations);
     const s = big(setup.seq), b = big(setup.batch), h = big(m.hidden), mask = maskBytes(setup);
     const t = layerTerms(m, s, b, e, mask);
     t.scores = scoresBytes(m, s, b, setup, t);
+    t.mlp += activationExtra(m, s, b, setup);
     const perLayer = t.norm + t.attention + t.scores + t.mlp + t.router + t.masks;
     const smaller = smallerLayersBytes(m, s, b, e, mask);  // a MoE model's other layer kind
-    let layers;
-    if (setup.checkpointing === "none") layers = big(m.layers) * perLayer - smaller;
-    else if (setup.checkpointing === "selective") layers = big(m.layers) * (perLayer - t.scores) + t.scores - smaller;
-    else layers = big(m.layers) * e * s * b * h + perLayer;
+    let layers, recompute;
+    if (setup.checkpointing === "none") { layers = big(m.layers) * perLayer - smaller; recompute = 0n; }
+    else if (setup.checkpointing === "selective") {
+      layers = big(m.layers) * (perLayer - t.scores) + t.scores - smaller; recompute = t.scores;
+    } else { layers = big(m.layers) * e * s * b * h + perLayer; recompute = perLayer; }
     const embedding = (m.dropout ? mask : 0n) * s * b * h + (m.family === "bert" ? e * s * b * h : 0n);
     const head = 2n * e * s * b * h;
     let logits = 4n * s * b * big(m.vocab);
     if (m.logit_softcap) logits += e * s * b * big(m.vocab);  // Gemma 2: the tanh of the soft-capping
-    return { total: layers + embedding + head + logits, embedding };
+    return { total: layers + embedding + head + logits, embedding, recompute, logprobs: logits };
   }
 
   const sum = (o) => Object.values(o).reduce((a, x) => a + x, 0n);
@@ -273,7 +285,8 @@
     const as2b = big(m.heads) * s * s * b;
     const scoresGrad = setup.attention === "eager" ? (lay.cast && setup.device === "cuda" ? 4n : e) * as2b : 0n;
     const working = e * s * b * big(m.hidden) + max(2n * e * s * b * big(dFF(m)), 2n * scoresGrad);
-    const act = acts.total, actEnd = acts.embedding;
+    const act = acts.total - acts.recompute, actEnd = acts.embedding;
+    const recompute = acts.recompute, logprobs = acts.logprobs;
     const cast = big(lay.cast) * matmul;
     const castSaved = setup.checkpointing === "full" ? big(lay.cast) * V * big(m.hidden) : cast;
     const gather = z >= 3 ? big(lay.gather || lay.weights) * (root + 2n * layer) : 0n;
@@ -284,12 +297,12 @@
     const firstGrads = !setup.set_to_none ? G : (root * unitGrad < allGrads ? root * unitGrad : allGrads);
     const fwd = { params: P, grads: kept, optimizer: O, cast_weights: cast, activations: act, logits,
                   ddp_buckets: ddp, gathered_params: gather };
-    const early = { params: P, optimizer: O, cast_weights: castSaved, activations: act, logits, grads: 0n,
+    const early = { params: P, optimizer: O, cast_weights: castSaved, activations: act, grads: 0n,
                     loss_temporaries: 0n, working_set: 0n, ddp_buckets: ddp, gathered_params: gather,
                     reduce_buffers: reduce };
-    if (lossTmp >= firstGrads + working) early.loss_temporaries = lossTmp;
-    else { early.grads = firstGrads; early.working_set = working; }
-    const late = { params: P, optimizer: O, cast_weights: 0n, activations: actEnd, logits, grads: G + rootGrad,
+    if (lossTmp >= recompute - logprobs + firstGrads + working) early.loss_temporaries = lossTmp;
+    else { early.activations = act - logprobs + recompute; early.grads = firstGrads; early.working_set = working; }
+    const late = { params: P, optimizer: O, cast_weights: 0n, activations: actEnd, grads: G + rootGrad,
                    working_set: working, ddp_buckets: ddp, gathered_params: gather, reduce_buffers: reduce };
     const bwd = sum(early) >= sum(late) ? early : late;
     const updateElems = z >= 1 ? ceilDiv(n, N) : n;

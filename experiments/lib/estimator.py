@@ -40,8 +40,8 @@ from dataclasses import asdict, dataclass, replace
 from typing import NamedTuple, Sequence
 
 from experiments.lib import formulas
-from experiments.lib.model_shapes import (BUILTIN, DECODERS, MOE_FAMILIES, QK_NORM_FAMILIES, SANDWICH_FAMILIES,
-                                          ModelShape, parameter_shapes)
+from experiments.lib.model_shapes import (BUILTIN, DECODERS, FUSED_FAMILIES, MOE_FAMILIES, QK_NORM_FAMILIES,
+                                          SANDWICH_FAMILIES, ModelShape, parameter_shapes)
 
 OPTIMIZERS = ("sgd", "sgd-momentum", "adam", "adamw", "adam-amsgrad", "adafactor", "adamw-8bit")
 
@@ -239,10 +239,22 @@ def layer_activation_terms(m: ModelShape, s: int, b: int, e: int, mask_bytes: in
     Gemma and Qwen3 set apart from h/a):
 
     * norms: the input and output of both norms, 4e*sbh (the output feeds
-      the QKV projection and the MLP); Gemma 2 and 3 add a pre- and a
-      post-feedforward norm, 8e*sbh; Qwen3 and Gemma 3 normalise queries and
-      keys over d, 2e*sb(a + kv)d more;
+      the QKV projection and the MLP), for GPT-2's and BERT's fused
+      LayerNorm. The decoder families' RMSNorm is written out in Python
+      (``LlamaRMSNorm.forward`` and its copies in transformers 5.17): ``pow``
+      keeps its input and the weight's ``mul`` the normalised tensor, so each
+      norm keeps input, normalised and output, 6e*sbh for two; Gemma 2 and 3
+      add a pre- and a post-feedforward norm and the two norms before a
+      residual add keep no output, 10e*sbh; Qwen3 and Gemma 3 normalise
+      queries and keys over d, their input and normalised tensors
+      2e*sb(a + kv)d (rotary embedding keeps only cos and sin). Measured on
+      transformers' decoder layers (fp32, CPU), the norms' fp32 rsqrt
+      (4 bytes per token per norm) and the rotary cos and sin (shared by all
+      layers) aside;
     * attention: Q, K and V and the attention output, e*sb*d*(2a + 2kv);
+      Phi-3's fused qkv_proj keeps its whole output alive through the V view,
+      e*sb*d*(a + kv) more, and under SDPA its attention output is a copy
+      apart from the o_proj input, e*sb*d*a more (counted for eager too);
     * scores: softmax output e*as^2b, with dropout its 1-byte mask and the
       dropped-out copy (1 + e)*as^2b; Gemma 2's tanh soft-capping of the
       scores keeps the tanh output, e*as^2b more;
@@ -288,9 +300,12 @@ def layer_activation_terms(m: ModelShape, s: int, b: int, e: int, mask_bytes: in
         kinds = [k for k in (True, False) if (m.n_moe_layers if k else m.layers - m.n_moe_layers)]
         return max((layer_activation_terms(m, s, b, e, mask_bytes, k) for k in kinds),
                    key=lambda t: (sum(t.values()), t["router_bytes"]))
-    norm = (8 if m.family in SANDWICH_FAMILIES else 4) * e * sbh
+    norm = (10 if m.family in SANDWICH_FAMILIES else 6 if m.family in DECODERS else 4) * e * sbh
     if m.family in QK_NORM_FAMILIES:
         norm += 2 * e * sb * (a + kv) * d
+    attention = e * sb * d * (2 * a + 2 * kv)          # Q (a heads), K, V (kv heads), the attention output
+    if m.family in FUSED_FAMILIES:
+        attention += e * sb * d * (2 * a + kv)
     if routed and m.family in MOE_FAMILIES:
         T, k, W = sb, m.top_k, m.d_expert
         mlp = e * T * k * (2 * h + 4 * W)
@@ -302,7 +317,7 @@ def layer_activation_terms(m: ModelShape, s: int, b: int, e: int, mask_bytes: in
         router = 0
     return {
         "norm_bytes": norm,
-        "attention_bytes": e * sb * d * (2 * a + 2 * kv),   # Q (a heads), K, V (kv heads), the attention output
+        "attention_bytes": attention,
         "scores_bytes": e * as2b + drop * (mask_bytes + e) * as2b + (e * as2b if m.attn_softcap else 0),
         "mlp_bytes": mlp,
         "router_bytes": router,
@@ -341,13 +356,35 @@ def attention_scores_bytes(m: ModelShape, s: int, b: int, setup: Setup, layer: d
       softmax in its input dtype (softmax is on neither CPU list, "CPU Ops that can autocast to ..."), so
       the layer's term stands.
     """
-    if setup.attention == "sdpa":
-        return 4 * m.heads * s * b
     lay = PRECISIONS[setup.precision]
+    if setup.attention == "sdpa" and not (setup.device == "cpu" and m.dropout):
+        return 4 * m.heads * s * b
+    # eager, or sdpa on a CPU with attention dropout: the CPU flash kernel has no dropout, so SDPA falls back to
+    # its math path (aten/src/ATen/native/transformers/attention.cpp, ``_fused_sdp_choice_cpp`` -> math), which
+    # saves what eager saves
     if lay.cast and setup.device == "cuda":
         e, as2b = lay.activations, m.heads * s * s * b
         return max(layer["scores_bytes"], 4 * as2b + e * as2b + (dropout_mask_bytes(setup) * as2b if m.dropout else 0))
     return layer["scores_bytes"]
+
+
+def activation_function_extra_bytes(m: ModelShape, s: int, b: int, setup: Setup) -> int:
+    """What the MLP's activation function saves beyond its input and output, as the implementation runs it.
+
+    GPT-2's ``activation_function`` is ``gelu_new`` (GPT2Config's default), transformers' NewGELUActivation
+    (transformers/activations.py), written out unfused: 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))).
+    Autograd keeps x, 0.5x, the tanh and 1 + tanh, and the next matmul the product: three tensors of the
+    activation dtype and two of the tanh's. Under CUDA autocast ``pow`` is on the fp32 list, so the tanh and
+    1 + tanh are fp32. The layer's formula counts two (input and output); this is the rest, e + 2t per element.
+    It applies when the shape names its activation ``hidden_act == "gelu_new"`` (a field model_shapes reads
+    from the config); a fused GELU (nn.GELU, ``gelu_pytorch_tanh``) saves only its input.
+    """
+    if getattr(m, "hidden_act", "") != "gelu_new":
+        return 0
+    lay = PRECISIONS[setup.precision]
+    e = lay.activations
+    t = 4 if lay.cast and setup.device == "cuda" else e
+    return (e + 2 * t) * s * b * m.d_ff
 
 
 def activation_terms(m: ModelShape, setup: Setup, mask_bytes: int | None = None) -> dict[str, int]:
@@ -364,7 +401,8 @@ def activation_terms(m: ModelShape, setup: Setup, mask_bytes: int | None = None)
     if mask_bytes is None:
         mask_bytes = dropout_mask_bytes(setup)
     layer = layer_activation_terms(m, s, b, e, mask_bytes)
-    layer = {**layer, "scores_bytes": attention_scores_bytes(m, s, b, setup, layer)}  # the attention implementation
+    layer = {**layer, "scores_bytes": attention_scores_bytes(m, s, b, setup, layer),  # the attention implementation
+             "mlp_bytes": layer["mlp_bytes"] + activation_function_extra_bytes(m, s, b, setup)}
     per_layer = sum(layer.values())                # the largest layer (a MoE model's routed or dense kind)
     smaller = smaller_layers_bytes(m, s, b, e, mask_bytes)   # what its other layers save less
     if setup.checkpointing == "none":
@@ -442,11 +480,13 @@ def phases(setup: Setup, shape: ModelShape | None, shapes: Sequence[Sequence[int
       (activation dtype); gradients are not allocated yet unless they persist (set_to_none=False).
     * backward: at its start the cache is gone (only saved cast weights stay) and the loss's two fp32
       logit-sized temporaries appear (the gradients of the log-probabilities and of the upcast logits,
-      2 x 4sbV); then gradients appear as activations are freed, layer by layer, so the live bytes run
+      2 x 4sbV); then the log-probabilities are freed, the head's gradient appears and, under checkpointing,
+      the last layer is rebuilt (``recompute_bytes``, which the end of forward does not hold); gradients appear as activations are freed, layer by layer, so the live bytes run
       linearly from the start (all activations, the first gradients: the root unit's, the head) to the end
       (every gradient, the embedding's activations). The worse end counts, with one layer's backward
       working set (the gradient of its input and the MLP's two widest gradients, or eager's two score
-      gradients).
+      gradients). The logits the model returned are freed by then in the usual loop, which keeps only the
+      loss (``loss = model(...).loss``; HF's Trainer); a loop that holds the outputs adds e x sbV.
     * optimizer: weights, gradients, state and the implementation's temporaries; a master layout first
       copies the 16-bit gradients to fp32 (4 bytes per updated parameter) and frees them, so its step holds
       the fp32 gradients and the larger of the 16-bit gradients and the temporaries.
@@ -472,10 +512,13 @@ def phases(setup: Setup, shape: ModelShape | None, shapes: Sequence[Sequence[int
         as2b = shape.heads * s * s * b
         scores_grad = (4 if lay.cast and setup.device == "cuda" else e) * as2b if setup.attention == "eager" else 0
         working = e * s * b * shape.hidden + max(2 * e * s * b * shape.d_ff, 2 * scores_grad)
-        act, act_end = acts["total_bytes"], acts["embedding_bytes"]
+        # what backward rebuilds for one layer exists only in backward; the loss's log-probabilities are freed
+        # by the loss's backward, before the first layer is rebuilt
+        act, act_end = acts["total_bytes"] - acts["recompute_bytes"], acts["embedding_bytes"]
+        recompute, logprobs = acts["recompute_bytes"], acts["logits_bytes"]
     else:
         layer, root, matmul = 0, 0, n   # no shape: no units (gathered layers and buffers are not estimated)
-        logits = loss_tmp = working = act = act_end = 0
+        logits = loss_tmp = working = act = act_end = recompute = logprobs = 0
     cast = lay.cast * matmul
     # Autocast's cache holds every cast weight until the autocast region ends (the end of forward, loss
     # included); then only the copies saved for backward stay: all of them, or under full checkpointing the
@@ -489,15 +532,18 @@ def phases(setup: Setup, shape: ModelShape | None, shapes: Sequence[Sequence[int
     first_grads = G if not setup.set_to_none else min(root * unit_grad, n * lay.grads)
     fwd = {"params": P, "grads": kept, "optimizer": O, "cast_weights": cast, "activations": act,
            "logits": logits, "ddp_buckets": ddp, "gathered_params": gather}
-    early = {"params": P, "optimizer": O, "cast_weights": cast_saved, "activations": act, "logits": logits,
+    # the logits the model returned are gone once the caller keeps only the loss (the usual loop, HF's Trainer)
+    early = {"params": P, "optimizer": O, "cast_weights": cast_saved, "activations": act,
              "grads": 0, "loss_temporaries": 0, "working_set": 0, "ddp_buckets": ddp, "gathered_params": gather,
              "reduce_buffers": reduce}
-    # the loss's temporaries come first; the head's gradient and a layer's working set after they are freed
-    if loss_tmp >= first_grads + working:
+    # the loss's temporaries come first; the head's gradient, the last layer rebuilt (checkpointing) and its
+    # working set after them, once the loss's log-probabilities are freed
+    if loss_tmp >= recompute - logprobs + first_grads + working:
         early["loss_temporaries"] = loss_tmp
     else:
+        early["activations"] = act - logprobs + recompute
         early["grads"], early["working_set"] = first_grads, working
-    late = {"params": P, "optimizer": O, "cast_weights": 0, "activations": act_end, "logits": logits,
+    late = {"params": P, "optimizer": O, "cast_weights": 0, "activations": act_end,
             "grads": G + root_grad, "working_set": working, "ddp_buckets": ddp, "gathered_params": gather,
             "reduce_buffers": reduce}
     bwd, point = (early, "start") if sum(early.values()) >= sum(late.values()) else (late, "end")
