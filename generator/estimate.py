@@ -109,6 +109,9 @@ def parser() -> argparse.ArgumentParser:
                      help="the kind of device sized: cuda or cpu (dropout masks, autocast op lists; default cuda)")
     run.add_argument("--optimizer-impl", default="default",
                      help="for-loop, foreach or fused (default: torch's choice, foreach on cuda, for-loop on cpu)")
+    run.add_argument("--context-mib", type=nonneg, default=None,
+                     help="the CUDA context beside the peak, in MiB, as measured on your GPU "
+                          "(the hardware page shows it; default: 781 MiB, pytorch/pytorch issue #34323; 0 on cpu)")
     run.add_argument("--keep-grads", action="store_true",
                      help="zero_grad(set_to_none=False): gradients stay allocated between steps")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -205,7 +208,7 @@ def render_table(result: dict) -> str:
         lines.append(f"    {'; '.join(terms)}")
     lines.append(f"{'peak':<26}{result['peak_bytes']:>{width},}  {_gib(result['peak_bytes']):>14}  "
                  f"({result['phases'][result['peak_phase']]['label']})")
-    if result["headroom_bytes"]:
+    if result["headroom_source"]:
         lines.append(f"{'+ CUDA context':<26}{result['headroom_bytes']:>{width},}  {_gib(result['headroom_bytes']):>14}"
                      f"  ({result['headroom_source']})")
     for note in result["notes"]:
@@ -230,7 +233,8 @@ def main(argv: list[str]) -> int:
         setup = estimator.Setup(optimizer=args.optimizer, precision=args.precision, batch=args.batch,
                                 seq=args.seq or default_seq(shape), checkpointing=args.checkpointing,
                                 zero=args.zero, gpus=args.gpus, attention=args.attention, device=args.device,
-                                optimizer_impl=args.optimizer_impl, set_to_none=not args.keep_grads)
+                                optimizer_impl=args.optimizer_impl, set_to_none=not args.keep_grads,
+                                context_bytes=None if args.context_mib is None else args.context_mib * 2**20)
         result = estimator.estimate(setup, shape=shape, params=params)
     except (_InputError, ShapeError, estimator.EstimateError) as exc:
         print(f"handbook estimate: error: {one_line(exc)}", file=sys.stderr)

@@ -26,7 +26,7 @@ CHROMIUM = Path("/usr/bin/chromium")
 
 # (model or typed shape, set-up): every built-in, every optimizer, precision layout, checkpointing, ZeRO stage,
 # attention, device kind and optimizer implementation, and zero_grad both ways.
-D = dict(attention="sdpa", device="cuda", optimizer_impl="default", set_to_none=True)
+D = dict(attention="sdpa", device="cuda", optimizer_impl="default", set_to_none=True, context_mib=None)
 VECTORS = [
     ("bert-base", dict(optimizer="adamw", precision="fp32", batch=8, seq=512, checkpointing="none", zero=0, gpus=1,
                        **{**D, "attention": "eager"})),
@@ -54,7 +54,8 @@ VECTORS = [
           **{**D, "attention": "eager", "device": "cpu"})),
     ({"family": "bert", "hidden": 128, "layers": 2, "heads": 2, "kv_heads": 0, "intermediate": 300, "vocab": 999,
       "untied": False},
-     dict(optimizer="adamw-8bit", precision="fp16-mixed", batch=5, seq=64, checkpointing="full", zero=1, gpus=2, **D)),
+     dict(optimizer="adamw-8bit", precision="fp16-mixed", batch=5, seq=64, checkpointing="full", zero=1, gpus=2,
+          **{**D, "context_mib": 517})),
     # the other families' typed shapes (--head-dim and the MoE fields): Qwen3-0.6B's layer shape (tied, q/k norms),
     # Gemma 2 (extra norms, soft-capping, eager), a Qwen2-MoE with a shared expert and a small Mixtral
     ({"family": "qwen3", "hidden": 1024, "layers": 4, "heads": 16, "kv_heads": 8, "intermediate": 3072,
@@ -77,7 +78,7 @@ OPTIONS = ("optimizer", "precision", "checkpointing", "zero", "attention", "devi
 
 
 def cli_argv(model, setup: dict) -> list[str]:
-    argv = ["--json"] + [x for k, v in setup.items() if k != "set_to_none"
+    argv = ["--json"] + [x for k, v in setup.items() if k != "set_to_none" and v is not None
                          for x in (f"--{k.replace('_', '-')}", str(v))]
     argv += [] if setup["set_to_none"] else ["--keep-grads"]
     if isinstance(model, str):
@@ -157,6 +158,7 @@ def fill(pg, model, setup: dict) -> None:
         pg.select_option(f"#hb-{key}", str(setup[key]))
     pg.select_option("#hb-impl", setup["optimizer_impl"])
     pg.set_checked("#hb-keep-grads", not setup["set_to_none"])
+    pg.fill("#hb-context", "" if setup["context_mib"] is None else str(setup["context_mib"]))
     for key in ("batch", "seq", "gpus"):
         pg.fill(f"#hb-{key}", str(setup[key]))
 
@@ -196,12 +198,13 @@ def test_calculator_equals_cli(page, capsys, i: int) -> None:
 
 def test_vectors_cover_every_option() -> None:
     used = {k: {s[k] for _, s in VECTORS} for k in OPTIONS + ("set_to_none",)}
+    assert {s["context_mib"] is None for _, s in VECTORS} == {True, False}
     assert used == {"optimizer": set(estimator.OPTIMIZERS), "precision": set(estimator.PRECISIONS),
                     "checkpointing": set(estimator.CHECKPOINTING), "zero": {0, 1, 2, 3},
                     "attention": set(estimator.ATTENTION), "device": set(estimator.DEVICES),
                     "optimizer_impl": set(estimator.OPTIMIZER_IMPLS), "set_to_none": {True, False}}
-    peaks = {estimator.estimate(estimator.Setup(**s), shape=BUILTIN[m])["peak_phase"]
-             for m, s in VECTORS if isinstance(m, str)}
+    peaks = {estimator.estimate(estimator.Setup(**{k: v for k, v in s.items() if k != "context_mib"}),
+                                shape=BUILTIN[m])["peak_phase"] for m, s in VECTORS if isinstance(m, str)}
     assert len(peaks) >= 2   # the vectors reach more than one phase's peak
     assert {m for m, _ in VECTORS if isinstance(m, str)} == set(BUILTIN)
     typed = {m["family"] for m, _ in VECTORS if isinstance(m, dict)}

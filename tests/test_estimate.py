@@ -560,3 +560,13 @@ def test_cpu_autocast_keeps_softmax_and_layer_norm_in_their_input_dtype() -> Non
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert F.softmax(x, -1).dtype == torch.bfloat16 and F.layer_norm(x, (8,)).dtype == torch.bfloat16
         assert (torch.randn(2, 8) @ torch.randn(8, 8)).dtype == torch.bfloat16   # matmuls do autocast
+
+
+def test_cli_context_headroom(capsys) -> None:
+    """--context-mib puts the host's measured CUDA context beside the peak instead of the cited figure."""
+    code, out, _ = run_cli(capsys, "--params", "1000", "--context-mib", "500", "--json")
+    got = json.loads(out)
+    assert code == 0 and got["headroom_bytes"] == 500 * 2**20 and got["headroom_source"] == "given (--context-mib)"
+    default = estimator.estimate(estimator.Setup(), params=1000)
+    assert default["headroom_bytes"] == estimator.CUDA_CONTEXT_BYTES == 781 * 2**20
+    assert estimator.estimate(estimator.Setup(device="cpu"), params=1000)["headroom_bytes"] == 0

@@ -371,7 +371,11 @@
     let peakPhase = "forward";
     for (const k of Object.keys(ph.totals)) if (ph.totals[k] > ph.totals[peakPhase]) peakPhase = k;
     const peak = ph.totals[peakPhase];
-    const headroom = setup.device === "cuda" ? big(D.cuda_context_bytes) : 0n;
+    if (setup.context_bytes !== null && (!Number.isInteger(setup.context_bytes) || setup.context_bytes < 0)) {
+      throw new Error(`context_bytes must be a non-negative integer, not ${setup.context_bytes}`);
+    }
+    const headroom = setup.context_bytes !== null ? big(setup.context_bytes)
+      : (setup.device === "cuda" ? big(D.cuda_context_bytes) : 0n);
     const fits = D.gpus.map((gpu) => {
       const cap = big(gpu.capacity_bytes), dtypeOk = gpu.dtypes.includes(lay.compute);
       const room = peak + headroom <= cap;
@@ -447,6 +451,8 @@
         seq: intOf("hb-seq"), checkpointing: $("hb-checkpointing").value, zero: intOf("hb-zero"), gpus: intOf("hb-gpus"),
         attention: $("hb-attention").value, device: $("hb-device").value, optimizer_impl: $("hb-impl").value,
         set_to_none: !$("hb-keep-grads").checked,
+        context_bytes: $("hb-context").value.trim() === "" ? null
+          : (Number.isInteger(intOf("hb-context")) ? intOf("hb-context") * 1048576 : NaN),
       };
       const res = estimate(readShape(), setup);
       err.textContent = "";
@@ -476,7 +482,8 @@
       $("hb-impl-used").textContent = res.phases.impl;
       const head = $("hb-out-headroom");
       head.dataset.bytes = res.headroom.toString();
-      head.textContent = res.headroom ? gib(res.headroom) : "none (sized for a CPU)";
+      head.textContent = setup.context_bytes !== null ? `${gib(res.headroom)} (given)`
+        : (res.headroom ? `${gib(res.headroom)} (pytorch/pytorch issue #34323)` : "none (sized for a CPU)");
       const note = D.precision_notes[setup.precision];
       $("hb-note").textContent = note ? `Note: ${note}.` : "";
       const list = $("hb-fits");

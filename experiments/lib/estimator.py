@@ -168,6 +168,7 @@ class Setup:
     device: str = "cuda"         # the kind of device sized: dropout masks and autocast differ (see below)
     optimizer_impl: str = "default"  # for-loop, foreach or fused; default: what torch.optim picks on the device
     set_to_none: bool = True     # zero_grad(set_to_none=True), torch's default: no gradients between steps
+    context_bytes: int | None = None  # the CUDA context beside the peak; None: the cited figure (on cuda)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -183,6 +184,9 @@ class Setup:
         if self.optimizer_impl not in OPTIMIZER_IMPLS:
             raise EstimateError(f"unknown optimizer implementation {self.optimizer_impl!r} "
                                 f"(one of {', '.join(OPTIMIZER_IMPLS)})")
+        if self.context_bytes is not None and (not isinstance(self.context_bytes, int) or isinstance(
+                self.context_bytes, bool) or not 0 <= self.context_bytes <= MAX_PARAMS):
+            raise EstimateError(f"context_bytes must be a non-negative integer, not {self.context_bytes!r}")
         if not isinstance(self.set_to_none, bool):
             raise EstimateError(f"set_to_none must be true or false, not {self.set_to_none!r}")
         for key in ("batch", "seq", "gpus"):
@@ -623,7 +627,12 @@ def estimate(setup: Setup, shape: ModelShape | None = None, params: int | None =
     by_phase = phases(setup, shape, shapes, per_device, acts)
     peak_phase = max(by_phase, key=lambda k: by_phase[k]["total_bytes"])
     peak = by_phase[peak_phase]["total_bytes"]
-    headroom = CUDA_CONTEXT_BYTES if setup.device == "cuda" else 0
+    if setup.context_bytes is not None:     # measured on the reader's host (the hardware chapter shows it)
+        headroom, headroom_source = setup.context_bytes, "given (--context-mib)"
+    elif setup.device == "cuda":
+        headroom, headroom_source = CUDA_CONTEXT_BYTES, CUDA_CONTEXT_SOURCE
+    else:
+        headroom, headroom_source = 0, None
     return {
         "model": (shape.name or None) if shape is not None else None,
         "shape": shape.as_dict() if shape is not None else None,
@@ -635,7 +644,7 @@ def estimate(setup: Setup, shape: ModelShape | None = None, params: int | None =
         "peak_phase": peak_phase,
         "phases": by_phase,
         "headroom_bytes": headroom,
-        "headroom_source": CUDA_CONTEXT_SOURCE if headroom else None,
+        "headroom_source": headroom_source,
         "leaves_out": list(LEAVES_OUT),
         "notes": ([PRECISION_NOTES[setup.precision]] if setup.precision in PRECISION_NOTES else [])
         + ([] if shape is not None else ["no shape: activations, logits, ZeRO's gathered layers and buffers "
