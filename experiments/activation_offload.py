@@ -54,7 +54,7 @@ class Config:
 
 
 PROFILES = {
-    "test": Config(layers=2, hidden=16, heads=2, seq=16, batch=2, vocab=32, min_run_time_s=0.02),
+    "test": Config(layers=2, hidden=16, heads=2, seq=16, batch=2, vocab=32, min_run_time_s=0.01),
     "quick": Config(),
     "full": Config(layers=8, hidden=512, heads=8, seq=512, batch=8, vocab=8192, min_run_time_s=1.0),
     # gpu: a few hundred MB of activations, so that the copies, not the launch overheads, set the time
