@@ -68,6 +68,8 @@ class ModelShape:
     logit_softcap: bool | None = None  # tanh soft-capping of the final logits (final_logit_softcapping;
                                        # None: the family's default, on for Gemma 2 only)
     attn_softcap: bool | None = None   # tanh soft-capping of the attention scores (attn_logit_softcapping; ditto)
+    hidden_act: str = ""        # the MLP's activation as the config names it (GPT-2's activation_function;
+                                # "": not given, the family's fused default); estimator.activation_function_extra_bytes
     name: str = ""
     source: str = field(default="", compare=False)
 
@@ -98,6 +100,8 @@ class ModelShape:
         for key in ("tied_embeddings", "dropout", "qkv_bias", "o_bias", "mlp_bias", "logit_softcap", "attn_softcap"):
             if not isinstance(getattr(self, key), bool):
                 raise ShapeError(f"{key} must be true or false, not {getattr(self, key)!r}")
+        if not isinstance(self.hidden_act, str) or len(self.hidden_act) > 64:
+            raise ShapeError(f"hidden_act must be an activation's name, not {self.hidden_act!r}")
         if self.family in DECODERS and self.intermediate == 0:
             raise ShapeError(f"intermediate (intermediate_size) is required for a {self.family} model")
         if self.family in ("gpt2", "bert") and self.positions == 0:
@@ -309,6 +313,16 @@ def shape_from_config(cfg: dict, where: str = "config.json", name: str = "") -> 
             raise ShapeError(f"{where}: field {key!r} must be true or false, not {value!r}")
         return value
 
+    def act(*keys: str, default: str) -> str:
+        for k in keys:
+            value = cfg.get(k)
+            if value is None:
+                continue
+            if not isinstance(value, str) or not value or len(value) > 64:
+                raise ShapeError(f"{where}: field {k!r} must be an activation's name, not {value!r}")
+            return value
+        return default
+
     def number_or_none(key: str, default: object) -> bool:
         """A soft-capping value: a positive number turns it on; null (or absent with a null default) leaves it off."""
         value = cfg.get(key, default)
@@ -326,7 +340,8 @@ def shape_from_config(cfg: dict, where: str = "config.json", name: str = "") -> 
                 tied_embeddings=flag("tie_word_embeddings", True),
                 dropout=prob("resid_pdrop", "embd_pdrop", "attn_pdrop") if any(
                     k in cfg for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")) else True,
-                context=get("n_ctx", None) or get("n_positions"), name=name)
+                context=get("n_ctx", None) or get("n_positions"),
+                hidden_act=act("activation_function", default="gelu_new"), name=name)   # GPT2Config's default
         if family == "bert":
             return ModelShape(
                 family="bert", hidden=get("hidden_size"), layers=get("num_hidden_layers"),
@@ -335,15 +350,15 @@ def shape_from_config(cfg: dict, where: str = "config.json", name: str = "") -> 
                 tied_embeddings=True,
                 dropout=prob("hidden_dropout_prob", "attention_probs_dropout_prob") if any(
                     k in cfg for k in ("hidden_dropout_prob", "attention_probs_dropout_prob")) else True,
-                context=get("max_position_embeddings"), name=name)
-        return _decoder_shape(cfg, kind, family, where, name, get, positive, prob, flag, number_or_none)
+                context=get("max_position_embeddings"), hidden_act=act("hidden_act", default="gelu"), name=name)
+        return _decoder_shape(cfg, kind, family, where, name, get, positive, prob, flag, number_or_none, act)
     except ShapeError as exc:
         if str(exc).startswith(where):
             raise
         raise ShapeError(f"{where}: {exc}") from None
 
 
-def _decoder_shape(cfg, kind, family, where, name, get, positive, prob, flag, number_or_none) -> ModelShape:
+def _decoder_shape(cfg, kind, family, where, name, get, positive, prob, flag, number_or_none, act) -> ModelShape:
     """The decoder families: the fields each config class reads (transformers 5.17, modeling_<family>.py)."""
     kv = get("num_key_value_heads", ... if kind in KV_REQUIRED else None) or 0
     # head_dim: `getattr(config, "head_dim", None) or hidden // heads` in the attention classes; null is absent.
@@ -395,6 +410,9 @@ def _decoder_shape(cfg, kind, family, where, name, get, positive, prob, flag, nu
             number_or_none("final_logit_softcapping", None) if family == "gemma3" else False),
         attn_softcap=number_or_none("attn_logit_softcapping", 50.0) if family == "gemma2" else (
             number_or_none("attn_logit_softcapping", None) if family == "gemma3" else False),
+        # Gemma 2/3 name it hidden_activation; the others hidden_act (SiLU, Gemma's gelu_pytorch_tanh)
+        hidden_act=act("hidden_activation", "hidden_act", default="gelu_pytorch_tanh" if family.startswith("gemma")
+                       else "silu"),
         name=name, **moe)
 
 
