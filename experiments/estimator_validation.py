@@ -442,6 +442,7 @@ def summarize(data: dict) -> dict:
     if predicted and not predicted[0]["rules"]["estimator_peak"]["label"].startswith("estimator's"):
         rules["estimator_peak"]["label"] = predicted[0]["rules"]["estimator_peak"]["label"]
     act = [c["terms"]["activations"]["ratio"] for c in predicted]
+    worst = {t: sum(1 for c in predicted if c["worst_term"] == t) for t in TERM_LABELS}
     compared = [c for c in predicted if all(c["terms"][t]["modelled"] for t in STATES)]
     shares = [c["fp32_saved_share"] for c in cases.values()
               if c["precision"] == "bf16-mixed" and c["fp32_saved_share"] is not None]
@@ -460,8 +461,8 @@ def summarize(data: dict) -> dict:
         "peak_phases": {ph: {"label": PHASE_LABELS[ph],
                              "count": sum(1 for c in cases.values() if c["measured_peak_phase"] == ph)}
                         for ph in PHASES},
-        "worst_terms": {t: {"label": label, "count": sum(1 for c in predicted if c["worst_term"] == t)}
-                        for t, label in TERM_LABELS.items()},
+        "worst_terms": {t: {"label": TERM_LABELS[t], "count": n} for t, n in worst.items()},
+        "worst_terms_label": "; ".join(f"{TERM_LABELS[t]} in {n}" for t, n in worst.items() if n) or "none",
         "unmodelled_terms": {t: {"label": label} for t, label in TERM_LABELS.items()
                              if predicted and not all(c["terms"][t]["modelled"] for c in predicted)},
         "states_compared_count": len(compared),
