@@ -570,3 +570,22 @@ def test_cli_context_headroom(capsys) -> None:
     default = estimator.estimate(estimator.Setup(), params=1000)
     assert default["headroom_bytes"] == estimator.CUDA_CONTEXT_BYTES == 781 * 2**20
     assert estimator.estimate(estimator.Setup(device="cpu"), params=1000)["headroom_bytes"] == 0
+
+
+def test_cpu_sdpa_with_dropout_takes_the_math_path() -> None:
+    """What ``attention_scores_bytes`` relies on: on a CPU, SDPA without dropout is the flash kernel (no s x s
+    saved); with dropout it falls back to the math path (softmax, a dropout multiply, bmm), which saves the scores."""
+    import torch.nn.functional as F
+
+    q = torch.randn(1, 2, 16, 8, requires_grad=True)
+    assert "Flash" in type(F.scaled_dot_product_attention(q, q, q, is_causal=True).grad_fn).__name__
+
+    def chain(node, depth=8):
+        names = []
+        while node is not None and depth:
+            names.append(type(node).__name__)
+            node, depth = (node.next_functions[0][0] if node.next_functions else None), depth - 1
+        return names
+
+    math = chain(F.scaled_dot_product_attention(q, q, q, dropout_p=0.1, is_causal=True).grad_fn)
+    assert any("Softmax" in n for n in math) and any("Bmm" in n for n in math)

@@ -91,7 +91,7 @@ PRECISION_NOTES = {
     "bf16": "pure bf16 keeps no master copy: updates smaller than about 2^-8 |w| are lost "
             "(Micikevicius et al. 2018, section 3.1)",
 }
-ATTENTION = ("sdpa", "eager")   # transformers' default is "sdpa" (PreTrainedModel._check_and_adjust_attn_implementation)
+ATTENTION = ("sdpa", "eager")   # transformers' default: "sdpa" (modeling_utils.py, get_correct_attn_implementation)
 DEVICES = ("cuda", "cpu")
 OPTIMIZER_IMPLS = ("default", "foreach", "for-loop", "fused")
 # torch.optim's default (torch/optim/optimizer.py, ``_default_to_fused_or_foreach``): foreach when every
