@@ -90,9 +90,11 @@ def parser() -> argparse.ArgumentParser:
     src.add_argument("--positions", type=nonneg, default=0,
                      help="typed shape: learned positions (gpt2, bert; default: the sequence length)")
     src.add_argument("--untied", action="store_true",
-                     help="typed shape: a separate output head (the default for llama; gpt2 ties it)")
+                     help="typed shape: a separate output head (the default for llama, qwen, phi3 and the MoE "
+                          "families, as their config classes have it)")
     src.add_argument("--tied", action="store_true",
-                     help="typed shape: the output head shares the input embedding (the default for gpt2, bert)")
+                     help="typed shape: the output head shares the input embedding (the default for gpt2, bert "
+                          "and gemma)")
     run = p.add_argument_group("the training set-up")
     run.add_argument("--optimizer", default="adamw", help=f"{', '.join(estimator.OPTIMIZERS)} (default adamw)")
     run.add_argument("--precision", default="bf16-mixed",
