@@ -226,7 +226,7 @@ def measure_case(cfg: Config, device: str, family: str, precision: str, attentio
     return {
         "family": family, "precision": precision, "attention": attention, "checkpointing": checkpointing,
         "model_class": type(model).__name__,
-        "hf_config": _plain(hf_config.to_dict()),
+        "hf_config": _plain(hf_config.to_dict()),  # run() keeps one per family in data["hf_configs"]
         "parameters": sum(p.numel() for p in model.parameters()),
         "params_bytes": param_bytes(model),
         "grads_bytes": grads,
@@ -253,8 +253,12 @@ def run(cfg: Config, device: str) -> dict:
             if case[0] in missing:
                 continue
             cases[case_key(*case)] = measure_case(cfg, device, *case)
+    configs: dict[str, dict] = {}  # one per family (its cases share the fields); a case that differs keeps its own
+    for x in cases.values():
+        if configs.setdefault(x["family"], x["hf_config"]) == x["hf_config"]:
+            del x["hf_config"]
     return {**base, "ran": True, "reason": None, "transformers": transformers.__version__,
-            "families_missing": missing, "cases": cases}
+            "families_missing": missing, "hf_configs": configs, "cases": cases}
 
 
 def case_key(family: str, precision: str, attention: str, checkpointing: bool) -> str:
@@ -317,7 +321,8 @@ def measured_peak(x: dict) -> tuple[int, str]:
 def predict(data: dict, x: dict) -> dict:
     """The estimator's answer for one case, or why it has none (an unsupported family or layout)."""
     try:
-        shape = model_shapes.shape_from_config(x["hf_config"], where=f"{x['family']} config", name=x["family"])
+        config = x["hf_config"] if "hf_config" in x else data["hf_configs"][x["family"]]
+        shape = model_shapes.shape_from_config(config, where=f"{x['family']} config", name=x["family"])
         wanted = {"optimizer": "adamw", "precision": x["precision"], "batch": data["batch"], "seq": data["seq"],
                   "checkpointing": "full" if x["checkpointing"] else "none",
                   "attention": x["attention"], "device": data["device_kind"]}

@@ -28,7 +28,7 @@ def test_runs_transformers_own_classes_on_the_declared_cases(data) -> None:
     classes = {k: x["model_class"] for k, x in data["cases"].items()}
     assert classes == {"gpt2-fp32-eager": "GPT2LMHeadModel", "llama-fp32-sdpa": "LlamaForCausalLM"}
     for x in data["cases"].values():  # the inputs the estimator needs are stored with the measurement
-        assert x["hf_config"]["model_type"] == x["family"]
+        assert data["hf_configs"][x["family"]]["model_type"] == x["family"]
         assert x["parameters"] * 4 == x["params_bytes"]  # fp32
 
 
@@ -98,7 +98,7 @@ def test_summarize_flags_a_case_outside_the_targets(data) -> None:
 
 def test_a_family_the_estimator_cannot_read_is_reported_not_raised(data) -> None:
     odd = copy.deepcopy(data)
-    odd["cases"]["llama-fp32-sdpa"]["hf_config"]["model_type"] = "made-up-family"
+    odd["hf_configs"]["llama"]["model_type"] = "made-up-family"
     s = ev.summarize(odd)
     c = s["cases"]["llama-fp32-sdpa"]
     assert c["predicted"] is False and "made-up-family" in c["reason"] and "\n" not in c["reason"]
