@@ -351,3 +351,13 @@ def test_decoder_layer_saves_what_the_family_terms_predict(hf, case: str) -> Non
     t["scores_bytes"] = estimator.attention_scores_bytes(m, s, b, setup, t)
     predicted = sum(t.values())
     assert 0.95 <= predicted / measured <= 1.0, (predicted, measured)
+
+
+def test_beyond_any_model_names_the_config_field(tmp_path: Path, capsys) -> None:
+    for cfg, field in ((dict(CASES["qwen3_moe"], num_experts=10**12), "num_experts"),
+                       (dict(CASES["qwen2_moe"], decoder_sparse_step=10**12), "decoder_sparse_step"),
+                       (dict(CASES["gemma"], head_dim=10**12), "head_dim")):
+        path = write(tmp_path, cfg)
+        assert estimate_main(["--config", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"field {field!r} (a 13-digit number) is beyond any model" in err, err

@@ -290,6 +290,9 @@ def shape_from_config(cfg: dict, where: str = "config.json", name: str = "") -> 
         value = _field(cfg, key, where, default)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
             raise ShapeError(f"{where}: field {key!r} must be a non-negative integer, not {value!r}")
+        if value is not None and value > MAX_DIM and key not in ("max_position_embeddings", "n_ctx"):
+            raise ShapeError(f"{where}: field {key!r} (a {len(str(value))}-digit number) is beyond any model "
+                             f"(at most {MAX_DIM:,})")
         return value
 
     def positive(key: str, default: object = ...) -> int:
@@ -383,7 +386,8 @@ def _decoder_shape(cfg, kind, family, where, name, get, positive, prob, flag, nu
         dense = cfg.get("mlp_only_layers", [])
         if dense is None:
             dense = []
-        if not isinstance(dense, list) or any(not isinstance(i, int) or isinstance(i, bool) or i < 0 for i in dense):
+        if not isinstance(dense, list) or len(dense) > MAX_DENSE_LIST or any(
+                not isinstance(i, int) or isinstance(i, bool) or not 0 <= i <= MAX_DIM for i in dense):
             raise ShapeError(f"{where}: field 'mlp_only_layers' must be a list of layer indices, not {dense!r}")
         moe = dict(experts=positive(experts_key, 60 if qwen2 else 128),
                    top_k=positive("num_experts_per_tok", 4 if qwen2 else 8),
