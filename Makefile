@@ -11,10 +11,10 @@ TORCH  ?= torch==2.13.0
 export NO_MKDOCS_2_WARNING := 1
 
 .DEFAULT_GOAL := help
-.PHONY: help setup system handbook test test-fast bench run serve clean
+.PHONY: help setup system handbook test test-fast bench run serve clean gpu-reference gpu-reference-rehearsal
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-9s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-23s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 $(SETUP): pyproject.toml requirements/site.txt
 	$(PYTHON) -m venv $(VENV)
@@ -33,8 +33,8 @@ setup: $(SETUP) system ## create .venv and install everything (torch: see TORCH 
 handbook: setup ## run the experiments for this host, build site/, site/handbook.pdf and site/cheatsheet.pdf
 	$(BIN)/handbook build
 
-# pytest-xdist: one worker per core, a test file per worker (the reader tests share one built site).
-PYTEST := $(BIN)/python -m pytest -q -n auto --dist loadfile
+# pytest-xdist: one worker per core; tests grouped by file, and the built-site tests on one worker (conftest).
+PYTEST := $(BIN)/python -m pytest -q -n auto --dist loadgroup
 
 test: setup ## run the whole test suite (what CI runs)
 	$(PYTEST)
@@ -53,3 +53,29 @@ serve: setup ## serve the site with live reload on http://127.0.0.1:8000
 
 clean: ## remove the built site and caches (keeps results/ and .venv)
 	rm -rf site .cache
+
+# The GPU reference run (generator/gpu_plan.py). On the GPU host, from the repository root, with that
+# host's own python3 (torch, numpy, transformers, pytest; no venv, no pip, no setup):
+#   make gpu-reference OUT=<folder>      (OUT may also come from the environment)
+# GPU_PLAN_ARGS passes options on (the rehearsal's --profile quick, a smaller --budget, ...).
+GPU_PLAN_ARGS ?=
+gpu-reference: ## GPU host: every experiment within 420 s; OUT/results.tgz (results/<host>/ + log). Plain python3
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) -m generator gpu-plan $(if $(OUT),--out "$(OUT)") $(GPU_PLAN_ARGS)
+
+# The rehearsal: a venv with only what the GPU host has (torch, numpy, transformers and its dependencies,
+# pytest; versions from requirements/site.txt), the same plan through `make gpu-reference` on this CPU in
+# the quick profile with a smaller budget, then the archive unpacked and a site built with two hosts.
+GPU_VENV := .venv-gpu
+# The quick profile's predictions are this host's committed durations, measured idle; this host is shared,
+# so the rehearsal gives each experiment 4x its prediction (the GPU host: 2x).
+REHEARSAL_BUDGET ?= 300
+REHEARSAL_MARGIN ?= 4
+$(GPU_VENV)/.setup-done: requirements/site.txt
+	rm -rf $(GPU_VENV)
+	$(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_VENV)/bin/pip install --quiet $(TORCH) numpy transformers pytest -c requirements/site.txt
+	touch $@
+
+gpu-reference-rehearsal: setup $(GPU_VENV)/.setup-done ## rehearse gpu-reference here (torch-only venv, quick profile), check archive + 2-host site
+	$(BIN)/python -m generator.gpu_rehearsal --python $(GPU_VENV)/bin/python --budget $(REHEARSAL_BUDGET) \
+	  --margin $(REHEARSAL_MARGIN)

@@ -244,17 +244,33 @@ FAST_CONTRACT_CHECKS = ("test_shape_of_the_module", "test_summarize_reaches_no_t
                         "test_every_experiment_is_checked")
 
 
+# The CUDA tier (`pytest -m cuda`, run by the GPU plan on the GPU host): every test skipped with a reason
+# that starts with this. Their files are listed in generator/gpu_plan.py (CUDA_TEST_FILES).
+NEEDS_CUDA = "needs CUDA"
+
+
 def pytest_configure(config) -> None:
     config.addinivalue_line("markers", "fast: the fast tier (make test-fast): formulas, runner, site on canned results")
+    config.addinivalue_line("markers", f"cuda: tests that skip without CUDA (reason '{NEEDS_CUDA}...'); the GPU plan "
+                                       f"runs them on the GPU host with pytest -m cuda")
+
+
+def needs_cuda(item) -> bool:
+    return any(str(m.kwargs.get("reason", "")).startswith(NEEDS_CUDA) for m in item.iter_markers("skipif"))
 
 
 def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         name = Path(str(item.fspath)).name
         fixtures = getattr(item, "fixturenames", ())
+        # pytest-xdist (--dist loadgroup): a file's tests stay on one worker (its module fixtures are made
+        # once), and every test of the real built site shares one worker (the site is built once)
+        item.add_marker(pytest.mark.xdist_group("built_site" if "built_site" in fixtures else name))
         contract_fast = name == "test_experiment_contract.py" and item.name.startswith(FAST_CONTRACT_CHECKS)
         if (name in FAST_FILES or contract_fast) and "built_site" not in fixtures:
             item.add_marker(pytest.mark.fast)
+        if needs_cuda(item):
+            item.add_marker(pytest.mark.cuda)
 
 
 _TEST_PROFILE_DATA: dict[str, str] = {}
