@@ -63,6 +63,9 @@ PROFILES = {
     "quick": Config(),
     "full": Config(hidden=1024, heads=16, seq=1024, batch=4, seq_lens=(256, 512, 1024, 2048, 4096, 8192),
                    batches=(1, 2, 4, 8, 16), share_layers=4, share_vocab=8192, share_batches=(1, 4, 16)),
+    # gpu: the GPU plan's profile, sized to its time budget (generator/gpu_plan.py, STEPS).
+    "gpu": Config(hidden=1024, heads=16, seq=1024, batch=4, seq_lens=(256, 512, 1024, 2048, 4096, 8192),
+                  batches=(1, 2, 4, 8, 16), share_layers=4, share_vocab=8192, share_batches=(1, 4, 16)),
 }
 
 # %% [markdown]

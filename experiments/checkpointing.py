@@ -62,6 +62,11 @@ PROFILES = {
                    budget_bytes_cpu=450 * 2**10, max_batch=64),
     "quick": Config(),
     "full": Config(layers=16, hidden=1024, heads=16, seq=1024, batch=8, vocab=8192, min_run_time_s=1.0),
+    # gpu: the GPU plan's profile, sized to its time budget (generator/gpu_plan.py, STEPS).
+    # The batch search measures every batch it tries: under 90 % of a 141 GB card it would step batches in
+    # the thousands; 1.5 % (about 2 GB) keeps its answers near 10 (none) to 40 (every layer).
+    "gpu": Config(layers=9, hidden=256, heads=4, seq=512, batch=8, vocab=4096, min_run_time_s=0.3,
+                  cuda_budget_fraction=0.015),
 }
 
 # %% [markdown]

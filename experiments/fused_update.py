@@ -51,6 +51,8 @@ PROFILES = {
     "test": Config(widths=(64, 96, 128, 10), batch=16, steps=2),
     "quick": Config(),
     "full": Config(widths=(64, 4096, 4096, 4096, 4096, 10), batch=256, steps=10),
+    # gpu: the GPU plan's profile, sized to its time budget (generator/gpu_plan.py, STEPS).
+    "gpu": Config(widths=(64, 2048, 2048, 2048, 2048, 10), batch=256, steps=5),
 }
 TIMEOUT_S = 300
 

@@ -65,6 +65,9 @@ PROFILES = {
     "quick": Config(),
     "full": Config(batch=256, features=1024, hidden=4096, mem_batch=8192, mem_width=2048, mem_depth=8,
                    mem_micro=(8192, 4096, 2048, 1024, 512, 256), min_run_time_s=0.5, unequal_sizes=(160, 64, 24, 8)),
+    # gpu: the GPU plan's profile, sized to its time budget (generator/gpu_plan.py, STEPS).
+    "gpu": Config(batch=256, features=1024, hidden=4096, mem_batch=8192, mem_width=2048, mem_depth=8,
+                  mem_micro=(8192, 4096, 2048, 1024, 512, 256), min_run_time_s=0.2, unequal_sizes=(160, 64, 24, 8)),
 }
 TIMEOUT_S = 300
 

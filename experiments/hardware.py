@@ -88,6 +88,12 @@ def _squares(*sizes: int) -> tuple[tuple[int, int, int], ...]:
     return tuple((s, s, s) for s in sizes)
 
 
+# Squares from small to large, plus misaligned neighbours (8191, 8193) and rectangular shapes of
+# transformer layers (QKV, MLP up and down projections).
+FULL_SHAPES = (_squares(512, 1024, 2048, 3072, 4096, 6144, 8192, 8191, 8193, 10240, 12288, 16384)
+               + ((16384, 4096, 4096), (16384, 12288, 4096), (16384, 16384, 4096), (16384, 4096, 16384),
+                  (8192, 11008, 4096), (8192, 4096, 11008)))
+
 PROFILES = {
     "test": Config(
         shapes=((32, 32, 32), (16, 16, 16), (64, 48, 32)),
@@ -108,13 +114,21 @@ PROFILES = {
         train_batch=64,
     ),
     "full": Config(
-        # Squares from small to large, plus misaligned neighbours (8191, 8193) and
-        # rectangular shapes of transformer layers (QKV, MLP up and down projections).
-        shapes=_squares(512, 1024, 2048, 3072, 4096, 6144, 8192, 8191, 8193, 10240, 12288, 16384)
-        + ((16384, 4096, 4096), (16384, 12288, 4096), (16384, 16384, 4096), (16384, 4096, 16384),
-           (8192, 11008, 4096), (8192, 4096, 11008)),
+        shapes=FULL_SHAPES,
         min_run_time_s=0.2,
         max_call_s=2.0,
+        copy_sizes_bytes=(2**20, 2**22, 2**24, 2**26, 2**28, 2**30, 2**32),
+        train_width=2048,
+        train_blocks=8,
+        train_batch=4096,
+    ),
+    # gpu: the GPU plan's profile, sized to its time budget (generator/gpu_plan.py, STEPS).
+    # Full's shapes, copies and training step (the bf16 best and the tracker's agreement need them), timed
+    # 0.1 s a point instead of 0.2.
+    "gpu": Config(
+        shapes=FULL_SHAPES,
+        min_run_time_s=0.1,
+        max_call_s=1.0,
         copy_sizes_bytes=(2**20, 2**22, 2**24, 2**26, 2**28, 2**30, 2**32),
         train_width=2048,
         train_blocks=8,

@@ -65,6 +65,9 @@ PROFILES = {
     "full": Config(layers=12, hidden=768, heads=12, seq=1024, batch=8, vocab=50304, train_steps=50,
                    scale_exponents=tuple(range(0, 25, 2)), min_run_time_s=1.0, scaler_steps=200,
                    scaler_init_exp=24, scaler_growth_interval=20),
+    # gpu: the GPU plan's profile, sized to its time budget (generator/gpu_plan.py, STEPS).
+    "gpu": Config(layers=4, hidden=512, heads=8, seq=512, batch=8, vocab=8192, train_steps=20, min_run_time_s=0.3,
+                  scaler_steps=48, scaler_init_exp=24, scaler_growth_interval=8),
 }
 
 # %% [markdown]

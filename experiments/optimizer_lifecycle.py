@@ -55,6 +55,8 @@ PROFILES = {
     "test": Config(in_features=8, hidden=16, out_features=4, batch=4),
     "quick": Config(),
     "full": Config(in_features=4096, hidden=16384, out_features=4096, batch=64),
+    # gpu: the GPU plan's profile, sized to its time budget (generator/gpu_plan.py, STEPS).
+    "gpu": Config(in_features=1024, hidden=4096, out_features=1024, batch=64),
 }
 TIMEOUT_S = 300
 

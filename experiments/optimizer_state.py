@@ -51,6 +51,9 @@ PROFILES = {
     "test": Config(vocab=32, d_model=16, layers=1, heads=2, seq=8, batch=1),
     "quick": Config(),
     "full": Config(vocab=32000, d_model=1024, layers=8, heads=16, seq=512, batch=8),
+    # gpu: the GPU plan's profile, sized to its time budget (generator/gpu_plan.py, STEPS).
+    # 27 models are built on the CPU (one per optimizer and implementation): 17 M parameters each, not 134 M.
+    "gpu": Config(vocab=8192, d_model=512, layers=4, heads=8, seq=256, batch=8),
 }
 TIMEOUT_S = 900
 

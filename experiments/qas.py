@@ -52,6 +52,8 @@ PROFILES = {
     "test": Config(channels=(4, 8, 8), warmup_steps=60, steps=30, eval_every=10),
     "quick": Config(),
     "full": Config(channels=(16, 32, 64), steps=400, eval_every=20),
+    # gpu: the GPU plan's profile, sized to its time budget (generator/gpu_plan.py, STEPS).
+    "gpu": Config(channels=(16, 32, 64), steps=200, eval_every=20),
 }
 TIMEOUT_S = 300
 MODES = ("fp32", "int8", "int8_qas")

@@ -54,6 +54,9 @@ PROFILES = {
     "quick": Config(),
     "full": Config(batch=1797, linear_out=128, conv_in=16, conv_out=64, image_size=32,
                    accumulator_sizes=(8, 16, 32, 64), accumulator_batch=256),
+    # gpu: the GPU plan's profile, sized to its time budget (generator/gpu_plan.py, STEPS).
+    # The integer emulation runs on the CPU whatever the device: the GPU host measures quick's sizes.
+    "gpu": Config(),
 }
 TIMEOUT_S = 600
 

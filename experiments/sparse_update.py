@@ -65,6 +65,9 @@ PROFILES = {
                    pretrain_steps=600, finetune_steps=120, weight_fractions=(0.25, 0.5, 1.0),
                    budget_fractions=(0.05, 0.1, 0.2, 0.3, 0.45, 0.6, 0.8), last_k=(1, 2, 3, 4, 6, 8),
                    exhaustive_units=6, seeds=(0, 1, 2)),
+    # gpu: the GPU plan's profile, sized to its time budget (generator/gpu_plan.py, STEPS).
+    # Thousands of small fine-tuning steps, launch-bound on a GPU: quick's sizes.
+    "gpu": Config(),
 }
 TIMEOUT_S = 900
 

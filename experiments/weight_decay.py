@@ -66,6 +66,9 @@ PROFILES = {
     "quick": Config(),
     "full": Config(lr=2e-4, steps=2000, params_per_scale=16384, noise_scales=(1e-4, 1e-3, 1e-2, 1e-1, 1.0),
                    vocab=32000, d_model=768, n_heads=12, d_ff=3072, n_layers=12),
+    # gpu: the GPU plan's profile, sized to its time budget (generator/gpu_plan.py, STEPS).
+    "gpu": Config(lr=2e-4, steps=2000, params_per_scale=16384, noise_scales=(1e-4, 1e-3, 1e-2, 1e-1, 1.0),
+                  vocab=32000, d_model=768, n_heads=12, d_ff=3072, n_layers=12),
 }
 TIMEOUT_S = 300
 

@@ -2,18 +2,21 @@
 
 Subcommands: ``run`` (measure), ``build`` (measure, then the site and both
 PDFs), ``serve`` (the site with live reload), ``estimate`` (training memory of
-a model, no torch needed). ``run`` needs only the standard library and the
-experiments' torch; the others import the site dependencies when called.
+a model, no torch needed), ``gpu-plan`` (the GPU reference run in a time
+budget, results in one archive). ``run`` and ``gpu-plan`` need only the
+standard library and the experiments' torch; the others import the site
+dependencies when called.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import signal
 import sys
 from pathlib import Path
 
-from generator import runner
+from generator import gpu_plan, runner
 from generator.argv import attach_negative_values
 from generator.errors import HandbookError, InputError, one_line
 
@@ -35,8 +38,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", action="append", metavar="NAME",
                    help="run only this experiment (repeatable, or comma-separated)")
     p.add_argument("--force", action="store_true", help="rerun even when the cached result is current")
-    p.add_argument("--profile", choices=("quick", "full"),
-                   help="experiment size (default: full when CUDA is present, else quick)")
+    p.add_argument("--profile", choices=("quick", "full", "gpu"),
+                   help="experiment size (default: full when CUDA is present, else quick; gpu: the GPU plan's)")
     p.add_argument("--device", help="torch device to measure on (default: cuda when available, else cpu)")
     p.add_argument("--timeout", type=positive_seconds, metavar="SECONDS",
                    help="per-experiment time limit (default: each experiment's TIMEOUT_S, else 600)")
@@ -81,6 +84,30 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--addr", default="127.0.0.1:8000", metavar="IP:PORT",
                    help="network address to serve on (default: %(default)s)")
 
+    p = sub.add_parser("gpu-plan", help="the GPU reference run: every experiment in a time budget, one archive back",
+                       description="Run every experiment in the gpu profile, most needed first, within a time "
+                                   "budget; skip what would overrun; after each, rewrite OUT/results.tgz "
+                                   "(results/<host>/ and the log); then, if time is left, the CUDA-only tests.")
+    p.add_argument("--out", type=Path, default=os.environ.get("OUT") or None,
+                   help="folder for results.tgz and the log (default: the OUT environment variable)")
+    p.add_argument("--budget", type=positive_seconds, default=gpu_plan.GLOBAL_BUDGET_S, metavar="SECONDS",
+                   help="run time for the whole plan, the describe step included (default: %(default)g)")
+    p.add_argument("--profile", choices=("gpu", "quick", "test", "full"), default=gpu_plan.PROFILE,
+                   help="experiment size (default: %(default)s; quick rehearses on a CPU)")
+    p.add_argument("--predict-from", type=Path, metavar="RESULTS",
+                   help="predict each experiment's time from this host's earlier result in that results "
+                        "folder, same profile (default: the plan's table)")
+    p.add_argument("--margin", type=float, default=gpu_plan.MARGIN, metavar="FACTOR",
+                   help="each experiment's time limit over its predicted time (default: %(default)g)")
+    p.add_argument("--no-tests", action="store_true", help="skip the CUDA-only tests")
+    p.add_argument("--dry-run", action="store_true", help="print the plan's table and budgets, run nothing")
+    p.add_argument("--force", action="store_true", help="rerun even when the cached result is current")
+    p.add_argument("--device", help="torch device (default: cuda when available)")
+    p.add_argument("--results", type=Path, default=runner.DEFAULT_RESULTS,
+                   help="results folder (default: %(default)s)")
+    p.add_argument("--root", type=Path, default=runner.REPO,
+                   help="folder holding the experiments package (default: this repository)")
+
     p = sub.add_parser("estimate", help="estimate the training memory of a model (no torch needed)",
                        add_help=False)
     p.add_argument("args", nargs=argparse.REMAINDER)
@@ -108,6 +135,11 @@ def dispatch(args: argparse.Namespace) -> int:
         status = 0 if args.no_run else cmd_run(args)
         build(results_dir=args.results, host=args.primary_host, site_dir=args.site_dir, pdf_too=not args.no_pdf)
         return status
+    if args.command == "gpu-plan":
+        return gpu_plan.main(args.out, dry_run=args.dry_run, budget_s=args.budget, profile=args.profile,
+                             results_dir=args.results, root=args.root, device=args.device,
+                             predict_from=args.predict_from, tests=not args.no_tests, force=args.force,
+                             margin=args.margin)
     if args.command == "serve":
         from generator.build import serve
 

@@ -216,10 +216,13 @@ def default_profile(device: str) -> str:
 
 def run(results_dir: Path = DEFAULT_RESULTS, only: list[str] | None = None, force: bool = False,
         profile: str | None = None, device: str | None = None, timeout_s: float | None = None,
-        python: str = sys.executable, plain: bool = False, root: Path = REPO) -> list[Outcome]:
+        python: str = sys.executable, plain: bool = False, root: Path = REPO,
+        described: Plan | None = None) -> list[Outcome]:
     """Run (or reuse) every selected experiment; return one outcome each.
 
     ``root`` is the folder holding the ``experiments`` package (the repository; tests use others).
+    ``described`` is the host as ``describe`` already reported it: a caller that runs experiments one
+    at a time (the GPU plan) asks torch once, not once per experiment.
     """
     root, results_dir = Path(root), Path(results_dir)
     if not (root / "experiments" / "__init__.py").is_file():
@@ -229,7 +232,7 @@ def run(results_dir: Path = DEFAULT_RESULTS, only: list[str] | None = None, forc
     if timeout_s is not None and not (isinstance(timeout_s, (int, float)) and math.isfinite(timeout_s)
                                       and timeout_s > 0):
         raise RunError(f"--timeout must be a positive number of seconds, not {timeout_s!r}")
-    plan = describe(device, python, root)
+    plan = described or describe(device, python, root)
     names = sorted(plan.experiments)
     if only:
         unknown = sorted(set(only) - set(names))
