@@ -278,11 +278,11 @@ def test_moe_block_saves_what_the_routing_predicts(hf, case: str) -> None:
     assert abs(predicted / measured - 1) < 0.01, (predicted, measured)
 
 
-def meta_model_real(hf, cfg: dict):
+def meta_model_real(hf, cfg: dict, **kwargs):
     """The class built on the CPU with real (random) weights: a forward pass needs them."""
     _, transformers = hf
     config = transformers.AutoConfig.for_model(cfg["model_type"], **{k: v for k, v in cfg.items() if k != "model_type"})
-    return transformers.AutoModelForCausalLM.from_config(config)
+    return transformers.AutoModelForCausalLM.from_config(config, **kwargs)
 
 
 def test_moe_activations_sum_routed_and_dense_layers() -> None:
@@ -327,17 +327,20 @@ def test_the_calculator_knows_the_same_families() -> None:
     assert js_map("QKV_BIAS_DEFAULT") == ms.QKV_BIAS_DEFAULT and js_map("TIED_DEFAULT") == ms.TIED_DEFAULT
 
 
-@pytest.mark.parametrize("case", ["llama-2-gqa-rope-scaling", "qwen2", "qwen3", "gemma2", "phi3"])
-def test_decoder_layer_saves_what_the_family_terms_predict(hf, case: str) -> None:
-    """One decoder layer of transformers' class (fp32, SDPA, the default): its RMSNorms (three tensors each, two
-    before a residual add), q/k norms and extra norms as ``layer_activation_terms`` counts them. What is left
-    out: the norms' rsqrt and the rotary cos/sin, a few per cent at this tiny width."""
+@pytest.mark.parametrize("case, attention", [("llama-2-gqa-rope-scaling", "sdpa"), ("llama-2-gqa-rope-scaling", "eager"),
+                                             ("qwen2", "sdpa"), ("qwen3", "sdpa"), ("gemma2", "sdpa"),
+                                             ("phi3", "sdpa"), ("phi3", "eager")])
+def test_decoder_layer_saves_what_the_family_terms_predict(hf, case: str, attention: str) -> None:
+    """One decoder layer of transformers' class (fp32; SDPA, the default, and eager, which repeats grouped K and V
+    to every head): its RMSNorms (three tensors each, two before a residual add), q/k norms, extra norms and
+    Phi-3's fused buffers as ``layer_activation_terms`` counts them. What is left out: the norms' rsqrt and the
+    rotary cos/sin, a few per cent at this tiny width."""
     torch, _ = hf
     torch.manual_seed(0)
     cfg = dict(CASES[case], num_hidden_layers=1, attention_dropout=0.0, resid_pdrop=0.0)   # dropout: another test
     if case == "gemma2":
         cfg["attn_logit_softcapping"] = None   # SDPA has no soft-capping
-    model = meta_model_real(hf, cfg)
+    model = meta_model_real(hf, cfg, attn_implementation=attention)
     model.train()
     s, b = 32, 2
     x = torch.randn(b, s, cfg["hidden_size"], requires_grad=True)
@@ -346,8 +349,8 @@ def test_decoder_layer_saves_what_the_family_terms_predict(hf, case: str) -> Non
     measured = saved_bytes(hf, layer, x, lambda y: layer(y, position_embeddings=model.model.rotary_emb(y, pos),
                                                          attention_mask=None, position_ids=pos)) + x.numel() * 4
     m = shape_from_config(cfg)
-    setup = estimator.Setup(seq=s, batch=b, precision="fp32", device="cpu", attention="sdpa")
-    t = estimator.layer_activation_terms(m, s, b, 4, estimator.dropout_mask_bytes(setup), routed=False)
+    setup = estimator.Setup(seq=s, batch=b, precision="fp32", device="cpu", attention=attention)
+    t = estimator.layer_activation_terms(m, s, b, 4, estimator.dropout_mask_bytes(setup), False, attention)
     t["scores_bytes"] = estimator.attention_scores_bytes(m, s, b, setup, t)
     predicted = sum(t.values())
     assert 0.95 <= predicted / measured <= 1.0, (predicted, measured)

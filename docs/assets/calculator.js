@@ -174,11 +174,11 @@
 
   // One layer's saved bytes (estimator.layer_activation_terms): routed picks a MoE or a dense layer; undefined,
   // the larger of the model's kinds.
-  function layerTerms(m, s, b, e, mask, routed) {
+  function layerTerms(m, s, b, e, mask, routed, attention = "sdpa") {
     if (routed === undefined) {
       const nMoe = nMoeLayers(m);
       const kinds = [true, false].filter((k) => (k ? nMoe : m.layers - nMoe) > 0);
-      const all = kinds.map((k) => layerTerms(m, s, b, e, mask, k));
+      const all = kinds.map((k) => layerTerms(m, s, b, e, mask, k, attention));
       const size = (t) => Object.values(t).reduce((x, y) => x + y, 0n);
       return all.reduce((best, t) => (size(t) > size(best) || (size(t) === size(best) && t.router > best.router)
         ? t : best));
@@ -188,8 +188,9 @@
     const drop = m.dropout ? 1n : 0n;
     let norm = (SANDWICH_FAMILIES.includes(m.family) ? 10n : DECODERS.includes(m.family) ? 6n : 4n) * e * sbh;
     if (QK_NORM_FAMILIES.includes(m.family)) norm += 2n * e * sb * (a + kv) * d;
-    let attention = e * sb * d * (2n * a + 2n * kv);
-    if (FUSED_FAMILIES.includes(m.family)) attention += e * sb * d * (2n * a + kv);  // Phi-3's fused qkv buffer
+    // Q, K, V (eager: K and V repeated to every head), the attention output; Phi-3's fused qkv buffer
+    let att = e * sb * d * (2n * a + 2n * (attention === "eager" ? a : kv));
+    if (FUSED_FAMILIES.includes(m.family) && attention === "sdpa") att += e * sb * d * (2n * a + kv);
     let mlp, router;
     if (routed && MOE_FAMILIES.includes(m.family)) {
       const k = big(m.top_k), W = big(dExpert(m));
@@ -202,7 +203,7 @@
     }
     return {
       norm,
-      attention,
+      attention: att,
       scores: e * as2b + drop * (mask + e) * as2b + (m.attn_softcap ? e * as2b : 0n),
       mlp,
       router,
@@ -247,7 +248,7 @@
   function activationTerms(m, setup) {
     const e = big(D.precisions[setup.precision].activations);
     const s = big(setup.seq), b = big(setup.batch), h = big(m.hidden), mask = maskBytes(setup);
-    const t = layerTerms(m, s, b, e, mask);
+    const t = layerTerms(m, s, b, e, mask, undefined, setup.attention);
     t.scores = scoresBytes(m, s, b, setup, t);
     t.mlp += activationExtra(m, s, b, setup);
     const perLayer = t.norm + t.attention + t.scores + t.mlp + t.router + t.masks;

@@ -233,7 +233,7 @@ def optimizer_bytes(optimizer: str, shapes: Sequence[Sequence[int]], state_elem_
 
 
 def layer_activation_terms(m: ModelShape, s: int, b: int, e: int, mask_bytes: int = 1,
-                           routed: bool | None = None) -> dict[str, int]:
+                           routed: bool | None = None, attention: str = "sdpa") -> dict[str, int]:
     """Bytes one transformer layer saves for backward (no checkpointing).
 
     Korthikanti et al. 2022, section 4.1, with 16-bit activations (e = 2),
@@ -255,10 +255,15 @@ def layer_activation_terms(m: ModelShape, s: int, b: int, e: int, mask_bytes: in
       transformers' decoder layers (fp32, CPU), the norms' fp32 rsqrt
       (4 bytes per token per norm) and the rotary cos and sin (shared by all
       layers) aside;
-    * attention: Q, K and V and the attention output, e*sb*d*(2a + 2kv);
-      Phi-3's fused qkv_proj keeps its whole output alive through the V view,
-      e*sb*d*(a + kv) more, and under SDPA its attention output is a copy
-      apart from the o_proj input, e*sb*d*a more (counted for eager too);
+    * attention: Q, K and V and the attention output, e*sb*d*(2a + 2kv)
+      under SDPA, which takes grouped K and V as they are (transformers 5.17,
+      ``integrations/sdpa_attention.py``, ``use_gqa_in_sdpa``: no mask, head
+      width <= 256); ``eager_attention_forward`` first repeats K and V to all
+      a heads (``repeat_kv``) and its matmuls keep the copies,
+      e*sb*d*4a. Under SDPA Phi-3's fused qkv_proj keeps its whole output
+      alive through the V view, e*sb*d*(a + kv) more, and its attention
+      output is a copy apart from the o_proj input, e*sb*d*a more (eager's
+      repeat copies V out of the buffer, so eager keeps what Llama keeps);
     * scores: softmax output e*as^2b, with dropout its 1-byte mask and the
       dropped-out copy (1 + e)*as^2b; Gemma 2's tanh soft-capping of the
       scores keeps the tanh output, e*as^2b more;
@@ -302,14 +307,15 @@ def layer_activation_terms(m: ModelShape, s: int, b: int, e: int, mask_bytes: in
     drop = 1 if m.dropout else 0
     if routed is None:
         kinds = [k for k in (True, False) if (m.n_moe_layers if k else m.layers - m.n_moe_layers)]
-        return max((layer_activation_terms(m, s, b, e, mask_bytes, k) for k in kinds),
+        return max((layer_activation_terms(m, s, b, e, mask_bytes, k, attention) for k in kinds),
                    key=lambda t: (sum(t.values()), t["router_bytes"]))
     norm = (10 if m.family in SANDWICH_FAMILIES else 6 if m.family in DECODERS else 4) * e * sbh
     if m.family in QK_NORM_FAMILIES:
         norm += 2 * e * sb * (a + kv) * d
-    attention = e * sb * d * (2 * a + 2 * kv)          # Q (a heads), K, V (kv heads), the attention output
-    if m.family in FUSED_FAMILIES:
-        attention += e * sb * d * (2 * a + kv)
+    # Q (a heads), K, V (kv heads; eager: repeated to a heads), the attention output
+    att = e * sb * d * (2 * a + 2 * (a if attention == "eager" else kv))
+    if m.family in FUSED_FAMILIES and attention == "sdpa":
+        att += e * sb * d * (2 * a + kv)
     if routed and m.family in MOE_FAMILIES:
         T, k, W = sb, m.top_k, m.d_expert
         mlp = e * T * k * (2 * h + 4 * W)
@@ -321,7 +327,7 @@ def layer_activation_terms(m: ModelShape, s: int, b: int, e: int, mask_bytes: in
         router = 0
     return {
         "norm_bytes": norm,
-        "attention_bytes": attention,
+        "attention_bytes": att,
         "scores_bytes": e * as2b + drop * (mask_bytes + e) * as2b + (e * as2b if m.attn_softcap else 0),
         "mlp_bytes": mlp,
         "router_bytes": router,
@@ -404,7 +410,7 @@ def activation_terms(m: ModelShape, setup: Setup, mask_bytes: int | None = None)
     s, b, h = setup.seq, setup.batch, m.hidden
     if mask_bytes is None:
         mask_bytes = dropout_mask_bytes(setup)
-    layer = layer_activation_terms(m, s, b, e, mask_bytes)
+    layer = layer_activation_terms(m, s, b, e, mask_bytes, attention=setup.attention)
     layer = {**layer, "scores_bytes": attention_scores_bytes(m, s, b, setup, layer),  # the attention implementation
              "mlp_bytes": layer["mlp_bytes"] + activation_function_extra_bytes(m, s, b, setup)}
     per_layer = sum(layer.values())                # the largest layer (a MoE model's routed or dense kind)
