@@ -245,8 +245,12 @@ GROUPS = {"params": (("params",), ("params",)), "grads": (("grads",), ("grads",)
           "optimizer": (("optimizer",), ("optimizer",)),
           "transient": (("activations", "temporaries", "autograd_detail", "unknown"), ("activations", "temporaries")),
           "inputs": (("inputs",), ("buffers", "other"))}
-# Agreement of the timeline's peak with the tracker's: total and each group within this share of the total.
+# Agreement of the timeline's peak with the tracker's: total and each group within this share of the total, or
+# within a few KiB on the test profile's tiny model (the profiler also sees the 5,056-byte CPU RNG state that
+# checkpointing saves, which no tensor of the tracker owns).
 AGREEMENT_TOLERANCE_RATIO = 0.05
+AGREEMENT_TOLERANCE_BYTES = 8 * 1024
+TRANSIENT = GROUPS["transient"][0]  # the timeline's categories that live only within the step
 ESTIMATOR_SETUPS = {  # the estimator's Setup fields of each set-up (experiments/lib/estimator.py)
     "plain": {}, "full_checkpointing": {"checkpointing": "full"}, "selective_checkpointing": {"checkpointing": "selective"},
     "accumulation": {"micro": True}, "for_loop": {"optimizer_impl": "for-loop"}, "zero_grad_none": {},
@@ -254,17 +258,24 @@ ESTIMATOR_SETUPS = {  # the estimator's Setup fields of each set-up (experiments
 }
 
 
+def phase_of(series: dict, event: int) -> dict | None:
+    """The marked phase whose allocations and frees include ``event`` (None: between phases)."""
+    return next((p for p in series["phases"] if p["first_event"] is not None
+                 and p["first_event"] <= event <= p["last_event"]), None)
+
+
 def peak_point(series: dict) -> dict:
-    """The highest point of a timeline: its time, total, bytes by category, the phase it falls in."""
-    totals = [sum(series["bytes"][c][i] for c in CATEGORIES) for i in range(len(series["time_us"]))]
+    """The highest point of a timeline: its event, time, total, bytes by category, the phase it falls in."""
+    totals = [sum(series["bytes"][c][i] for c in CATEGORIES) for i in range(len(series["event"]))]
     i = max(range(len(totals)), key=totals.__getitem__)
     t = series["time_us"][i]
-    phase = next((p for p in series["phases"] if p["start_us"] <= t <= p["end_us"]), None)
+    phase = phase_of(series, series["event"][i])
     by_cat = {c: series["bytes"][c][i] for c in CATEGORIES}
     holder = max(CATEGORIES, key=by_cat.__getitem__)
-    return {"time_us": t, "total_bytes": totals[i], "by_category_bytes": by_cat,
+    return {"event": series["event"][i], "time_us": t, "total_bytes": totals[i], "by_category_bytes": by_cat,
             "phase": phase["phase"] if phase else "between", "step": phase["step"] if phase else None,
             "micro": phase["micro"] if phase else None, "holder": holder, "holder_label": LABELS[holder],
+            "holder_bytes": by_cat[holder],
             "holder_share": by_cat[holder] / totals[i] if totals[i] else 0.0}
 
 
@@ -279,10 +290,11 @@ def agreement(peak: dict, tracker: dict) -> dict:
                         "difference_share": abs(a - b) / total if total else 0.0}
     worst = max(groups, key=lambda g: groups[g]["difference_share"] if g != "inputs" else -1.0)
     ratio = peak["total_bytes"] / total if total else 1.0
+    allowed = max(AGREEMENT_TOLERANCE_RATIO * total, AGREEMENT_TOLERANCE_BYTES)
     return {"total_ratio": ratio, "groups": groups, "worst_group": worst,
             "worst_share": groups[worst]["difference_share"],
-            "within_tolerance": abs(ratio - 1) <= AGREEMENT_TOLERANCE_RATIO
-            and groups[worst]["difference_share"] <= AGREEMENT_TOLERANCE_RATIO}
+            "within_tolerance": abs(peak["total_bytes"] - total) <= allowed
+            and abs(groups[worst]["difference_bytes"]) <= allowed}
 
 
 def estimated(model: dict, setup: str, device_type: str) -> dict:
@@ -305,13 +317,14 @@ def estimated(model: dict, setup: str, device_type: str) -> dict:
 def phase_peaks(series: dict) -> dict:
     """The highest recorded point inside each kind of phase (every step and micro-batch together)."""
     out = {}
-    for i, t in enumerate(series["time_us"]):
-        for p in series["phases"]:
-            if p["start_us"] <= t <= p["end_us"]:
-                by_cat = {c: series["bytes"][c][i] for c in CATEGORIES}
-                total = sum(by_cat.values())
-                if p["phase"] not in out or total > out[p["phase"]]["total_bytes"]:
-                    out[p["phase"]] = {"total_bytes": total, "by_category_bytes": by_cat}
+    for i, event in enumerate(series["event"]):
+        p = phase_of(series, event)
+        if p is not None:
+            by_cat = {c: series["bytes"][c][i] for c in CATEGORIES}
+            total = sum(by_cat.values())
+            if p["phase"] not in out or total > out[p["phase"]]["total_bytes"]:
+                out[p["phase"]] = {"label": PHASE_LABELS[p["phase"]], "total_bytes": total, "by_category_bytes": by_cat,
+                                   "transient_bytes": sum(by_cat[c] for c in TRANSIENT)}
     return {ph: out[ph] for ph in PHASE_LABELS if ph in out}
 
 
@@ -319,6 +332,7 @@ def summarize_setup(name: str, x: dict, model: dict, device_type: str, plain: di
     series = x["timeline"]
     peak = peak_point(series)
     first = {c: series["bytes"][c][0] for c in CATEGORIES}
+    last = {c: series["bytes"][c][-1] for c in CATEGORIES}
     est = estimated(model, name, device_type)
     return {
         "label": SETUP_LABELS.get(name, name.replace("_", " ")),
@@ -326,6 +340,9 @@ def summarize_setup(name: str, x: dict, model: dict, device_type: str, plain: di
         "phase_peaks": phase_peaks(series),
         "peak_over_plain_ratio": peak["total_bytes"] / plain["total_bytes"] if plain else None,
         "start_bytes": sum(first.values()),
+        "start_by_category_bytes": first,
+        "end_bytes": sum(last.values()),
+        "peak_transient_bytes": sum(peak["by_category_bytes"][c] for c in TRANSIENT),
         "peak_above_start_bytes": peak["total_bytes"] - sum(first.values()),
         "agreement": agreement(peak, x["tracker"]),
         "estimator": {**est, "ratio": est["peak_bytes"] / peak["total_bytes"]},
@@ -363,6 +380,7 @@ def summarize(data: dict) -> dict:
         "setups": setups,
         "categories": {c: {"label": LABELS[c], "color": COLORS[c]} for c in CATEGORIES},
         "tolerance_ratio": AGREEMENT_TOLERANCE_RATIO,
+        "tolerance_bytes": AGREEMENT_TOLERANCE_BYTES,
         "all_within_tolerance": all(a["within_tolerance"] for a in agree),
         "worst_total_ratio": worst_total["total_ratio"],
         "worst_group_share": worst_group["worst_share"],
@@ -381,26 +399,24 @@ def summarize(data: dict) -> dict:
 # phases shaded, the peak marked.
 
 # %%
-PHASE_SHADES = {"forward": "#f2f2f2", "backward": "#e0e0e0", "optimizer_step": "#fff2cc", "zero_grad": "#ffffff"}
+PHASE_SHADES = {"forward": "#eeeeee", "backward": "#d9d9d9", "optimizer_step": "#fff2cc", "zero_grad": "#dff0f7"}
 
 
-def draw_timeline(ax, series: dict, peak: dict, title: str, mib: float = 2**20, legend: bool = False) -> None:
-    t0 = series["time_us"][0]
-    ms = [(t - t0) / 1000 for t in series["time_us"]]
+def draw_timeline(ax, series: dict, peak: dict, title: str, mib: float = 2**20) -> None:
+    """Live MiB stacked by category against the allocation events (as PyTorch's memory visualizer draws them)."""
     for p in series["phases"]:
-        ax.axvspan((p["start_us"] - t0) / 1000, (p["end_us"] - t0) / 1000, color=PHASE_SHADES[p["phase"]], lw=0)
+        if p["first_event"] is not None:
+            ax.axvspan(p["first_event"], p["last_event"], color=PHASE_SHADES[p["phase"]], lw=0)
     stacks = [[v / mib for v in series["bytes"][c]] for c in CATEGORIES]
-    ax.stackplot(ms, stacks, colors=[COLORS[c] for c in CATEGORIES], labels=[LABELS[c] for c in CATEGORIES],
-                 step="post", lw=0)
-    ax.plot([(peak["time_us"] - t0) / 1000], [peak["total_bytes"] / mib], "v", color="black", ms=7)
-    ax.annotate(f"peak {peak['total_bytes'] / mib:.1f} MiB\n{peak['phase_label']}",
-                ((peak["time_us"] - t0) / 1000, peak["total_bytes"] / mib), textcoords="offset points",
-                xytext=(4, 4), fontsize=7)
+    ax.stackplot(series["event"], stacks, colors=[COLORS[c] for c in CATEGORIES],
+                 labels=[LABELS[c] for c in CATEGORIES], step="post", lw=0)
+    ax.plot([peak["event"]], [peak["total_bytes"] / mib], "v", color="black", ms=7)
+    ax.annotate(f"peak {peak['total_bytes'] / mib:.3g} MiB, {peak['phase_label']}",
+                (peak["event"], peak["total_bytes"] / mib), textcoords="offset points", xytext=(6, 2), fontsize=7)
     ax.set_title(title, fontsize=9)
     ax.set_ylabel("MiB")
-    ax.set_ylim(0, peak["total_bytes"] / mib * 1.25)
-    if legend:
-        ax.legend(fontsize=7, loc="upper left", ncol=2)
+    ax.set_ylim(0, peak["total_bytes"] / mib * 1.2)
+    ax.set_xlim(0, max(series["event"]))
 
 
 def plot(data: dict, summary: dict) -> dict:
@@ -412,19 +428,22 @@ def plot(data: dict, summary: dict) -> dict:
     fig, axes = plt.subplots(rows, cols, figsize=(10, 2.6 * rows), sharex=False, squeeze=False)
     for k, name in enumerate(names):
         s = summary["setups"][name]
-        draw_timeline(axes[k // cols][k % cols], data["setups"][name]["timeline"], s["peak"], s["label"],
-                      legend=k == 0)
+        draw_timeline(axes[k // cols][k % cols], data["setups"][name]["timeline"], s["peak"], s["label"])
     for k in range(len(names), rows * cols):
         axes[k // cols][k % cols].set_visible(False)
     for ax in axes[-1]:
-        ax.set_xlabel("time (ms); shading: forward, backward, optimizer step")
-    fig.tight_layout()
+        ax.set_xlabel("allocation and free events")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    shades = [plt.Rectangle((0, 0), 1, 1, color=c) for c in PHASE_SHADES.values()]
+    fig.legend(handles + shades, labels + [f"{PHASE_LABELS[p]} (shading)" for p in PHASE_SHADES],
+               loc="upper center", ncol=6, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.5 / (2.6 * rows)))
     out = {"setups": fig}
     first = "plain" if "plain" in names else names[0]
     small, ax = plt.subplots(figsize=(4.2, 2.2))
     draw_timeline(ax, data["setups"][first]["timeline"], summary["setups"][first]["peak"],
                   summary["setups"][first]["label"])
-    ax.set_xlabel("time (ms)", fontsize=8)
+    ax.set_xlabel("allocation and free events", fontsize=8)
     small.tight_layout()
     out["plain"] = small
     if data["cuda"] is not None:

@@ -63,16 +63,6 @@ def keep_indices(scores: list[float], max_points: int) -> set[int]:
     return keep
 
 
-def envelope(times: list[int], rows: list[list[int]], max_points: int) -> tuple[list[int], list[list[int]]]:
-    """At most about ``max_points`` of a series, keeping in each bucket the point of highest total.
-
-    The first, the last and the highest point of the whole series always survive, so the peak (its
-    time and its bytes by category) is exactly the recorded one.
-    """
-    idx = sorted(keep_indices([sum(r) for r in rows], max_points))
-    return [times[i] for i in idx], [list(rows[i]) for i in idx]
-
-
 class TimelineRecorder:
     """Record live bytes by category on ``device`` while the block runs, with named phases.
 
@@ -127,11 +117,17 @@ class TimelineRecorder:
         if not times:
             raise RuntimeError(f"the profiler recorded no memory on {self.device}: was anything allocated there?")
         t0 = min(times[0], *(s for s, _ in spans.values())) if spans else times[0]
-        times, rows = envelope([t - t0 for t in times], rows, self.max_points)
-        phases = [{**labels, "start_us": spans[i][0] - t0, "end_us": spans[i][1] - t0}
-                  for i, labels in enumerate(self._phase_labels)]
-        return {"time_us": times, "bytes": {c: [r[k] for r in rows] for k, c in enumerate(CATEGORIES)},
-                "phases": phases}
+        times = [t - t0 for t in times]
+        keep = sorted(keep_indices([sum(r) for r in rows], self.max_points))
+        phases = []
+        for i, labels in enumerate(self._phase_labels):
+            start, end = spans[i][0] - t0, spans[i][1] - t0
+            inside = [k for k, t in enumerate(times) if start <= t <= end]
+            phases.append({**labels, "start_us": start, "end_us": end,
+                           "first_event": inside[0] if inside else None, "last_event": inside[-1] if inside else None})
+        return {"event": keep, "time_us": [times[i] for i in keep],
+                "bytes": {c: [rows[i][k] for i in keep] for k, c in enumerate(CATEGORIES)},
+                "events_count": len(times), "phases": phases}
 
 
 # ------------------------------------------------------------------------------------------ CUDA only

@@ -1,0 +1,164 @@
+"""memory_timeline: the profiler's timeline against the memory tracker, what each set-up changes, the panels,
+the page on a mini site, and the CUDA-only allocator measurements (skipped without CUDA).
+
+Every CPU test reads the one shared run of the ``test`` profile (``conftest.test_profile_data``).
+"""
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+import torch
+
+from conftest import NEEDS_CUDA, build_chapter_site, site_text, test_profile_data
+from experiments import memory_timeline as exp
+from experiments.lib import timeline
+
+PAGE = "01b-memory-over-one-step.md"
+STUBS = {p: f"# {p}\n" for p in ("01-where-the-memory-goes.md", "03-activations.md", "04-checkpointing.md",
+                                 "07-will-it-fit.md", "09-error-ledger.md")}
+
+
+@pytest.fixture(scope="module")
+def data() -> dict:
+    return test_profile_data("memory_timeline")
+
+
+@pytest.fixture(scope="module")
+def summary(data) -> dict:
+    return exp.summarize(copy.deepcopy(data))
+
+
+def test_timeline_peak_agrees_with_the_memory_tracker(data, summary) -> None:
+    """The category bytes at the timeline's peak against MemTracker's peak over the same step."""
+    assert set(data["setups"]) == set(exp.PROFILES["test"].setups)
+    for name in data["setups"]:
+        a = summary["setups"][name]["agreement"]
+        tracker_total = data["setups"][name]["tracker"]["peak_bytes"]
+        allowed = max(exp.AGREEMENT_TOLERANCE_RATIO * tracker_total, exp.AGREEMENT_TOLERANCE_BYTES)
+        # parameters, gradients and optimizer state carry the same meaning in both: equal to the byte
+        for group in ("params", "grads", "optimizer"):
+            assert a["groups"][group]["difference_bytes"] == 0, (name, group, a["groups"][group])
+        assert abs(a["groups"]["transient"]["difference_bytes"]) <= allowed, (name, a["groups"]["transient"])
+        assert abs(summary["setups"][name]["peak"]["total_bytes"] - tracker_total) <= allowed, name
+        assert a["within_tolerance"], (name, a)
+    assert summary["all_within_tolerance"]
+
+
+def test_the_peak_point_and_what_each_setup_changes(data, summary) -> None:
+    s = summary["setups"]
+    plain, full, acc, zeros = (s[n] for n in ("plain", "full_checkpointing", "accumulation", "zero_grad_zeros"))
+    params = data["model"]["params_bytes"]
+    for name, x in s.items():
+        if x is None:
+            assert name not in data["setups"]  # the page's set-ups that this profile did not record
+            continue
+        peak = x["peak"]
+        assert peak["total_bytes"] == sum(peak["by_category_bytes"].values())
+        assert peak["holder_bytes"] == max(peak["by_category_bytes"].values())
+        assert peak["phase"] in exp.PHASE_LABELS and peak["by_category_bytes"]["params"] == params
+        assert x["end_bytes"] < peak["total_bytes"]
+    assert plain["peak"]["phase"] == "backward"
+    # checkpointing keeps far fewer activations; accumulation keeps one micro-batch's
+    assert full["peak"]["by_category_bytes"]["activations"] < plain["peak"]["by_category_bytes"]["activations"] / 4
+    assert summary["accumulation_activations_ratio"] < 0.5 and acc["peak"]["by_category_bytes"]["grads"] == params
+    # set_to_none=False: the gradients are live before the step starts; True: none are
+    assert zeros["start_by_category_bytes"]["grads"] == params and plain["start_by_category_bytes"]["grads"] == 0
+    assert zeros["peak"]["total_bytes"] > plain["peak"]["total_bytes"]
+    # the phases were marked in order and the second zero_grad step was recorded
+    assert [p["step"] for p in data["setups"]["zero_grad_zeros"]["timeline"]["phases"]][-1] == 1
+    assert plain["estimator"]["peak_phase"] == "backward" and 0.5 < plain["estimator"]["ratio"] < 2
+
+
+def test_the_plot_draws_one_panel_per_setup(data, summary) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figs = exp.plot(data, summary)
+    try:
+        assert set(figs) == {"setups", "plain"}  # no allocator figure without CUDA
+        panels = [ax for ax in figs["setups"].axes if ax.get_visible()]
+        assert [ax.get_title() for ax in panels] == [summary["setups"][n]["label"] for n in data["setups"]]
+    finally:
+        for f in figs.values():
+            plt.close(f)
+
+
+def test_thinning_keeps_the_peak_the_first_and_the_last_point() -> None:
+    scores = [0, 5, 1, 9, 2, 9.5, 3, 1, 0, 4] * 50
+    keep = timeline.keep_indices(scores, 20)
+    assert {0, len(scores) - 1, scores.index(9.5)} <= keep and len(keep) <= 23
+    assert timeline.keep_indices([1, 2, 3], 20) == {0, 1, 2}
+
+
+def test_the_allocator_figures_derive_from_a_cuda_result(data) -> None:
+    """The CUDA part's derivations, on canned numbers (the measurement itself needs a GPU)."""
+    canned = copy.deepcopy(data)
+    canned["cuda"] = {
+        "context": {"device_total_bytes": 100, "device_used_bytes": 60, "allocator_reserved_bytes": 0,
+                    "outside_allocator_bytes": 60},
+        "history": {"time_us": [0, 1, 2, 3], "allocated_bytes": [10, 40, 30, 10], "reserved_bytes": [20, 64, 64, 64],
+                    "max_allocated_bytes": 40, "max_reserved_bytes": 64, "trace_events_count": 4,
+                    "snapshot_pickle_bytes": 3, "snapshot_pickle_base64": "gAN9"},
+        "default_segments": {"max_allocated_bytes": 40, "max_reserved_bytes": 64},
+        "expandable_segments": {"max_allocated_bytes": 40, "max_reserved_bytes": 48},
+        "empty_cache": {"allocated_bytes": 10, "reserved_before_bytes": 64, "reserved_after_bytes": 20},
+    }
+    c = exp.summarize(canned)["cuda"]
+    assert c["context_bytes"] == 60 and c["fragmentation_at_peak_bytes"] == 24
+    assert c["expandable_saves_bytes"] == 16 and c["empty_cache_released_bytes"] == 44
+
+
+def test_the_page_renders_this_hosts_timeline(tmp_path_factory, data, summary) -> None:
+    opt = test_profile_data("optimizer_state")
+    out = build_chapter_site(tmp_path_factory.mktemp("timeline"), {"memory_timeline": data, "optimizer_state": opt},
+                             (PAGE,), stubs=STUBS)
+    from generator.site.formatting import bytes_, ratio
+
+    text = re.sub(r"\s+", " ", site_text(out, "01b-memory-over-one-step/index.html"))
+    s = summary["setups"]
+    for expected in (
+        bytes_(s["plain"]["peak"]["total_bytes"]), bytes_(data["setups"]["plain"]["tracker"]["peak_bytes"]),
+        ratio(s["plain"]["agreement"]["total_ratio"], 4), bytes_(s["plain"]["estimator"]["peak_bytes"]),
+        bytes_(opt["optimizers"]["adamw"]["foreach"]["peak_bytes"]),
+        bytes_(s["accumulation"]["peak"]["by_category_bytes"]["activations"]),
+        ratio(summary["accumulation_activations_ratio"]), bytes_(s["full_checkpointing"]["peak"]["total_bytes"]),
+        bytes_(s["zero_grad_zeros"]["start_by_category_bytes"]["grads"]),
+        "Where is the peak of gradient accumulation, and which category holds it?",
+        "No CUDA device on this host: the allocator's facts are CUDA facts",
+    ):
+        assert expected in text, expected
+    assert "bf16 autocast" not in text  # a set-up this profile did not record is left out, not faked
+    assert 'class="hb-figure' in (out / "01b-memory-over-one-step/index.html").read_text() or "<svg" in \
+        (out / "01b-memory-over-one-step/index.html").read_text()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=f"{NEEDS_CUDA}: the caching allocator's history")
+def test_cuda_allocator_history_snapshot_and_expandable_segments() -> None:
+    import base64
+    import pickle
+
+    cfg = exp.PROFILES["test"]
+    before = timeline.cuda_memory_before_tensors("cuda")
+    c = exp.measure_cuda(cfg, "cuda", before)
+    h = c["history"]
+    snap = pickle.loads(base64.b64decode(h["snapshot_pickle_base64"]))
+    assert "segments" in snap and "device_traces" in snap and h["trace_events_count"] > 0
+    assert 0 < h["max_allocated_bytes"] <= h["max_reserved_bytes"]
+    assert max(h["allocated_bytes"]) <= max(h["reserved_bytes"])
+    assert c["expandable_segments"]["max_allocated_bytes"] > 0
+    assert c["empty_cache"]["reserved_after_bytes"] <= c["empty_cache"]["reserved_before_bytes"]
+    assert exp.summarize_cuda(c)["fragmentation_at_peak_bytes"] >= 0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason=f"{NEEDS_CUDA}: the profiler's timeline of CUDA tensors")
+def test_cuda_timeline_labels_the_step() -> None:
+    x = exp.measure_setup(exp.PROFILES["test"], "cuda", "plain")
+    params = sum(p.numel() * 4 for p in exp.build(exp.PROFILES["test"], "cpu", "none").parameters())
+    assert max(x["timeline"]["bytes"]["params"]) == params
+    assert max(x["timeline"]["bytes"]["optimizer"]) > 0 and x["tracker"]["peak_bytes"] > 0
