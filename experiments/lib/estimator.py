@@ -677,6 +677,7 @@ def calculator_inputs() -> dict:
         "for_loop_largest_tensors": FOR_LOOP_LARGEST_TENSORS,
         "no_fused": list(NO_FUSED),
         "cuda_context_bytes": CUDA_CONTEXT_BYTES,
+        "cuda_context_mib": CUDA_CONTEXT_BYTES // MIB,
         "checkpointing": list(CHECKPOINTING),
         "state_tensors_per_param": {k: v for k, v in formulas.STATE_TENSORS_PER_PARAM.items()
                                     if k in OPTIMIZERS},
