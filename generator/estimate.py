@@ -141,6 +141,10 @@ def resolve(args: argparse.Namespace) -> tuple[ModelShape | None, int | None]:
     if len(given) != 1:
         raise _InputError("give exactly one of --model, --config, --params or a typed shape "
                           f"(--family --hidden --layers --heads --vocab); got {', '.join(given) or 'none'}")
+    extras = [f"--{k.replace('_', '-')}" for k in ("head_dim", "experts", "top_k", "moe_intermediate",
+                                                  "shared_intermediate") if getattr(args, k)]
+    if extras and not typed:
+        raise _InputError(f"{extras[0]} belongs to a typed shape (--family --hidden ...), not to {given[0]}")
     if args.model:
         return builtin(args.model), None
     if args.config:

@@ -241,6 +241,11 @@ def test_typed_shape_errors_are_one_line(capsys, argv: list[str], message: str) 
     assert err.count("\n") == 1 and message in err, err
 
 
+def test_typed_shape_flags_are_not_ignored_beside_a_model(capsys) -> None:
+    assert estimate_main(["--model", "llama-2-7b", "--experts", "8"]) == 2
+    assert "--experts belongs to a typed shape (--family --hidden ...), not to --model" in capsys.readouterr().err
+
+
 # --- activations of the family-specific parts, measured on transformers' own blocks (fp32, CPU) ----------------
 
 def saved_bytes(hf, module, x, fn=None) -> int:
