@@ -38,7 +38,7 @@ def config(tmp_path: Path, content: dict | bytes | str) -> str:
     (dict(GPT2, n_layer=[12]), "field 'n_layer' must be a non-negative integer"),
     (dict(LLAMA, attention_dropout="x"), "field 'attention_dropout' must be a probability"),
     (dict(GPT2, tie_word_embeddings="false"), "field 'tie_word_embeddings' must be true or false, not 'false'"),
-    ({"model_type": "qwen2", "hidden_size": 8}, "model_type 'qwen2' is not supported"),
+    ({"model_type": "mamba", "hidden_size": 8}, "model_type 'mamba' is not supported"),
 ])
 def test_bad_configs_are_one_line_naming_the_file(tmp_path: Path, capsys, content, message: str) -> None:
     path = config(tmp_path, content)
@@ -48,7 +48,7 @@ def test_bad_configs_are_one_line_naming_the_file(tmp_path: Path, capsys, conten
 
 
 def test_an_unsupported_model_type_suggests_what_to_do(tmp_path: Path, capsys) -> None:
-    _, _, err = run(["--config", config(tmp_path, {"model_type": "qwen2"})], capsys)
+    _, _, err = run(["--config", config(tmp_path, {"model_type": "mamba"})], capsys)
     assert "--params" in err and "--family" in err
 
 

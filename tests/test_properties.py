@@ -29,7 +29,7 @@ CONFIG_KEYS = ["model_type", "n_embd", "n_layer", "n_head", "vocab_size", "n_pos
                "tie_word_embeddings", "resid_pdrop", "hidden_size", "num_hidden_layers", "num_attention_heads",
                "num_key_value_heads", "intermediate_size", "max_position_embeddings", "type_vocab_size",
                "attention_dropout", "head_dim", "rms_norm_eps"]
-VALUES = (st.sampled_from(["gpt2", "bert", "llama", "mistral", "qwen2", "false"]) | st.booleans()
+VALUES = (st.sampled_from(["gpt2", "bert", "llama", "mistral", "qwen2", "mixtral", "gemma2", "mamba", "false"]) | st.booleans()
           | st.integers(min_value=-2, max_value=10**12) | st.floats(allow_nan=True) | st.none()
           | st.lists(st.integers(), max_size=2) | st.text(max_size=4))
 CONFIGS = st.dictionaries(st.sampled_from(CONFIG_KEYS), VALUES, max_size=12)
