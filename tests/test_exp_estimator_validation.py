@@ -54,6 +54,39 @@ def test_saved_bytes_are_what_is_live_after_forward(data) -> None:
         assert before["optimizer_bytes"] == x["optimizer_state_bytes"]
 
 
+def test_autocast_cast_weights_and_the_master_layout() -> None:
+    """Autocast saves a bf16 copy of every matmul weight (not of the embedding or the norms); the master
+    layout keeps bf16 weights and gradients, an fp32 master copy and fp32 moments (2 + 2 + 4 + 8 bytes)."""
+    cfg = ev.PROFILES["test"]
+    mixed = ev.measure_case(cfg, "cpu", "llama", "bf16-mixed", "sdpa", False)
+    n = mixed["parameters"]
+    h, v = cfg.hidden, cfg.vocab
+    matmul = n - v * h - (2 * cfg.layers + 1) * h  # all but the input embedding and the RMSNorm weights
+    assert mixed["saved_bytes"]["cast_weight"] == {"bfloat16": 2 * matmul}
+    assert mixed["params_bytes"] == mixed["grads_bytes"] == 4 * n
+    master = ev.measure_case(cfg, "cpu", "llama", "bf16-master", "sdpa", False)
+    tensors = 2 + 9 * cfg.layers + 1  # embedding, lm_head, 9 per layer, final norm
+    assert master["params_bytes"] == master["grads_bytes"] == 2 * n
+    assert master["master_weights_bytes"] == 4 * n
+    assert master["optimizer_state_bytes"] == 8 * n + 4 * tensors  # exp_avg, exp_avg_sq and a step per tensor
+    assert "cast_weight" not in master["saved_bytes"]
+
+
+def test_an_estimator_without_a_peak_model_is_labelled_so(data, monkeypatch) -> None:
+    real = ev.estimator.estimate
+
+    def sum_only(*args, **kwargs) -> dict:
+        return {k: v for k, v in real(*args, **kwargs).items() if k not in ("peak_bytes", "peak_phase", "phases")}
+
+    monkeypatch.setattr(ev.estimator, "estimate", sum_only)
+    s = ev.summarize(data)
+    assert s["rules"]["estimator_peak"]["label"] == "estimator (sum of terms: no peak model yet)"
+    for c in s["cases"].values():
+        assert c["rules"]["estimator_peak"]["predicted_bytes"] == c["rules"]["sum_of_terms"]["predicted_bytes"]
+        assert not c["terms"]["step_temporaries"]["modelled"] and c["terms"]["step_temporaries"]["ratio"] is None
+        assert not c["phase_ledger"]["optimizer"]["modelled"]
+
+
 def test_the_peak_phase_is_the_largest_phase(data) -> None:
     s = ev.summarize(data)
     for key, c in s["cases"].items():
