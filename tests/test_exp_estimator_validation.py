@@ -165,6 +165,8 @@ def test_page_shows_every_case_term_by_term(site, data) -> None:
         for rule in c["rules"].values():
             assert f"total: {rule['label']} {bytes_(rule['predicted_bytes'])}" in text
             assert ratio(rule["ratio"], 4) in text
+    for rule in s["rules"].values():
+        assert f"{rule['label']} {rule['cases']} {ratio(rule['min_ratio'])} {ratio(rule['mean_ratio'])}" in text
     assert f"batch {data['batch']}, sequence {data['seq']}" in text
     assert "<svg" in (out / "09-error-ledger" / "index.html").read_text(encoding="utf-8")
 
