@@ -57,8 +57,9 @@ PROFILES = {
     "test": Config(layers=2, hidden=16, heads=2, seq=16, batch=2, vocab=32, min_run_time_s=0.01),
     "quick": Config(),
     "full": Config(layers=8, hidden=512, heads=8, seq=512, batch=8, vocab=8192, min_run_time_s=1.0),
-    # gpu: a few hundred MB of activations, so that the copies, not the launch overheads, set the time
-    "gpu": Config(layers=8, hidden=1024, heads=16, seq=1024, batch=8, vocab=8192, min_run_time_s=0.5),
+    # gpu: ~3 GB of saved activations a step (counted: 375 MB per sample), so that the copies, not the launch
+    # overheads, set the time, and the GPU plan's 30 s hold (generator/gpu_plan.py; 8 layers at seq 1024 save ~16 GB)
+    "gpu": Config(layers=4, hidden=1024, heads=16, seq=512, batch=8, vocab=8192, min_run_time_s=0.5),
 }
 
 # %% [markdown]

@@ -115,12 +115,10 @@ STEPS: tuple[Step, ...] = (
          "steps, 52 cast sweeps over 17 M gradients (2 sorts each), 3 autocast modes timed 0.3 s, 48 GradScaler "
          "steps ~4 s; +5 fixed (quick here: 5.7 s)"),
     Step("activation_offload", 15, 30,
-         "what a gpu profile of ~2.5 GB of saved activations a step costs (e.g. 4 layers x 1024 wide, seq 512, "
-         "batch 8): 3 variants (in place, memory-mapped files, pinned host memory) built (~50 M params on the "
-         "CPU, 0.3 s) and stepped ~5 times each in interleaved rounds: ~2.5 GB to files or pinned memory and "
-         "back a step, ~1 s at PCIe and page-cache speeds, ~8 s; +5 fixed. Its profile at the time of writing "
-         "(8 x 1024, seq 1024) saves ~20 GB a step (counted on this CPU: 323 MB per layer and sample) and "
-         "would not fit"),
+         "4 layers x 1024 wide, seq 512, batch 8: 3 GB of saved activations a step (counted here: 375 MB per "
+         "sample); 3 variants (in place, memory-mapped files, pinned host memory), each built (59 M params on the "
+         "CPU, 0.4 s) and stepped ~5 times in interleaved rounds: 3 GB to files or pinned memory and back, ~1 s "
+         "a step at page-cache and PCIe speeds, ~9 s; +5 fixed. (8 layers at seq 1024 would save ~16 GB a step.)"),
     Step("memory_timeline", 18, 36,
          "its gpu profile: 8 set-ups of optimizer_state's 17 M-param GPT; 11 steps recorded by the profiler, "
          "whose analysis is Python on the host's CPU (~0.5 s a step) ~6 s; the tracker's steps ~1 s; the CUDA "
