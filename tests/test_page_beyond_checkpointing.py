@@ -1,0 +1,53 @@
+"""The "Beyond checkpointing" page and its cheat-sheet part render this host's numbers: a mini site built with
+``--strict`` from the test profiles of activation_offload, activation_compression, token_budget and sac_budget."""
+import re
+
+import pytest
+
+from conftest import build_chapter_site, site_text, test_profile_data
+from experiments import activation_compression, activation_offload, sac_budget, token_budget
+from generator.site.formatting import bytes_, grouped, pct, ratio, sci
+
+MODULES = {"activation_offload": activation_offload, "activation_compression": activation_compression,
+           "token_budget": token_budget, "sac_budget": sac_budget}
+PAGE = "04b-beyond-checkpointing.md"
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    root = tmp_path_factory.mktemp("beyond")
+    data = {name: test_profile_data(name) for name in MODULES}
+    stubs = {p: f"# {p}\n" for p in ("03-activations.md", "04-checkpointing.md", "07-will-it-fit.md")}
+    out = build_chapter_site(root, data, (PAGE,), ("_cheatsheet/04b-beyond-checkpointing.md",), stubs=stubs)
+    return out, data, {name: m.summarize(data[name]) for name, m in MODULES.items()}
+
+
+def test_page_renders_the_numbers(site):
+    out, data, s = site
+    text = re.sub(r"\s+", " ", site_text(out, "04b-beyond-checkpointing/index.html"))
+    o, c, t, b = (data[n] for n in MODULES)
+    so, sc, st, sb = (s[n] for n in MODULES)
+    mm = o["variants"]["mmap_files"]
+    middle = sb["budgets"][sb["middle_key"]]
+    for expected in (
+        "memory-mapped files (saved_tensors_hooks)",   # the CPU host's offload, from the summary
+        bytes_(mm["activations_after_forward_bytes"]), bytes_(mm["disk_written_bytes"]),
+        ratio(so["variants"]["mmap_files"]["activations_ratio_vs_none"]),
+        sci(c["schemes"]["int8_tensor"]["rel_error_norm_ratio"]), ratio(sc["schemes"]["int8_tensor"]["stored_ratio"]),
+        sc["schemes"]["int8_tensor"]["worst_kind_label"], sc["kind_labels"]["attention_core"],
+        pct(st["pad_vs_pack"]["padded_waste_share"]), pct(st["corpus"]["pad_to_cap_waste_share"]),
+        grouped(t["corpus"]["docs_count"]), "pydoc_data.topics",
+        bytes_(t["frontier"]["128"]["peak_at_next_bytes"]), bytes_(t["frontier"]["16"]["estimator_peak_at_max_bytes"]),
+        bytes_(b["eager"]["saved_bytes"]), bytes_(middle["promised_bytes"]), middle["label"],
+        "Not measured: neither torchao nor bitsandbytes",
+    ):
+        assert expected in text, expected
+    assert "save_on_cpu(pin_memory=True) |" not in text  # no CUDA row on this host
+
+
+def test_cheatsheet_part_renders(site):
+    out, data, s = site
+    text = re.sub(r"\s+", " ", site_text(out, "cheatsheet/index.html"))
+    assert "Beyond checkpointing" in text
+    assert pct(s["token_budget"]["pad_vs_pack"]["packed_waste_share"]) in text
+    assert sci(data["activation_compression"]["schemes"]["int8_tensor"]["rel_error_norm_ratio"]) in text
