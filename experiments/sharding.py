@@ -60,8 +60,8 @@ PROFILES = {
     "quick": Config(),
     "full": Config(width=2048, inputs=1024, outputs=1001, batch=64, world_sizes=(1, 2, 4, 8)),
     # gpu: the GPU plan's profile, sized to its time budget (generator/gpu_plan.py, STEPS).
-    # On one GPU only world size 1 runs there; 2 and 4 run as CPU gloo ranks, each a fresh interpreter.
-    "gpu": Config(width=1024, inputs=512, outputs=1001, batch=64, world_sizes=(1, 2, 4)),
+    # On one GPU only world size 1 runs there; 2 runs as CPU gloo ranks, each a fresh interpreter (full: up to 8).
+    "gpu": Config(width=1024, inputs=512, outputs=1001, batch=64, world_sizes=(1, 2)),
 }
 
 # %% [markdown]

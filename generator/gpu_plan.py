@@ -17,9 +17,9 @@ time, each at most 10 minutes; at most 8 files come back, out of one folder. So 
   ``results/<slug>/`` and the log, one line per experiment (name, state ok / cached / failed /
   skipped, seconds, budget). The log is written beside it too. A plan killed at its limit leaves
   a valid archive of everything that finished;
-- if the budget allows, runs the CUDA-only tests with the host's own pytest
-  (``pytest -m cuda`` over ``CUDA_TEST_FILES``, which import only torch, numpy, pytest and this
-  repository at module level); their output goes into the archive and beside it.
+- if the budget allows, runs the CUDA-only tests with the host's own pytest (``pytest -m cuda``
+  over the test files that hold them, which import only torch, numpy, pytest and this repository
+  at module level); their output goes into the archive and beside it.
 
 Standard library only, like the runner: the GPU host has python3, torch, numpy and pytest, no venv
 and none of our pins. Start it with one line from the repository root:
@@ -33,6 +33,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -89,10 +90,10 @@ STEPS: tuple[Step, ...] = (
     Step("named_models", 12, 24,
          "= full: 4 set-ups of a 134 M-param GPT, each built on the CPU (0.8 s here) and stepped twice over 4 k "
          "tokens (3.3 TFLOP fp32, ~0.06 s) ~6 s; +5 fixed (quick here: 3.6 s)"),
-    Step("sharding", 18, 36,
-         "world size 1 on the GPU (NCCL init ~3 s), 2 and 4 as CPU gloo ranks: spawned interpreters importing "
-         "torch, ~4-5 s a world (quick's 2-rank world is ~4 s of its 7.5 s here); the 4.7 M-param MLP's steps "
-         "are negligible; +5 fixed. World size 8 (8 more interpreters) left to the full profile"),
+    Step("sharding", 13, 26,
+         "world size 1 on the GPU (NCCL init ~3 s), 2 as CPU gloo ranks: spawned interpreters importing torch, "
+         "~4-5 s (quick's 2-rank world is ~4 s of its 7.5 s here); the 3.7 M-param MLP's steps are negligible; "
+         "+5 fixed. World sizes 4 and 8 (more interpreters, CPU ranks anyway) are left to the full profile"),
     Step("estimator_validation", 30, 60,
          "its gpu profile: 17 cases of transformers' GPT-2, Llama, Qwen2, Gemma 2 and Mixtral classes at GPT-2 "
          "small's width, seq 1024, each built on the CPU (124-323 M params: 1.5-3.4 s on this 2-core CPU, ~1 s "
@@ -131,6 +132,10 @@ STEPS: tuple[Step, ...] = (
          "its gpu profile: 5 storage formats x 600 Adam steps of a 4 x 128 transformer over the digits, every "
          "saved tensor packed and unpacked by hooks: launch-bound, ~5 ms a step, ~15 s; the gradient checks per "
          "kind of activation ~2 s; +5 fixed"),
+    Step("sac_budget", 22, 44,
+         "4 layers x 512 wide, seq 512: one torch.compile (aot_eager partitioner) per budget, 3 budgets, Python "
+         "on the host's CPU: 3-6 s each for quick's 2 layers on this (shared) CPU, ~4 s each there, with dynamo's "
+         "import ~3 s; eager reference and interleaved timing 0.3 s x 4 ~2 s; +5 fixed"),
     Step("weight_decay", 11, 22,
          "= full: 5 optimizers x 2000 steps x 2 launch-bound updates of tiny tensors (~250 us a step) ~2.5 s, "
          "164 M noise samples drawn on the CPU ~1.5 s, a 110 M-param transformer built on the CPU ~0.7 s; +5 fixed "
@@ -155,21 +160,20 @@ STEPS: tuple[Step, ...] = (
          "= quick: ~1,200 fine-tuning steps of a tiny MobileNetV2-like net, launch-bound at about this CPU's "
          "per-op cost: ~10 s like here (11.5 s); +5 fixed"),
 )
-# The CUDA-only tests: pytest start and collection (torch and 7 experiment modules) ~6 s, CUDA
-# context ~2 s, 7 tests on test-sized configs ~10 s.
-CUDA_TESTS = Step("cuda-tests", 25, 50, "pytest -m cuda over CUDA_TEST_FILES")
-# The files that hold tests marked `cuda` (tests/conftest.py marks every test skipped with a reason
-# starting "needs CUDA"); the GPU host lacks pytest-xdist, hypothesis, matplotlib and mkdocs, and these
-# import none of them at module level (tests/test_gpu_plan.py checks both).
-CUDA_TEST_FILES = (
-    "tests/test_exp_hardware.py",
-    "tests/test_exp_optimizer_state.py",
-    "tests/test_exp_activation_memory.py",
-    "tests/test_exp_checkpointing.py",
-    "tests/test_exp_mixed_precision.py",
-    "tests/test_exp_grad_accumulation.py",
-    "tests/test_exp_activation_offload.py",
-)
+# The CUDA-only tests: pytest start and collection (torch and 8 experiment modules) ~6 s, CUDA
+# context ~2 s, 8 tests on test-sized configs ~10 s.
+CUDA_TESTS = Step("cuda-tests", 25, 50, "pytest -m cuda over the files that hold CUDA tests")
+# The files that hold tests marked `cuda`: tests/conftest.py marks every test skipped with a reason
+# that starts "needs CUDA" (NEEDS_CUDA there), and the plan finds their files by that decorator. The GPU
+# host lacks pytest-xdist, hypothesis, matplotlib and mkdocs; these files import none of them at module
+# level (tests/test_gpu_plan.py checks), and pytest collects only them.
+CUDA_SKIP = re.compile(r'^@pytest\.mark\.skipif\(.*reason=f?"(needs CUDA|\{NEEDS_CUDA\})', flags=re.M)
+
+
+def cuda_test_files(root: Path) -> tuple[str, ...]:
+    """``tests/test_*.py`` files under ``root`` with a test that skips without CUDA, as paths relative to it."""
+    return tuple(f"tests/{p.name}" for p in sorted((Path(root) / "tests").glob("test_*.py"))
+                 if CUDA_SKIP.search(p.read_text(encoding="utf-8", errors="replace")))
 
 
 # ------------------------------------------------------------------------------------------ files
@@ -324,7 +328,7 @@ class Plan:
     force: bool = False
     margin: float = MARGIN
     steps: tuple[Step, ...] = STEPS
-    test_files: tuple[str, ...] = CUDA_TEST_FILES
+    test_files: tuple[str, ...] | None = None  # default: cuda_test_files(root)
     clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
@@ -432,7 +436,7 @@ class Plan:
             self.log.add(log_line(step.name, "skipped", 0.0, step.budget_s, step.predicted_s,
                                   f"predicted {step.predicted_s:.0f} s, {max(left, 0):.0f} s left"))
             return
-        files = [f for f in self.test_files if (self.root / f).is_file()]
+        files = [f for f in (self.test_files or cuda_test_files(self.root)) if (self.root / f).is_file()]
         if not files:
             self.log.add(log_line(step.name, "skipped", 0.0, budget, step.predicted_s, "no CUDA test files here"))
             return
