@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import build_chapter_site, site_text, test_profile_data
-from experiments import named_models, sharding
+from experiments import activation_memory, named_models, sharding
 from generator.site.formatting import bytes_, grouped, ratio
 from test_exp_sharding import two_ranks
 
@@ -15,9 +15,12 @@ PAGES = ("07-will-it-fit.md", "08-named-models.md", "calculator.md")
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     root = tmp_path_factory.mktemp("will_it_fit")
-    data = {"sharding": two_ranks(), "named_models": test_profile_data("named_models")}
-    out = build_chapter_site(root, data, PAGES, ("_cheatsheet/07-will-it-fit.md",), ("assets/calculator.js",))
-    summary = {"sharding": sharding.summarize(data["sharding"]), "named_models": named_models.summarize(data["named_models"])}
+    data = {"sharding": two_ranks(), "named_models": test_profile_data("named_models"),
+            "activation_memory": test_profile_data("activation_memory")}  # autocast's weight copies
+    out = build_chapter_site(root, data, PAGES, ("_cheatsheet/07-will-it-fit.md",), ("assets/calculator.js",),
+                             stubs={"03-activations.md": "# Activations\n"})
+    summary = {"sharding": sharding.summarize(data["sharding"]), "named_models": named_models.summarize(data["named_models"]),
+               "activation_memory": activation_memory.summarize(data["activation_memory"])}
     return out, data, summary
 
 
@@ -58,6 +61,8 @@ def test_named_models_page(site) -> None:
     v = n["validation"]["none"]["terms"]
     assert bytes_(v["optimizer"]["measured_bytes"]) in text and ratio(v["activations"]["ratio"], 4) in text
     assert "bf16 autocast activations after forward" in " ".join(text.split())  # labels from the summary
+    cache = summary["activation_memory"]["autocast_weight_cache"]
+    assert f"{bytes_(cache['bytes'])} for one layer's {grouped(cache['weights'])} matrix weights" in " ".join(text.split())
     assert f"vocabulary {data['named_models']['shape']['vocab']}" in text
 
 
