@@ -227,7 +227,7 @@ def read_archive(path: Path) -> tuple[str, dict[str, dict], str]:
     try:
         with tarfile.open(path, mode="r:gz") as tar:
             members = tar.getmembers()
-            slugs = {m.name.split("/")[1] for m in members if m.name.startswith("results/") and m.name.count("/") >= 1}
+            slugs = {m.name.split("/")[1] for m in members if m.name.startswith("results/")}
             if len(slugs) != 1:
                 raise RunError(f"{path}: holds results of {len(slugs)} hosts ({', '.join(sorted(slugs))}), not one")
             slug = slugs.pop()
@@ -235,9 +235,9 @@ def read_archive(path: Path) -> tuple[str, dict[str, dict], str]:
             for m in members:
                 if m.name in ("results", f"results/{slug}") and m.isdir():
                     continue
-                if m.name == LOG or m.name == TESTS_LOG:
-                    text = tar.extractfile(m).read().decode("utf-8")
-                    log = text if m.name == LOG else log
+                if m.name in (LOG, TESTS_LOG):
+                    if m.name == LOG:
+                        log = tar.extractfile(m).read().decode("utf-8")
                     continue
                 parent, _, name = m.name.rpartition("/")
                 if parent != f"results/{slug}" or not m.isfile() or not name.endswith(".json"):
