@@ -42,15 +42,15 @@ from experiments.lib.memory import MemoryTracker, param_bytes
 from experiments.lib.threads import single_thread
 
 # The set-ups, in the order of the page's panels: (checkpointing, optimizer implementation,
-# micro-batches, set_to_none, autocast, recorded steps).
+# micro-batches, set_to_none, autocast, recorded steps; 0: Config.zero_grad_steps).
 SETUPS = {
     "plain": ("none", "foreach", 1, True, False, 1),
     "full_checkpointing": ("full", "foreach", 1, True, False, 1),
     "selective_checkpointing": ("selective", "foreach", 1, True, False, 1),
     "accumulation": ("none", "foreach", 4, True, False, 1),
     "for_loop": ("none", "for-loop", 1, True, False, 1),
-    "zero_grad_none": ("none", "foreach", 1, True, False, 2),
-    "zero_grad_zeros": ("none", "foreach", 1, False, False, 2),
+    "zero_grad_none": ("none", "foreach", 1, True, False, 0),
+    "zero_grad_zeros": ("none", "foreach", 1, False, False, 0),
     "autocast_bf16": ("none", "foreach", 1, True, True, 1),
 }
 
@@ -64,6 +64,7 @@ class Config:
     seq: int = 64
     batch: int = 8
     micro_batches: int = 4              # the accumulation set-up: batch / micro_batches per backward
+    zero_grad_steps: int = 2            # steps recorded by the zero_grad set-ups (after the warm-up step)
     setups: tuple[str, ...] = tuple(SETUPS)
     max_points: int = 300               # per timeline; the peak point is always kept (lib/timeline.py)
     snapshot_max_entries: int = 20000   # CUDA: the allocator's history of the plain step
@@ -71,7 +72,7 @@ class Config:
 
 PROFILES = {
     # test: four set-ups (every recorded step costs ~0.25 s of the profiler's analysis, Python, even this small)
-    "test": Config(vocab=32, d_model=16, layers=1, heads=2, seq=8, batch=4, max_points=120,
+    "test": Config(vocab=32, d_model=16, layers=1, heads=2, seq=8, batch=4, max_points=120, zero_grad_steps=1,
                    setups=("plain", "full_checkpointing", "accumulation", "zero_grad_zeros")),
     # quick, full and gpu: the model of the optimizer chapter (experiments/optimizer_state.py) at the same
     # profile, so that its plain step is that chapter's AdamW foreach step
@@ -79,6 +80,7 @@ PROFILES = {
     "full": Config(vocab=32000, d_model=1024, layers=8, heads=16, seq=512, batch=8),
     # gpu: the GPU plan's profile (generator/gpu_plan.py): 8 set-ups of a 17 M-param GPT, 11 recorded steps whose
     # profiler analysis is Python work on the host's CPU (~0.5 s a step), the tracker's steps, the CUDA history
+    # predicted ~18 s there: the profiler's analysis is ~1.7x quick's ops (7.6 s of CPU here, 2 s of it imports)
     "gpu": Config(vocab=8192, d_model=512, layers=4, heads=8, seq=256, batch=8),
 }
 TIMEOUT_S = 600
@@ -153,7 +155,7 @@ def make_step(cfg: Config, device: str, setup: str) -> tuple[nn.Module, torch.op
 
 def measure_setup(cfg: Config, device: str, setup: str) -> dict:
     """The profiler's timeline of the recorded steps, then the memory tracker's peak over the same steps."""
-    steps = SETUPS[setup][5]
+    steps = SETUPS[setup][5] or cfg.zero_grad_steps
     model, opt, step = make_step(cfg, device, setup)
     step(NoPhases(), -1)  # warm-up: the optimizer state exists from here on
     recorder = timeline.TimelineRecorder(device, cfg.max_points)
@@ -233,8 +235,8 @@ COLORS = {"params": "#4c72b0", "grads": "#dd8452", "optimizer": "#55a868", "acti
 SETUP_LABELS = {"plain": "plain fp32 AdamW (foreach)", "full_checkpointing": "full checkpointing (every layer)",
                 "selective_checkpointing": "selective checkpointing (attention core)",
                 "accumulation": "gradient accumulation", "for_loop": "for-loop optimizer step",
-                "zero_grad_none": "zero_grad(set_to_none=True), two steps",
-                "zero_grad_zeros": "zero_grad(set_to_none=False), two steps", "autocast_bf16": "bf16 autocast"}
+                "zero_grad_none": "zero_grad(set_to_none=True)",
+                "zero_grad_zeros": "zero_grad(set_to_none=False)", "autocast_bf16": "bf16 autocast"}
 PHASE_LABELS = {"forward": "forward", "backward": "backward", "optimizer_step": "optimizer step",
                 "zero_grad": "zero_grad", "between": "between phases"}
 # The groups in which the two instruments' labels mean the same thing. The tracker calls everything
@@ -383,6 +385,7 @@ def summarize(data: dict) -> dict:
         "tolerance_bytes": AGREEMENT_TOLERANCE_BYTES,
         "all_within_tolerance": all(a["within_tolerance"] for a in agree),
         "worst_total_ratio": worst_total["total_ratio"],
+        "worst_total_difference_share": abs(worst_total["total_ratio"] - 1),
         "worst_group_share": worst_group["worst_share"],
         "worst_group": worst_group["worst_group"],
         # accumulation: the activations at its peak over the plain step's (same effective batch)
@@ -402,7 +405,7 @@ def summarize(data: dict) -> dict:
 PHASE_SHADES = {"forward": "#eeeeee", "backward": "#d9d9d9", "optimizer_step": "#fff2cc", "zero_grad": "#dff0f7"}
 
 
-def draw_timeline(ax, series: dict, peak: dict, title: str, mib: float = 2**20) -> None:
+def draw_timeline(ax, series: dict, peak: dict, title: str, mib: float = 2**20, annotate: bool = True) -> None:
     """Live MiB stacked by category against the allocation events (as PyTorch's memory visualizer draws them)."""
     for p in series["phases"]:
         if p["first_event"] is not None:
@@ -411,8 +414,9 @@ def draw_timeline(ax, series: dict, peak: dict, title: str, mib: float = 2**20) 
     ax.stackplot(series["event"], stacks, colors=[COLORS[c] for c in CATEGORIES],
                  labels=[LABELS[c] for c in CATEGORIES], step="post", lw=0)
     ax.plot([peak["event"]], [peak["total_bytes"] / mib], "v", color="black", ms=7)
-    ax.annotate(f"peak {peak['total_bytes'] / mib:.3g} MiB, {peak['phase_label']}",
-                (peak["event"], peak["total_bytes"] / mib), textcoords="offset points", xytext=(6, 2), fontsize=7)
+    if annotate:
+        ax.annotate(f"peak {peak['total_bytes'] / mib:.3g} MiB, {peak['phase_label']}",
+                    (peak["event"], peak["total_bytes"] / mib), textcoords="offset points", xytext=(6, 2), fontsize=7)
     ax.set_title(title, fontsize=9)
     ax.set_ylabel("MiB")
     ax.set_ylim(0, peak["total_bytes"] / mib * 1.2)
@@ -442,8 +446,12 @@ def plot(data: dict, summary: dict) -> dict:
     first = "plain" if "plain" in names else names[0]
     small, ax = plt.subplots(figsize=(4.2, 2.2))
     draw_timeline(ax, data["setups"][first]["timeline"], summary["setups"][first]["peak"],
-                  summary["setups"][first]["label"])
+                  summary["setups"][first]["label"], annotate=False)
     ax.set_xlabel("allocation and free events", fontsize=8)
+    ax.set_ylim(0, summary["setups"][first]["peak"]["total_bytes"] / 2**20 * 1.7)
+    shown = [c for c in CATEGORIES if max(data["setups"][first]["timeline"]["bytes"][c]) > 0]
+    ax.legend([plt.Rectangle((0, 0), 1, 1, color=COLORS[c]) for c in shown], [LABELS[c] for c in shown],
+              fontsize=6, ncol=3, loc="upper right", frameon=False)
     small.tight_layout()
     out["plain"] = small
     if data["cuda"] is not None:

@@ -16,6 +16,7 @@ from experiments import memory_timeline as exp
 from experiments.lib import timeline
 
 PAGE = "01b-memory-over-one-step.md"
+PART = "_cheatsheet/01b-memory-over-one-step.md"
 STUBS = {p: f"# {p}\n" for p in ("01-where-the-memory-goes.md", "03-activations.md", "04-checkpointing.md",
                                  "07-will-it-fit.md", "09-error-ledger.md")}
 
@@ -66,25 +67,11 @@ def test_the_peak_point_and_what_each_setup_changes(data, summary) -> None:
     # set_to_none=False: the gradients are live before the step starts; True: none are
     assert zeros["start_by_category_bytes"]["grads"] == params and plain["start_by_category_bytes"]["grads"] == 0
     assert zeros["peak"]["total_bytes"] > plain["peak"]["total_bytes"]
-    # the phases were marked in order and the second zero_grad step was recorded
-    assert [p["step"] for p in data["setups"]["zero_grad_zeros"]["timeline"]["phases"]][-1] == 1
+    # the phases were marked in order, step by step
+    steps = exp.PROFILES["test"].zero_grad_steps
+    assert [p["step"] for p in data["setups"]["zero_grad_zeros"]["timeline"]["phases"]][-1] == steps - 1
+    assert data["setups"]["zero_grad_zeros"]["steps"] == steps
     assert plain["estimator"]["peak_phase"] == "backward" and 0.5 < plain["estimator"]["ratio"] < 2
-
-
-def test_the_plot_draws_one_panel_per_setup(data, summary) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figs = exp.plot(data, summary)
-    try:
-        assert set(figs) == {"setups", "plain"}  # no allocator figure without CUDA
-        panels = [ax for ax in figs["setups"].axes if ax.get_visible()]
-        assert [ax.get_title() for ax in panels] == [summary["setups"][n]["label"] for n in data["setups"]]
-    finally:
-        for f in figs.values():
-            plt.close(f)
 
 
 def test_thinning_keeps_the_peak_the_first_and_the_last_point() -> None:
@@ -112,11 +99,17 @@ def test_the_allocator_figures_derive_from_a_cuda_result(data) -> None:
     assert c["expandable_saves_bytes"] == 16 and c["empty_cache_released_bytes"] == 44
 
 
-def test_the_page_renders_this_hosts_timeline(tmp_path_factory, data, summary) -> None:
-    opt = test_profile_data("optimizer_state")
-    out = build_chapter_site(tmp_path_factory.mktemp("timeline"), {"memory_timeline": data, "optimizer_state": opt},
-                             (PAGE,), stubs=STUBS)
-    from generator.site.formatting import bytes_, ratio
+@pytest.fixture(scope="module")
+def page_site(tmp_path_factory, data):
+    """The chapter and its cheat-sheet part on a mini site over the test profile's run."""
+    data = {"memory_timeline": data, "optimizer_state": test_profile_data("optimizer_state")}
+    return build_chapter_site(tmp_path_factory.mktemp("timeline"), data, (PAGE,), (PART,), stubs=STUBS)
+
+
+def test_the_page_renders_this_hosts_timeline(page_site, data, summary) -> None:
+    from generator.site.formatting import bytes_, pct, ratio
+
+    out, opt = page_site, test_profile_data("optimizer_state")
 
     text = re.sub(r"\s+", " ", site_text(out, "01b-memory-over-one-step/index.html"))
     s = summary["setups"]
@@ -131,9 +124,22 @@ def test_the_page_renders_this_hosts_timeline(tmp_path_factory, data, summary) -
         "No CUDA device on this host: the allocator's facts are CUDA facts",
     ):
         assert expected in text, expected
+    sheet = re.sub(r"\s+", " ", site_text(out, "cheatsheet/index.html"))
+    pk = s["plain"]["peak"]
+    assert f"Peak {bytes_(pk['total_bytes'])} in {pk['phase_label']} (largest: {pk['holder_label']}, " \
+           f"{pct(pk['holder_share'], 0)})" in sheet
     assert "bf16 autocast" not in text  # a set-up this profile did not record is left out, not faked
-    assert 'class="hb-figure' in (out / "01b-memory-over-one-step/index.html").read_text() or "<svg" in \
-        (out / "01b-memory-over-one-step/index.html").read_text()
+
+
+def test_the_plot_draws_one_panel_per_setup(page_site, data, summary) -> None:
+    """The page's figure (drawn by ``plot`` at build time): one titled panel per recorded set-up, the legend once."""
+    html = (page_site / "01b-memory-over-one-step/index.html").read_text(encoding="utf-8")
+    svgs = re.findall(r"<svg.*?</svg>", html, re.S)
+    panels = next(svg for svg in svgs if "allocation and free events" in svg and "zero_grad (shading)" in svg)
+    titles = [summary["setups"][n]["label"] for n in data["setups"]]
+    assert all(panels.count(f">{t}<") == 1 for t in titles), titles
+    assert panels.count(">MiB<") == len(titles)  # one y axis per panel, none for the hidden spare axes
+    assert ">parameters<" in panels and panels.count(">optimizer state<") == 1
 
 
 @pytest.mark.cuda
