@@ -81,6 +81,22 @@ def test_thinning_keeps_the_peak_the_first_and_the_last_point() -> None:
     assert timeline.keep_indices([1, 2, 3], 20) == {0, 1, 2}
 
 
+def test_the_allocator_history_replays_to_allocated_and_reserved() -> None:
+    """The CUDA history's trace, as ``_snapshot()`` returns it, replayed (a canned trace: no GPU needed)."""
+    trace = [{"action": "segment_alloc", "size": 2048, "time_us": 100}, {"action": "alloc", "size": 512, "time_us": 101},
+             {"action": "alloc", "size": 1024, "time_us": 102}, {"action": "free_requested", "size": 512, "time_us": 103},
+             {"action": "free_completed", "size": 512, "time_us": 103}, {"action": "segment_map", "size": 4096},
+             {"action": "segment_unmap", "size": 4096}, {"action": "snapshot", "size": 0}]
+    s = timeline.allocator_series(trace, allocated0=256, reserved0=1024, max_points=400)
+    assert s["allocated_bytes"] == [256, 256, 768, 1792, 1280, 1280, 1280]
+    assert s["reserved_bytes"] == [1024, 3072, 3072, 3072, 3072, 7168, 3072]
+    assert s["time_us"][:5] == [0, 0, 1, 2, 3]
+    snap = {"segments": [], "device_traces": [[{"action": "alloc", "size": 1,
+                                                "frames": [{"filename": "f.py", "line": i, "name": "g"} for i in range(30)]}]]}
+    timeline._trim_frames(snap, 8)
+    assert [f["line"] for f in snap["device_traces"][0][0]["frames"]] == list(range(8))
+
+
 def test_the_allocator_figures_derive_from_a_cuda_result(data) -> None:
     """The CUDA part's derivations, on canned numbers (the measurement itself needs a GPU)."""
     canned = copy.deepcopy(data)

@@ -78,8 +78,8 @@ class TimelineRecorder:
     def __enter__(self) -> "TimelineRecorder":
         from torch.profiler import ProfilerActivity, profile
 
-        self._prof = profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True,
-                             with_stack=True)
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+        self._prof = profile(activities=activities, profile_memory=True, record_shapes=True, with_stack=True)
         self._prof.__enter__()
         return self
 
@@ -143,19 +143,55 @@ def cuda_memory_before_tensors(device: str | torch.device) -> dict:
 
 
 def _trim_frames(snapshot: dict, frames: int) -> None:
-    """Keep the innermost ``frames`` frames of each stack (the download stays small)."""
+    """Keep the innermost ``frames`` frames of each stack, their strings shared (pickle then stores each once)."""
+    strings: dict[str, str] = {}
+
+    def trim(stack: list) -> list:
+        return [{k: strings.setdefault(v, v) if isinstance(v, str) else v for k, v in f.items()}
+                for f in stack[:frames]]
+
     for seg in snapshot.get("segments", []):
         for block in seg.get("blocks", []):
             if "frames" in block:
-                block["frames"] = block["frames"][:frames]
+                block["frames"] = trim(block["frames"])
     for trace in snapshot.get("device_traces", []):
         for entry in trace:
             if "frames" in entry:
-                entry["frames"] = entry["frames"][:frames]
+                entry["frames"] = trim(entry["frames"])
+
+
+def allocator_series(trace: list[dict], allocated0: int, reserved0: int, max_points: int) -> dict:
+    """Allocated and reserved bytes after each event of the allocator's history, from their values at its start.
+
+    Allocated follows ``alloc`` and ``free_completed``; reserved follows ``segment_alloc``/``segment_map``
+    and ``segment_free``/``segment_unmap`` (``expandable_segments`` maps and unmaps pages). Thinned to about
+    ``max_points``, keeping both peaks.
+    """
+    allocated, reserved = allocated0, reserved0
+    times, rows = [0], [[allocated0, reserved0]]
+    t0 = next((e["time_us"] for e in trace if "time_us" in e), 0)
+    for i, e in enumerate(trace):
+        action, size = e["action"], int(e["size"])
+        if action == "alloc":
+            allocated += size
+        elif action == "free_completed":
+            allocated -= size
+        elif action in ("segment_alloc", "segment_map"):
+            reserved += size
+        elif action in ("segment_free", "segment_unmap"):
+            reserved -= size
+        else:
+            continue
+        times.append(int(e.get("time_us", t0 + i)) - t0)
+        rows.append([allocated, reserved])
+    idx = sorted(keep_indices([r[0] for r in rows], max_points // 2)
+                 | keep_indices([r[1] for r in rows], max_points // 2))
+    return {"time_us": [times[i] for i in idx], "allocated_bytes": [rows[i][0] for i in idx],
+            "reserved_bytes": [rows[i][1] for i in idx]}
 
 
 def record_cuda_history(fn: Callable[[], None], device: str | torch.device, max_entries: int = 20000,
-                        frames: int = 12, max_points: int = 400) -> dict:
+                        frames: int = 8, max_points: int = 400) -> dict:
     """Run ``fn`` under the caching allocator's history; allocated and reserved bytes over it, and the snapshot.
 
     The allocated series counts ``alloc`` and ``free_completed`` events, the reserved series
@@ -176,31 +212,11 @@ def record_cuda_history(fn: Callable[[], None], device: str | torch.device, max_
         torch.cuda.memory._record_memory_history(enabled=None)
     max_allocated, max_reserved = torch.cuda.max_memory_allocated(dev), torch.cuda.max_memory_reserved(dev)
     trace = snapshot["device_traces"][dev.index] if len(snapshot["device_traces"]) > dev.index else []
-    allocated, reserved = allocated0, reserved0
-    times, rows = [0], [[allocated0, reserved0]]
-    t0 = next((e["time_us"] for e in trace if "time_us" in e), 0)
-    for i, e in enumerate(trace):
-        action, size = e["action"], int(e["size"])
-        if action == "alloc":
-            allocated += size
-        elif action == "free_completed":
-            allocated -= size
-        elif action in ("segment_alloc", "segment_map"):
-            reserved += size
-        elif action in ("segment_free", "segment_unmap"):
-            reserved -= size
-        else:
-            continue
-        times.append(int(e.get("time_us", t0 + i)) - t0)
-        rows.append([allocated, reserved])
-    # both peaks survive the thinning: the allocated one and the reserved one
-    idx = sorted(keep_indices([r[0] for r in rows], max_points // 2) | keep_indices([r[1] for r in rows], max_points // 2))
+    series = allocator_series(trace, allocated0, reserved0, max_points)
     _trim_frames(snapshot, frames)
     raw = pickle.dumps(snapshot)
     return {
-        "time_us": [times[i] for i in idx],
-        "allocated_bytes": [rows[i][0] for i in idx],
-        "reserved_bytes": [rows[i][1] for i in idx],
+        **series,
         "max_allocated_bytes": int(max_allocated),
         "max_reserved_bytes": int(max_reserved),
         "trace_events_count": len(trace),
