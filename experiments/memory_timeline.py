@@ -405,7 +405,8 @@ def summarize(data: dict) -> dict:
 PHASE_SHADES = {"forward": "#eeeeee", "backward": "#d9d9d9", "optimizer_step": "#fff2cc", "zero_grad": "#dff0f7"}
 
 
-def draw_timeline(ax, series: dict, peak: dict, title: str, mib: float = 2**20, annotate: bool = True) -> None:
+def draw_timeline(ax, series: dict, peak: dict, title: str, top_bytes: int, mib: float = 2**20,
+                  annotate: bool = True) -> None:
     """Live MiB stacked by category against the allocation events (as PyTorch's memory visualizer draws them)."""
     for p in series["phases"]:
         if p["first_event"] is not None:
@@ -419,7 +420,7 @@ def draw_timeline(ax, series: dict, peak: dict, title: str, mib: float = 2**20, 
                     (peak["event"], peak["total_bytes"] / mib), textcoords="offset points", xytext=(6, 2), fontsize=7)
     ax.set_title(title, fontsize=9)
     ax.set_ylabel("MiB")
-    ax.set_ylim(0, peak["total_bytes"] / mib * 1.2)
+    ax.set_ylim(0, top_bytes / mib)
     ax.set_xlim(0, max(series["event"]))
 
 
@@ -429,10 +430,12 @@ def plot(data: dict, summary: dict) -> dict:
     names = [n for n, s in summary["setups"].items() if s]
     cols = 2
     rows = -(-len(names) // cols)
+    # one y scale for every panel, so that heights compare across set-ups
+    top = 1.2 * max(summary["setups"][n]["peak"]["total_bytes"] for n in names)
     fig, axes = plt.subplots(rows, cols, figsize=(10, 2.6 * rows), sharex=False, squeeze=False)
     for k, name in enumerate(names):
         s = summary["setups"][name]
-        draw_timeline(axes[k // cols][k % cols], data["setups"][name]["timeline"], s["peak"], s["label"])
+        draw_timeline(axes[k // cols][k % cols], data["setups"][name]["timeline"], s["peak"], s["label"], top)
     for k in range(len(names), rows * cols):
         axes[k // cols][k % cols].set_visible(False)
     for ax in axes[-1]:
@@ -446,9 +449,9 @@ def plot(data: dict, summary: dict) -> dict:
     first = "plain" if "plain" in names else names[0]
     small, ax = plt.subplots(figsize=(4.2, 2.2))
     draw_timeline(ax, data["setups"][first]["timeline"], summary["setups"][first]["peak"],
-                  summary["setups"][first]["label"], annotate=False)
+                  summary["setups"][first]["label"], int(1.7 * summary["setups"][first]["peak"]["total_bytes"]),
+                  annotate=False)
     ax.set_xlabel("allocation and free events", fontsize=8)
-    ax.set_ylim(0, summary["setups"][first]["peak"]["total_bytes"] / 2**20 * 1.7)
     shown = [c for c in CATEGORIES if max(data["setups"][first]["timeline"]["bytes"][c]) > 0]
     ax.legend([plt.Rectangle((0, 0), 1, 1, color=COLORS[c]) for c in shown], [LABELS[c] for c in shown],
               fontsize=6, ncol=3, loc="upper right", frameon=False)
