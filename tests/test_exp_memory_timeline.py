@@ -97,28 +97,38 @@ def test_the_allocator_history_replays_to_allocated_and_reserved() -> None:
     assert [f["line"] for f in snap["device_traces"][0][0]["frames"]] == list(range(8))
 
 
+MIB = 2**20
+# What measure_cuda returns, canned (the measurement itself needs a GPU; see the CUDA tests below)
+CANNED_CUDA = {
+    "context": {"device_total_bytes": 1000 * MIB, "device_used_bytes": 600 * MIB, "allocator_reserved_bytes": 0,
+                "outside_allocator_bytes": 600 * MIB},
+    "history": {"time_us": [0, 1, 2, 3], "allocated_bytes": [10 * MIB, 40 * MIB, 30 * MIB, 10 * MIB],
+                "reserved_bytes": [20 * MIB, 64 * MIB, 64 * MIB, 64 * MIB], "max_allocated_bytes": 40 * MIB,
+                "max_reserved_bytes": 64 * MIB, "trace_events_count": 4, "snapshot_pickle_bytes": 3,
+                "snapshot_pickle_base64": "gAN9"},
+    "default_segments": {"max_allocated_bytes": 40 * MIB, "max_reserved_bytes": 64 * MIB},
+    "expandable_segments": {"max_allocated_bytes": 40 * MIB, "max_reserved_bytes": 48 * MIB},
+    "empty_cache": {"allocated_bytes": 10 * MIB, "reserved_before_bytes": 64 * MIB, "reserved_after_bytes": 20 * MIB},
+}
+
+
 def test_the_allocator_figures_derive_from_a_cuda_result(data) -> None:
-    """The CUDA part's derivations, on canned numbers (the measurement itself needs a GPU)."""
-    canned = copy.deepcopy(data)
-    canned["cuda"] = {
-        "context": {"device_total_bytes": 100, "device_used_bytes": 60, "allocator_reserved_bytes": 0,
-                    "outside_allocator_bytes": 60},
-        "history": {"time_us": [0, 1, 2, 3], "allocated_bytes": [10, 40, 30, 10], "reserved_bytes": [20, 64, 64, 64],
-                    "max_allocated_bytes": 40, "max_reserved_bytes": 64, "trace_events_count": 4,
-                    "snapshot_pickle_bytes": 3, "snapshot_pickle_base64": "gAN9"},
-        "default_segments": {"max_allocated_bytes": 40, "max_reserved_bytes": 64},
-        "expandable_segments": {"max_allocated_bytes": 40, "max_reserved_bytes": 48},
-        "empty_cache": {"allocated_bytes": 10, "reserved_before_bytes": 64, "reserved_after_bytes": 20},
-    }
-    c = exp.summarize(canned)["cuda"]
-    assert c["context_bytes"] == 60 and c["fragmentation_at_peak_bytes"] == 24
-    assert c["expandable_saves_bytes"] == 16 and c["empty_cache_released_bytes"] == 44
+    """The CUDA part's derivations, on canned numbers."""
+    c = exp.summarize({**copy.deepcopy(data), "cuda": copy.deepcopy(CANNED_CUDA)})["cuda"]
+    assert c["context_bytes"] == 600 * MIB and c["fragmentation_at_peak_bytes"] == 24 * MIB
+    assert c["expandable_saves_bytes"] == 16 * MIB and c["empty_cache_released_bytes"] == 44 * MIB
+    assert c["reserved_over_allocated_at_peak_ratio"] == 64 / 40
 
 
 @pytest.fixture(scope="module")
 def page_site(tmp_path_factory, data):
-    """The chapter and its cheat-sheet part on a mini site over the test profile's run."""
-    data = {"memory_timeline": data, "optimizer_state": test_profile_data("optimizer_state")}
+    """The chapter and its cheat-sheet part on a mini site over the test profile's run, as if measured on CUDA.
+
+    The CPU run's timelines with the canned allocator part: the page's CUDA branch (the allocator's numbers,
+    its figure, the snapshot download) is built nowhere else, since the GPU host has no mkdocs.
+    """
+    data = {"memory_timeline": {**data, "cuda": CANNED_CUDA},
+            "optimizer_state": test_profile_data("optimizer_state")}
     return build_chapter_site(tmp_path_factory.mktemp("timeline"), data, (PAGE,), (PART,), stubs=STUBS)
 
 
@@ -137,9 +147,15 @@ def test_the_page_renders_this_hosts_timeline(page_site, data, summary) -> None:
         ratio(summary["accumulation_activations_ratio"]), bytes_(s["full_checkpointing"]["peak"]["total_bytes"]),
         bytes_(s["zero_grad_zeros"]["start_by_category_bytes"]["grads"]),
         "Where is the peak of gradient accumulation, and which category holds it?",
-        "No CUDA device on this host: the allocator's facts are CUDA facts",
+        # the allocator, from the canned CUDA part
+        "The CUDA context used 600 MiB", "reserved minus allocated (fragmentation and cache) was 24.0 MiB",
+        "reserved 48.0 MiB against 64.0 MiB by default", "returned 44.0 MiB to the driver",
     ):
         assert expected in text, expected
+    html = (out / "01b-memory-over-one-step/index.html").read_text(encoding="utf-8")
+    assert 'download="memory_timeline_snapshot.pickle" href="data:application/octet-stream;base64,gAN9"' in html
+    assert ">The caching allocator over the plain step<" in html  # its figure
+    assert "No CUDA device on this host" not in text
     sheet = re.sub(r"\s+", " ", site_text(out, "cheatsheet/index.html"))
     pk = s["plain"]["peak"]
     assert f"Peak {bytes_(pk['total_bytes'])} in {pk['phase_label']} (largest: {pk['holder_label']}, " \
