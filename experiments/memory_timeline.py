@@ -42,12 +42,12 @@ from experiments.lib.memory import MemoryTracker, param_bytes
 from experiments.lib.threads import single_thread
 
 # The set-ups, in the order of the page's panels: (checkpointing, optimizer implementation,
-# micro-batches, set_to_none, autocast, recorded steps; 0: Config.zero_grad_steps).
+# micro-batches (0: Config.micro_batches), set_to_none, autocast, recorded steps (0: Config.zero_grad_steps)).
 SETUPS = {
     "plain": ("none", "foreach", 1, True, False, 1),
     "full_checkpointing": ("full", "foreach", 1, True, False, 1),
     "selective_checkpointing": ("selective", "foreach", 1, True, False, 1),
-    "accumulation": ("none", "foreach", 4, True, False, 1),
+    "accumulation": ("none", "foreach", 0, True, False, 1),
     "for_loop": ("none", "for-loop", 1, True, False, 1),
     "zero_grad_none": ("none", "foreach", 1, True, False, 0),
     "zero_grad_zeros": ("none", "foreach", 1, False, False, 0),
@@ -78,9 +78,9 @@ PROFILES = {
     # profile, so that its plain step is that chapter's AdamW foreach step
     "quick": Config(),
     "full": Config(vocab=32000, d_model=1024, layers=8, heads=16, seq=512, batch=8),
-    # gpu: the GPU plan's profile (generator/gpu_plan.py): 8 set-ups of a 17 M-param GPT, 11 recorded steps whose
-    # profiler analysis is Python work on the host's CPU (~0.5 s a step), the tracker's steps, the CUDA history
-    # predicted ~18 s there: the profiler's analysis is ~1.7x quick's ops (7.6 s of CPU here, 2 s of it imports)
+    # gpu: the GPU plan's profile (generator/gpu_plan.py), ~18 s predicted: 8 set-ups of the optimizer chapter's
+    # 17 M-param GPT; the profiler's analysis is Python on the host's CPU and grows with the op count (4 layers:
+    # ~1.7x quick's ops; quick takes 7.6 s of CPU here, 2 s of it imports), plus the CUDA history
     "gpu": Config(vocab=8192, d_model=512, layers=4, heads=8, seq=256, batch=8),
 }
 TIMEOUT_S = 600
@@ -126,6 +126,7 @@ class NoPhases:
 def make_step(cfg: Config, device: str, setup: str) -> tuple[nn.Module, torch.optim.Optimizer, Callable]:
     """The model, its optimizer, and ``step(marks, step_index)``: one training step with its phases marked."""
     checkpointing, impl, micro, set_to_none, autocast, _ = SETUPS[setup]
+    micro = micro or cfg.micro_batches
     model = build(cfg, device, checkpointing)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.01, foreach=impl == "foreach")
     x, y = lm_batch(cfg.vocab, cfg.batch, cfg.seq, device)
