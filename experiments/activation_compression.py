@@ -48,7 +48,7 @@ TIMEOUT_S = 600
 class Config:
     hidden: int = 32
     heads: int = 2
-    layers: int = 2
+    layers: int = 1
     batch: int = 32
     steps: int = 200
     lr: float = 3e-3
