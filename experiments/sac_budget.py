@@ -19,7 +19,10 @@ step time through ``torch.utils.benchmark`` (interleaved), the compile time,
 and the gradients against the eager model's. The budget's promise is
 interpolated from the two ends (budget 0: only the region's inputs kept;
 budget 1: the default choice): saved <= saved(0) + budget x (saved(1) - saved(0)).
-Eager (uncompiled) saved bytes are measured the same way for reference.
+Eager (uncompiled) saved bytes are measured the same way for reference, and
+the checkpointing chapter's hand-written policies (every layer checkpointed;
+the selective policy that keeps matmul outputs) compiled at the default
+budget, so that all of them are counted alike.
 
 Run it: ``python -m experiments.sac_budget --profile quick``.
 """
@@ -27,10 +30,12 @@ Run it: ``python -m experiments.sac_budget --profile quick``.
 # %%
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from experiments.lib.compile_budget import BACKEND, budget_supported, compile_under_budget, graph_saved_bytes
 from experiments.lib.gpt import GPT, LayerShape
@@ -49,12 +54,14 @@ class Config:
     batch: int = 4
     vocab: int = 128
     budgets: tuple = (1.0, 0.5, 0.0)
+    hand_picked: tuple = ("every_layer", "sac_save_matmuls")   # the checkpointing chapter's policies, compiled
     min_run_time_s: float = 0.1
     cpu_threads: int = 1               # see experiments.lib.threads; 0 leaves torch's default
 
 
 PROFILES = {
-    "test": Config(layers=1, hidden=16, heads=2, seq=16, batch=2, vocab=32, budgets=(1.0, 0.0), min_run_time_s=0.01),
+    "test": Config(layers=1, hidden=16, heads=2, seq=16, batch=2, vocab=32, budgets=(1.0, 0.0), hand_picked=(),
+                   min_run_time_s=0.01),
     "quick": Config(),
     "full": Config(layers=6, hidden=256, heads=4, seq=256, batch=8, vocab=4096, budgets=(1.0, 0.75, 0.5, 0.25, 0.0),
                    min_run_time_s=0.5),
@@ -74,6 +81,27 @@ def build(cfg: Config, device: str) -> GPT:
 def tokens(cfg: Config, device: str) -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     return torch.randint(0, cfg.vocab, (cfg.batch, cfg.seq), generator=g).to(device)
+
+
+def sac_context():
+    """The checkpointing chapter's selective policy: keep the outputs of the matmuls, recompute the rest."""
+    from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
+
+    keep = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default)
+
+    def policy(_ctx, op, *_args, **_kwargs):
+        return CheckpointPolicy.MUST_SAVE if op in keep else CheckpointPolicy.PREFER_RECOMPUTE
+
+    return functools.partial(create_selective_checkpoint_contexts, policy)
+
+
+def hand_picked_wrapper(name: str):
+    """A ``GPT.layer_wrapper`` running each layer under the named hand-written policy."""
+    if name == "every_layer":
+        return lambda _i, layer, x: checkpoint(layer, x, use_reentrant=False)
+    if name == "sac_save_matmuls":
+        return lambda _i, layer, x: checkpoint(layer, x, use_reentrant=False, context_fn=sac_context())
+    raise ValueError(f"unknown hand-picked policy {name!r} (every_layer, sac_save_matmuls)")
 
 
 def key(budget: float) -> str:
@@ -132,8 +160,19 @@ def _run(cfg: Config, device: str) -> dict:
         row, _ = measure(cfg, device, fn, model, idx, reference)
         rows[key(budget)] = {"budget": budget, "compile_time_s": compile_s, **row}
         steps[key(budget)] = step_of(fn, model)
+    hand = {}
+    for name in cfg.hand_picked:   # compiled at the default budget: the policy decides what is recomputed
+        model = build(cfg, device)
+        model.layer_wrapper = hand_picked_wrapper(name)
+        fn = compile_under_budget(model, 1.0)
+        t0 = time.perf_counter()
+        fn(idx, idx).backward()
+        compile_s = time.perf_counter() - t0
+        row, _ = measure(cfg, device, fn, model, idx, reference)
+        hand[name] = {"compile_time_s": compile_s, **row}
+        steps[name] = step_of(fn, model)
     times = interleaved_times(steps, cfg.min_run_time_s)
-    for name, row in rows.items():
+    for name, row in [*rows.items(), *hand.items()]:
         row["time"] = times[name]
     eager["time"] = times["eager"]
     return {
@@ -144,6 +183,7 @@ def _run(cfg: Config, device: str) -> dict:
                   "compile_budget_available": True},
         "eager": eager,
         "budgets": rows,
+        "hand_picked": hand,
     }
 
 # %% [markdown]
@@ -171,11 +211,23 @@ def summarize(data: dict) -> dict:
             "time_ratio_vs_eager": row["time"]["median_ms"] / eager["time"]["median_ms"],
             "time_half_iqr_ms": row["time"]["iqr_ms"] / 2,
         }
+    hand = {}
+    for name, row in data["hand_picked"].items():
+        nearest = min(b, key=lambda k: abs(b[k]["saved_bytes"] - row["saved_bytes"]))
+        hand[name] = {"label": HAND_LABELS.get(name, name),
+                      "saved_ratio_vs_eager": row["saved_bytes"] / max(1, eager["saved_bytes"]),
+                      "time_ratio_vs_eager": row["time"]["median_ms"] / eager["time"]["median_ms"],
+                      "time_half_iqr_ms": row["time"]["iqr_ms"] / 2,
+                      "nearest_budget_key": nearest, "nearest_budget_label": out[nearest]["label"],
+                      "saved_ratio_vs_nearest_budget": row["saved_bytes"] / max(1, b[nearest]["saved_bytes"])}
     middle = min(b, key=lambda k: abs(b[k]["budget"] - 0.5))   # the budget the page quotes: nearest 0.5
-    return {"budgets": out, "middle_key": middle, "eager_time_half_iqr_ms": eager["time"]["iqr_ms"] / 2,
+    return {"budgets": out, "hand_picked": hand, "middle_key": middle, "eager_time_half_iqr_ms": eager["time"]["iqr_ms"] / 2,
             "default_saves_less_than_eager": hi < eager["saved_bytes"],
             "all_within_promise": all(r["within_promise"] for r in out.values()),
             "max_grad_diff": max(r["max_abs_grad_diff_vs_eager"] for r in b.values())}
+
+HAND_LABELS = {"every_layer": "every layer checkpointed (compiled)",
+               "sac_save_matmuls": "SAC: keep matmul outputs (compiled)"}
 
 # %% [markdown]
 # ## Figure: saved bytes against step time per budget
@@ -192,6 +244,8 @@ def plot(data: dict, summary: dict):
         ax.errorbar([row["time"]["median_ms"]], [row["saved_bytes"] / 2**20], xerr=[[s["time_half_iqr_ms"]]] * 2,
                     fmt="o", capsize=3, label=s["label"])
         ax.plot([row["time"]["median_ms"]], [s["promised_bytes"] / 2**20], "x", color="grey")
+    for name, row in data["hand_picked"].items():
+        ax.plot([row["time"]["median_ms"]], [row["saved_bytes"] / 2**20], "D", label=summary["hand_picked"][name]["label"])
     ax.set_xlabel("step time, median (ms)")
     ax.set_ylabel("saved for backward (MiB); x: the budget's promise")
     ax.legend(fontsize=8)

@@ -26,6 +26,20 @@ def test_budget_ends_and_gradients(data):
     assert sb.summarize(data)["all_within_promise"] is True
 
 
+@pytest.mark.parametrize("name", ["every_layer", "sac_save_matmuls"])
+def test_hand_picked_policies_give_the_eager_gradients(name):
+    cfg = sb.PROFILES["test"]
+    idx = sb.tokens(cfg, "cpu")
+    plain, wrapped = sb.build(cfg, "cpu"), sb.build(cfg, "cpu")
+    wrapped.layer_wrapper = sb.hand_picked_wrapper(name)
+    plain(idx, idx).backward()
+    wrapped(idx, idx).backward()
+    for a, b in zip(plain.parameters(), wrapped.parameters()):
+        assert torch.equal(a.grad, b.grad)
+    with pytest.raises(ValueError):
+        sb.hand_picked_wrapper("nothing")
+
+
 def test_graph_saved_bytes_exact():
     lin = torch.nn.Linear(8, 8, bias=False)
     x = torch.randn(4, 8)
@@ -38,6 +52,8 @@ def test_graph_saved_bytes_exact():
 def test_summary_from_canned_measurements():
     t = {"median_ms": 10.0, "iqr_ms": 2.0, "runs": 3}
     data = {"eager": {"saved_bytes": 1000, "time": t},
+            "hand_picked": {"every_layer": {"saved_bytes": 120, "compile_time_s": 1.0, "max_abs_grad_diff_vs_eager": 0.0,
+                                            "time": {**t, "median_ms": 25.0}}},
             "budgets": {"budget_1.00": {"budget": 1.0, "saved_bytes": 900, "max_abs_grad_diff_vs_eager": 0.0,
                                         "time": {**t, "median_ms": 12.0}},
                         "budget_0.50": {"budget": 0.5, "saved_bytes": 400, "max_abs_grad_diff_vs_eager": 1e-8,
@@ -49,5 +65,8 @@ def test_summary_from_canned_measurements():
     assert half["promised_bytes"] == 500 and half["measured_over_promised_ratio"] == 0.8
     assert half["within_promise"] is True and half["time_ratio_vs_eager"] == 1.5
     assert s["default_saves_less_than_eager"] is True and s["max_grad_diff"] == 1e-8
+    every = s["hand_picked"]["every_layer"]
+    assert every["nearest_budget_key"] == "budget_0.00" and every["saved_ratio_vs_nearest_budget"] == 1.2
+    assert every["time_ratio_vs_eager"] == 2.5 and every["label"] == "every layer checkpointed (compiled)"
     data["budgets"]["budget_0.50"]["saved_bytes"] = 700
     assert sb.summarize(data)["all_within_promise"] is False
