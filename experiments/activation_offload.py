@@ -200,8 +200,8 @@ def _run(cfg: Config, device: str) -> dict:
 # ## What the pages show, derived from what was measured
 
 # %%
-LABELS = {"none": "keep in place", "mmap_files": "memory-mapped files (saved_tensors_hooks)",
-          "save_on_cpu_pinned": "save_on_cpu(pin_memory=True)"}
+LABELS = {"none": "keep in place", "mmap_files": "memory-mapped files",
+          "save_on_cpu_pinned": "pinned host memory (save_on_cpu)"}
 
 
 def summarize(data: dict) -> dict:

@@ -78,7 +78,7 @@ PROFILES = {
 # ## The corpus: real document lengths
 
 # %%
-CORPUS_SOURCE = "pydoc_data.topics (CPython's reference-manual topics behind help()), paragraphs, UTF-8 bytes"
+CORPUS_SOURCE = "pydoc_data.topics (CPython's reference-manual topics behind help())"
 
 
 def corpus_documents() -> list[bytes]:

@@ -30,7 +30,7 @@ def test_page_renders_the_numbers(site):
     mm = o["variants"]["mmap_files"]
     middle = sb["budgets"][sb["middle_key"]]
     for expected in (
-        "memory-mapped files (saved_tensors_hooks)",   # the CPU host's offload, from the summary
+        "moving the saved activations out to memory-mapped files",   # the CPU host's offload, from the summary
         bytes_(mm["activations_after_forward_bytes"]), bytes_(mm["disk_written_bytes"]),
         ratio(so["variants"]["mmap_files"]["activations_ratio_vs_none"]),
         sci(c["schemes"]["int8_tensor"]["rel_error_norm_ratio"]), ratio(sc["schemes"]["int8_tensor"]["stored_ratio"]),
@@ -42,7 +42,7 @@ def test_page_renders_the_numbers(site):
         "Not measured: neither torchao nor bitsandbytes",
     ):
         assert expected in text, expected
-    assert "save_on_cpu(pin_memory=True) |" not in text  # no CUDA row on this host
+    assert "pinned host memory (save_on_cpu)" not in text  # no CUDA row on this host
 
 
 def test_cheatsheet_part_renders(site):
