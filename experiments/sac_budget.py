@@ -221,7 +221,12 @@ def summarize(data: dict) -> dict:
                       "nearest_budget_key": nearest, "nearest_budget_label": out[nearest]["label"],
                       "saved_ratio_vs_nearest_budget": row["saved_bytes"] / max(1, b[nearest]["saved_bytes"])}
     middle = min(b, key=lambda k: abs(b[k]["budget"] - 0.5))   # the budget the page quotes: nearest 0.5
-    return {"budgets": out, "hand_picked": hand, "middle_key": middle, "eager_time_half_iqr_ms": eager["time"]["iqr_ms"] / 2,
+    cuda = "cuda_max_allocated_bytes" in eager   # the allocator's peak of the step: CUDA hosts only
+    if cuda:
+        for name, row in [*b.items(), *data["hand_picked"].items()]:
+            (out.get(name) or hand[name])["peak_ratio_vs_eager"] = \
+                row["cuda_max_allocated_bytes"] / eager["cuda_max_allocated_bytes"]
+    return {"budgets": out, "hand_picked": hand, "middle_key": middle, "cuda": cuda, "eager_time_half_iqr_ms": eager["time"]["iqr_ms"] / 2,
             "default_saves_less_than_eager": hi < eager["saved_bytes"],
             "all_within_promise": all(r["within_promise"] for r in out.values()),
             "max_grad_diff": max(r["max_abs_grad_diff_vs_eager"] for r in b.values())}
