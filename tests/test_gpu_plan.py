@@ -288,7 +288,7 @@ def test_the_plan_covers_every_experiment_in_order_with_a_gpu_profile_and_fits_i
     missing = sorted(set(experiment_files()) - set(names))
     assert len(set(names)) == len(names) and not missing, \
         f"{missing}: every experiment needs a row in STEPS (generator/gpu_plan.py): its gpu profile's predicted " \
-        f"seconds on one H200, a budget of twice that, and why; the predictions must stay within 80 % of the " \
+        f"seconds on one H200, a budget of twice that, and why; the predictions must stay within 85 % of the " \
         f"{gpu_plan.GLOBAL_BUDGET_S:g} s"
     assert names[:3] == ["hardware", "named_models", "sharding"], "hardware, then the sizing validation"
     assert names.index("optimizer_state") < names.index("activation_memory") < names.index("checkpointing") \
@@ -300,7 +300,7 @@ def test_the_plan_covers_every_experiment_in_order_with_a_gpu_profile_and_fits_i
         assert s.budget_s >= gpu_plan.MARGIN * s.predicted_s and s.why, s
     predicted = (gpu_plan.DESCRIBE_PREDICTED_S + sum(s.predicted_s for s in gpu_plan.STEPS)
                  + gpu_plan.CUDA_TESTS.predicted_s)
-    assert predicted <= 0.8 * gpu_plan.GLOBAL_BUDGET_S, "everything still runs if all take 1.25x their prediction"
+    assert predicted <= 0.85 * gpu_plan.GLOBAL_BUDGET_S, "everything still runs if all take 1.15x their prediction"
 
 
 def module_imports(path: Path) -> set[str]:
