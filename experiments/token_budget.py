@@ -83,7 +83,10 @@ CORPUS_SOURCE = "pydoc_data.topics (CPython's reference-manual topics behind hel
 
 def corpus_documents() -> list[bytes]:
     """Every non-empty paragraph of every topic, as UTF-8 bytes, in the module's order."""
-    from pydoc_data.topics import topics
+    try:
+        from pydoc_data.topics import topics
+    except ImportError as exc:  # a Python built without its pydoc data (some minimal distributions)
+        raise RuntimeError(f"the length corpus is CPython's pydoc_data.topics, which this Python lacks: {exc}") from exc
 
     docs = []
     for key in sorted(topics):
