@@ -1,15 +1,16 @@
 """What a measurement depends on: the source that ``run`` reaches, and nothing else.
 
-An experiment file holds both sides: ``Config``, ``PROFILES`` and ``run``
-measure; ``summarize`` and ``plot`` derive and draw at build time. The cache
-key of a result must change when the measuring code changes, and must not
-change when a page, a figure or a derived ratio does, so a GPU result
-survives every later edit of the pages.
+An experiment file holds both sides: ``Config`` and ``run`` measure (the chosen
+profile's config values enter the runner's key beside this digest); ``summarize``
+and ``plot`` derive and draw at build time. The cache key of a result must
+change when the measuring code changes, and must not change when a page, a
+figure, a derived ratio or another profile does, so a GPU result survives every
+later edit of the pages.
 
-So the key hashes the *reach* of the measuring roots: starting from ``run``,
-``Config``, ``PROFILES`` and ``TIMEOUT_S``, every top-level statement of the
-file whose names they use (functions, classes, constants, imports), followed
-into ``experiments.*`` modules by the names imported from them. Each reached
+So the key hashes the *reach* of the measuring roots: starting from ``run`` and
+``Config``, every top-level statement of the file whose names they use
+(functions, classes, constants, imports), followed into ``experiments.*``
+modules by the names imported from them. Each reached
 statement is hashed as its syntax tree without docstrings, so comments,
 docstrings and formatting never rerun an experiment. Files under
 ``experiments/data`` are data, hashed whole.
@@ -23,7 +24,10 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-MEASURING_ROOTS = ("run", "Config", "PROFILES", "TIMEOUT_S")
+# ``PROFILES`` is not a root: the runner's key holds the chosen profile's own config values, so adding or
+# resizing another profile (a GPU one, say) leaves every other profile's results current. ``TIMEOUT_S``
+# limits a run; it measures nothing.
+MEASURING_ROOTS = ("run", "Config")
 ALL = "*"  # reach every statement of a module (``from experiments.lib import formulas``)
 
 
