@@ -33,8 +33,8 @@ setup: $(SETUP) system ## create .venv and install everything (torch: see TORCH 
 handbook: setup ## run the experiments for this host, build site/, site/handbook.pdf and site/cheatsheet.pdf
 	$(BIN)/handbook build
 
-# pytest-xdist: one worker per core; tests grouped by file, and the built-site tests on one worker (conftest).
-PYTEST := $(BIN)/python -m pytest -q -n auto --dist loadgroup
+# pytest-xdist: one worker per core, a test file per worker (the real built site is made once: conftest).
+PYTEST := $(BIN)/python -m pytest -q -n auto --dist loadfile
 
 test: setup ## run the whole test suite (what CI runs)
 	$(PYTEST)

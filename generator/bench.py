@@ -50,7 +50,7 @@ def _pages_reading(names: list[str]) -> dict[str, list[str]]:
 def _suite(args: list[str]) -> tuple[float, str]:
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "auto",
-                           "--dist", "loadgroup", *args], cwd=REPO,
+                           "--dist", "loadfile", *args], cwd=REPO,
                           capture_output=True, text=True, env=dict(os.environ, NO_MKDOCS_2_WARNING="1"))
     seconds = time.monotonic() - t0
     lines = proc.stdout.strip().splitlines()

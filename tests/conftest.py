@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -194,17 +195,24 @@ def committed_results() -> Path:
 
 @pytest.fixture(scope="session")
 def built_site(tmp_path_factory, committed_results) -> Path:
-    """The real site with both PDFs, built once from a copy of the committed results."""
-    root = tmp_path_factory.mktemp("handbook")
-    results = root / "results"
-    shutil.copytree(committed_results, results, ignore=shutil.ignore_patterns(".this-host"))
-    site = root / "site"
-    proc = subprocess.run([sys.executable, "-m", "generator", "build", "--no-run", "--results", str(results),
-                           "--site-dir", str(site)], cwd=REPO, capture_output=True, text=True, timeout=900,
-                          env=dict(os.environ, PYTHONPATH=str(REPO), NO_MKDOCS_2_WARNING="1"))
-    if proc.returncode != 0:
-        pytest.fail(f"handbook build failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    return site
+    """The real site with both PDFs, built once per test run from a copy of the committed results.
+
+    Under pytest-xdist every worker asks for it; the first builds it into the run's shared temporary
+    folder under a file lock, and the others wait for it and reuse it.
+    """
+    with shared_once("built-site") as root:
+        if not (root / "built").exists():
+            shutil.rmtree(root, ignore_errors=True)
+            results = root / "results"
+            shutil.copytree(committed_results, results, ignore=shutil.ignore_patterns(".this-host"))
+            proc = subprocess.run([sys.executable, "-m", "generator", "build", "--no-run", "--results",
+                                   str(results), "--site-dir", str(root / "site")], cwd=REPO, capture_output=True,
+                                  text=True, timeout=900,
+                                  env=dict(os.environ, PYTHONPATH=str(REPO), NO_MKDOCS_2_WARNING="1"))
+            if proc.returncode != 0:
+                pytest.fail(f"handbook build failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            (root / "built").write_text("ok\n")
+    return root / "site"
 
 
 def site_text(site: Path, page: str) -> str:
@@ -249,10 +257,37 @@ FAST_CONTRACT_CHECKS = ("test_shape_of_the_module", "test_summarize_reaches_no_t
 NEEDS_CUDA = "needs CUDA"
 
 
+SHARED = "HANDBOOK_TEST_SHARED"  # a folder the pytest-xdist workers of one run share (made by the controller)
+
+
+@contextlib.contextmanager
+def shared_once(key: str):
+    """A folder for ``key`` shared by every worker of this test run, held under a lock while in use.
+
+    The first worker to enter makes what goes in it; the others wait, then find it made.
+    """
+    import fcntl
+
+    folder = Path(os.environ[SHARED]) / key
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield folder
+
+
 def pytest_configure(config) -> None:
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist): workers inherit this
+        import tempfile
+
+        os.environ[SHARED] = tempfile.mkdtemp(prefix="handbook-tests-")
     config.addinivalue_line("markers", "fast: the fast tier (make test-fast): formulas, runner, site on canned results")
     config.addinivalue_line("markers", f"cuda: tests that skip without CUDA (reason '{NEEDS_CUDA}...'); the GPU plan "
                                        f"runs them on the GPU host with pytest -m cuda")
+
+
+def pytest_unconfigure(config) -> None:
+    if not hasattr(config, "workerinput") and os.environ.get(SHARED):
+        shutil.rmtree(os.environ.pop(SHARED), ignore_errors=True)
 
 
 def needs_cuda(item) -> bool:
@@ -263,9 +298,6 @@ def pytest_collection_modifyitems(config, items) -> None:
     for item in items:
         name = Path(str(item.fspath)).name
         fixtures = getattr(item, "fixturenames", ())
-        # pytest-xdist (--dist loadgroup): a file's tests stay on one worker (its module fixtures are made
-        # once), and every test of the real built site shares one worker (the site is built once)
-        item.add_marker(pytest.mark.xdist_group("built_site" if "built_site" in fixtures else name))
         contract_fast = name == "test_experiment_contract.py" and item.name.startswith(FAST_CONTRACT_CHECKS)
         if (name in FAST_FILES or contract_fast) and "built_site" not in fixtures:
             item.add_marker(pytest.mark.fast)
@@ -283,11 +315,19 @@ def test_profile_data(name: str) -> dict:
     test); each gets a fresh copy of one measurement.
     """
     if name not in _TEST_PROFILE_DATA:
-        import importlib
-
-        module = importlib.import_module(f"experiments.{name}")
-        _TEST_PROFILE_DATA[name] = json.dumps(module.run(module.PROFILES["test"], "cpu"))
+        with shared_once(f"test-profile-{name}") as folder:  # the workers of one run share each measurement
+            stored = folder / "data.json"
+            if not stored.exists():
+                stored.write_text(_measure_test_profile(name), encoding="utf-8")
+            _TEST_PROFILE_DATA[name] = stored.read_text(encoding="utf-8")
     return json.loads(_TEST_PROFILE_DATA[name])
+
+
+def _measure_test_profile(name: str) -> str:
+    import importlib
+
+    module = importlib.import_module(f"experiments.{name}")
+    return json.dumps(module.run(module.PROFILES["test"], "cpu"))
 
 
 test_profile_data.__test__ = False  # a helper, not a test

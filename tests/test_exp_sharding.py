@@ -7,16 +7,22 @@ import json
 
 import pytest
 
+from conftest import shared_once
 from experiments import sharding
 from experiments.lib import estimator
 
-TWO_RANKS = sharding.Config(width=32, inputs=8, outputs=3, batch=4, world_sizes=(2,))
+TWO_RANKS = sharding.Config(width=128, inputs=8, outputs=3, batch=4, world_sizes=(2,))  # weights well above gloo's buffers
 
 
 @functools.lru_cache(maxsize=1)
 def two_ranks() -> dict:
-    """One run at world size 2, as stored; shared with the chapter's page test (starting ranks takes seconds)."""
-    return json.loads(json.dumps(sharding.run(TWO_RANKS, "cpu")))
+    """One run at world size 2, as stored; shared with the chapter's page test (starting ranks takes seconds),
+    across the test run's workers too."""
+    with shared_once("sharding-two-ranks") as folder:
+        stored = folder / "data.json"
+        if not stored.exists():
+            stored.write_text(json.dumps(sharding.run(TWO_RANKS, "cpu")), encoding="utf-8")
+        return json.loads(stored.read_text(encoding="utf-8"))
 
 
 @pytest.fixture(scope="module")
