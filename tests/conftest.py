@@ -13,8 +13,10 @@ import itertools
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -197,22 +199,54 @@ def committed_results() -> Path:
 def built_site(tmp_path_factory, committed_results) -> Path:
     """The real site with both PDFs, built once per test run from a copy of the committed results.
 
-    Under pytest-xdist every worker asks for it; the first builds it into the run's shared temporary
-    folder under a file lock, and the others wait for it and reuse it.
+    A whole-suite run starts this build in the background as it begins (``pytest_configure``), so it
+    overlaps the other tests; otherwise the first worker to ask builds it. Under pytest-xdist the
+    workers share it through the run's shared folder, under a file lock.
     """
     with shared_once("built-site") as root:
-        if not (root / "built").exists():
-            shutil.rmtree(root, ignore_errors=True)
-            results = root / "results"
-            shutil.copytree(committed_results, results, ignore=shutil.ignore_patterns(".this-host"))
-            proc = subprocess.run([sys.executable, "-m", "generator", "build", "--no-run", "--results",
-                                   str(results), "--site-dir", str(root / "site")], cwd=REPO, capture_output=True,
-                                  text=True, timeout=900,
-                                  env=dict(os.environ, PYTHONPATH=str(REPO), NO_MKDOCS_2_WARNING="1"))
-            if proc.returncode != 0:
-                pytest.fail(f"handbook build failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-            (root / "built").write_text("ok\n")
+        if not (root / "built").exists() and not (root / "started").exists():
+            _build_real_site(root, committed_results)
+    deadline = time.monotonic() + 900
+    while not (root / "built").exists():
+        if (root / "failed").exists():
+            pytest.fail(f"handbook build failed:\n{(root / 'failed').read_text()[-6000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail("the background build of the real site did not finish in 900 s")
+        time.sleep(0.2)
     return root / "site"
+
+
+def _build_real_site(root: Path, results_src: Path) -> None:
+    """Copy the results and build the site with both PDFs into ``root``; mark it built or failed."""
+    shutil.rmtree(root / "results", ignore_errors=True)
+    shutil.copytree(results_src, root / "results", ignore=shutil.ignore_patterns(".this-host"))
+    proc = subprocess.run([sys.executable, "-m", "generator", "build", "--no-run", "--results",
+                           str(root / "results"), "--site-dir", str(root / "site")], cwd=REPO, capture_output=True,
+                          text=True, timeout=900, env=dict(os.environ, PYTHONPATH=str(REPO), NO_MKDOCS_2_WARNING="1"))
+    if proc.returncode != 0:
+        (root / "failed").write_text(f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    else:
+        (root / "built").write_text("ok\n")
+
+
+_BACKGROUND: list[subprocess.Popen] = []
+
+
+def _start_background_site(config) -> None:
+    """On a whole-suite run (no file or marker chosen), build the real site while the other tests run."""
+    if config.args and any(Path(a).resolve() != (REPO / "tests").resolve() for a in config.args):
+        return
+    if config.getoption("markexpr") or config.getoption("keyword"):
+        return
+    root = Path(os.environ[SHARED]) / "built-site"
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "started").write_text("background\n")
+    code = ("import sys; from pathlib import Path; sys.path.insert(0, sys.argv[3]); "
+            "from conftest import _build_real_site; _build_real_site(Path(sys.argv[1]), Path(sys.argv[2]))")
+    _BACKGROUND.append(subprocess.Popen([sys.executable, "-c", code, str(root), str(REPO / "results"),
+                                         str(Path(__file__).parent)], cwd=REPO, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL, start_new_session=True,
+                                        env=dict(os.environ, PYTHONPATH=str(REPO))))
 
 
 def site_text(site: Path, page: str) -> str:
@@ -280,14 +314,21 @@ def pytest_configure(config) -> None:
         import tempfile
 
         os.environ[SHARED] = tempfile.mkdtemp(prefix="handbook-tests-")
+        if any((REPO / "results").glob("*/*.json")):
+            _start_background_site(config)
     config.addinivalue_line("markers", "fast: the fast tier (make test-fast): formulas, runner, site on canned results")
     config.addinivalue_line("markers", f"cuda: tests that skip without CUDA (reason '{NEEDS_CUDA}...'); the GPU plan "
                                        f"runs them on the GPU host with pytest -m cuda")
 
 
 def pytest_unconfigure(config) -> None:
-    if not hasattr(config, "workerinput") and os.environ.get(SHARED):
-        shutil.rmtree(os.environ.pop(SHARED), ignore_errors=True)
+    if not hasattr(config, "workerinput"):
+        for proc in _BACKGROUND:  # never leave the background build running (a run cut short, say)
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        if os.environ.get(SHARED):
+            shutil.rmtree(os.environ.pop(SHARED), ignore_errors=True)
 
 
 def needs_cuda(item) -> bool:
