@@ -39,8 +39,13 @@ def wait_for(predicate, timeout_s: float, what: str):
 
 
 def test_serve_rebuilds_when_a_result_changes(tmp_path: Path, committed_results: Path) -> None:
+    # only what the watched page reads: the other pages show their "no result" notice, so the two
+    # builds draw two experiments' figures, not every one
     results = tmp_path / "results"
-    shutil.copytree(committed_results, results, ignore=shutil.ignore_patterns(".this-host"))
+    for name in ("optimizer_state", "activation_memory"):
+        source = next(committed_results.glob(f"*/{name}.json"))
+        (results / source.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, results / source.parent.name / source.name)
     target = next(results.glob("*/optimizer_state.json"))
     port = free_port()
     url = f"http://127.0.0.1:{port}/01-where-the-memory-goes/"
