@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from experiments.lib.flops import count_flops

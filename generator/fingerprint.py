@@ -189,8 +189,3 @@ def measurement_digest(experiment: str, root: Path) -> str:
         h.update(p.relative_to(root).as_posix().encode())
         h.update(p.read_bytes())
     return h.hexdigest()
-
-
-def reached_modules(experiment: str, roots: tuple[str, ...], root: Path) -> Reach:
-    """What ``roots`` of an experiment reach (the tests check that ``summarize`` reaches no torch)."""
-    return reach(f"experiments.{experiment}", roots, root)

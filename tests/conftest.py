@@ -96,6 +96,20 @@ def plot(data, summary):
 '''
 
 
+def fake_project(base: Path, experiments: dict[str, str]) -> Path:
+    """A project folder whose ``experiments`` package holds ``experiments`` (name -> source) beside the real lib.
+
+    The runner's tests run these torch-free fakes as it runs the real ones (``--root``).
+    """
+    exp = Path(base) / "proj" / "experiments"
+    exp.mkdir(parents=True)
+    shutil.copy(REPO / "experiments" / "__init__.py", exp / "__init__.py")
+    shutil.copytree(REPO / "experiments" / "lib", exp / "lib", ignore=shutil.ignore_patterns("__pycache__"))
+    for name, source in experiments.items():
+        (exp / f"{name}.py").write_text(source)
+    return exp.parent
+
+
 _TOY_PACKAGES = itertools.count()
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TEST_HOST, make_envelope, write_result
+from conftest import TEST_HOST, fake_project, make_envelope, write_result
 from generator import cli, envelope, runner
 from generator.argv import attach_negative_values
 from generator.errors import HandbookError
@@ -64,12 +64,7 @@ if __name__ == "__main__":
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    exp = tmp_path / "proj" / "experiments"
-    exp.mkdir(parents=True)
-    shutil.copy(REPO / "experiments" / "__init__.py", exp / "__init__.py")
-    shutil.copytree(REPO / "experiments" / "lib", exp / "lib", ignore=shutil.ignore_patterns("__pycache__"))
-    (exp / "alpha.py").write_text(FAKE)
-    return tmp_path / "proj"
+    return fake_project(tmp_path, {"alpha": FAKE})
 
 
 def alive(pid: int) -> bool:
@@ -100,11 +95,8 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 def good_results(tmp_path_factory) -> Path:
     """A results folder with alpha's good result, made once by the real CLI."""
     base = tmp_path_factory.mktemp("good")
-    exp = base / "proj" / "experiments"
-    shutil.copytree(REPO / "experiments" / "lib", exp / "lib", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(REPO / "experiments" / "__init__.py", exp / "__init__.py")
-    (exp / "alpha.py").write_text(FAKE)
-    first = subprocess.run([sys.executable, "-m", "generator", "run", "--root", str(base / "proj"), "--results",
+    first = subprocess.run([sys.executable, "-m", "generator", "run", "--root", str(fake_project(base, {"alpha": FAKE})),
+                            "--results",
                             str(base / "results"), "--plain"], env=dict(os.environ, PYTHONPATH=str(REPO)),
                            capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr

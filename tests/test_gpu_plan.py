@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from generator import gpu_plan, runner
+from generator import gpu_plan
 from generator.errors import RunError
 from generator.gpu_plan import Step
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from experiments.lib import estimator
-from experiments.lib.model_shapes import (BUILTIN, FAMILIES, ModelShape, ShapeError, load_config, parameter_shapes,
+from experiments.lib.model_shapes import (FAMILIES, ModelShape, load_config, parameter_shapes,
                                           shape_from_config)
 from generator.estimate import main as estimate_main
 

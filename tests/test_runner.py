@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -11,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import fake_project
 from generator import envelope, runner
 
 REPO = Path(__file__).resolve().parent.parent
@@ -73,13 +73,7 @@ if __name__ == "__main__":
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     """A project folder whose experiments package holds fake experiments beside the real lib."""
-    exp = tmp_path / "proj" / "experiments"
-    exp.mkdir(parents=True)
-    shutil.copy(REPO / "experiments" / "__init__.py", exp / "__init__.py")
-    shutil.copytree(REPO / "experiments" / "lib", exp / "lib", ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("alpha", "beta"):
-        (exp / f"{name}.py").write_text(EXPERIMENT.format(name=name, upper=name.upper()))
-    return tmp_path / "proj"
+    return fake_project(tmp_path, {name: EXPERIMENT.format(name=name, upper=name.upper()) for name in ("alpha", "beta")})
 
 
 _PLANS: dict[tuple, runner.Plan] = {}

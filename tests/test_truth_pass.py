@@ -8,7 +8,6 @@ the site's prose uses, through the experiments' own ``summarize``.
 from __future__ import annotations
 
 import functools
-import html
 import json
 import re
 import subprocess
