@@ -347,7 +347,8 @@ def predict(data: dict, x: dict) -> dict:
         terms["backward_growth"] = phases["backward"] - phases["forward"]
     if "optimizer" in phases:
         terms["step_temporaries"] = phases["optimizer"] - persistent
-    cast = ((est.get("phases") or {}).get("forward") or {}).get("terms_bytes", {}).get("cast_weights")
+    # the cast weights saved for backward: what the backward phase still holds of autocast's cache
+    cast = ((est.get("phases") or {}).get("backward") or {}).get("cast_saved_bytes")
     if isinstance(cast, int):
         terms["cast_weights"] = cast
     return {"available": True, "reason": None, "parameters": est["parameters"], "shape": shape, "phases": phases,
@@ -435,6 +436,15 @@ def _case(data: dict, key: str, x: dict) -> dict:
     return out
 
 
+def scale_label(data: dict) -> str:
+    """The model and scale a caption names: what was measured, at what size."""
+    if not data["ran"]:
+        return "not measured on this host"
+    sizes = [c["parameters"] for c in data["cases"].values()]
+    return (f"{len(data['hf_configs'])} transformers families ({', '.join(data['hf_configs'])}), "
+            f"{min(sizes):,}–{max(sizes):,} params, seq {data['seq']}, batch {data['batch']}")
+
+
 def summarize(data: dict) -> dict:
     cases = {k: _case(data, k, x) for k, x in data["cases"].items()}
     predicted = [c for c in cases.values() if c["predicted"]]
@@ -452,6 +462,7 @@ def summarize(data: dict) -> dict:
     shares = [c["fp32_saved_share"] for c in cases.values()
               if c["precision"] == "bf16-mixed" and c["fp32_saved_share"] is not None]
     return {
+        "scale_label": scale_label(data),
         "ran": data["ran"], "reason": data["reason"], "device_kind": data["device_kind"],
         "device": data["device"], "transformers": data["transformers"],
         "families_missing": data.get("families_missing", []),

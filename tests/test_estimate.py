@@ -434,8 +434,13 @@ def test_peak_is_the_worst_phase_term_by_term() -> None:
         assert p["total_bytes"] == sum(p["terms_bytes"].values())
     assert r["peak_bytes"] == max(p["total_bytes"] for p in ph.values()) == ph[r["peak_phase"]]["total_bytes"]
     assert r["persistent_sum_bytes"] == r["per_device_bytes"]["total"]
-    # autocast's cast weights: 2 bytes per matmul parameter (GPT-2's lookup-only table: the positions)
-    assert ph["forward"]["terms_bytes"]["cast_weights"] == 2 * (n - m.positions * m.hidden)
+    # autocast's cast weights: 2 bytes per parameter a matmul reads, biases included: not GPT-2's lookup-only
+    # table (the positions) nor its norms' weights and biases (two LayerNorms a layer and the final one)
+    norms = (2 * 2 * m.layers + 2) * m.hidden
+    assert ph["forward"]["terms_bytes"]["cast_weights"] == 2 * (n - m.positions * m.hidden - norms)
+    # backward keeps the copies the matmuls saved: weights, not biases (4h + h + 3h + h... = 9h + ... a layer)
+    biases = m.layers * (3 * m.hidden + m.hidden + 4 * m.hidden + m.hidden)
+    assert ph["backward"]["cast_saved_bytes"] == 2 * (n - m.positions * m.hidden - norms - biases)
     # foreach (torch's default on CUDA): temporaries 1.0x the updated fp32 weights
     assert ph["optimizer"]["terms_bytes"]["temporaries"] == 4 * n and r["setup"]["optimizer_impl_used"] == "foreach"
     assert ph["between_steps"]["terms_bytes"] == {"params": 4 * n, "grads": 0, "optimizer": ph["forward"]["terms_bytes"]
@@ -495,18 +500,25 @@ def test_attention_and_device() -> None:
     per = estimator.layer_activation_terms(m, s, b, 2, 1)
     # sdpa keeps the fp32 log-sum-exp per query row instead of the scores, their mask and dropped copy
     assert eager["per_layer_bytes"] - sdpa["per_layer_bytes"] == per["scores_bytes"] - 4 * a * s * b
-    # eager under CUDA autocast: softmax is on CUDA's fp32 list, so its saved output is fp32
+    # eager under autocast: the residual stream and norms stay fp32, each Linear keeps its 16-bit cast (r=4, cast)
     cuda = estimator.activation_terms(m, estimator.Setup(attention="eager", seq=s))
     cpu = estimator.activation_terms(m, estimator.Setup(attention="eager", seq=s, device="cpu"))
     as2b = a * s * s * b
-    per_ac = estimator.layer_activation_terms(m, s, b, 2, 1)
-    assert cuda["per_layer_bytes"] - sum(per_ac.values()) == (4 + 2 + 1) * as2b - per_ac["scores_bytes"]
-    # CPU dropout masks take the activation dtype (2 bytes), CUDA's 1
-    per_cpu = estimator.layer_activation_terms(m, s, b, 2, 2)
-    assert cpu["per_layer_bytes"] == sum(per_cpu.values())
-    # sdpa on a CPU with attention dropout falls back to the math path: the scores are kept as eager keeps them
+    per_ac = estimator.layer_activation_terms(m, s, b, 2, 1, r=4, cast=True)
+    assert per_ac["norm_bytes"] == (4 + 2) * 2 * s * b * m.hidden   # each LayerNorm: fp32 input, one bf16 cast
+    # ... and the softmax is fp32 (on CUDA's fp32 list; the fp32 causal mask promotes the scores anyway):
+    # its output, the dropout's 1-byte mask and the dropped 16-bit copy
+    assert cuda["per_layer_bytes"] - sum(per_ac.values()) == (4 + 1 + 2) * as2b - per_ac["scores_bytes"]
+    # on a CPU the dropout mask takes the dtype of what it masks (2 bytes)
+    per_cpu = estimator.layer_activation_terms(m, s, b, 2, 2, r=4, cast=True)
+    assert cpu["per_layer_bytes"] - sum(per_cpu.values()) == (4 + 2 + 2) * as2b - per_cpu["scores_bytes"]
+    # sdpa on a CPU with attention dropout falls back to the math path, which computes in fp32: fp32 Q, K, V
+    # and the scores' softmax, mask and dropped copy in fp32; its output back in 16 bits
     cpu_sdpa = estimator.activation_terms(m, estimator.Setup(attention="sdpa", seq=s, device="cpu"))
-    assert cpu_sdpa["per_layer_bytes"] == cpu["per_layer_bytes"]
+    per_math = estimator.layer_activation_terms(m, s, b, 2, 2, r=4, cast=True, math_sdpa=True)
+    assert cpu_sdpa["per_layer_bytes"] == sum(per_math.values())
+    assert per_math["scores_bytes"] == 3 * 4 * as2b
+    assert per_math["attention_bytes"] == (3 * 4 + 2) * s * b * m.hidden
     # an unfused gelu_new (GPT-2's activation_function) keeps x, 0.5x, tanh and 1 + tanh besides its output
     from types import SimpleNamespace
 

@@ -40,7 +40,8 @@ from dataclasses import asdict, dataclass, replace
 from typing import NamedTuple, Sequence
 
 from experiments.lib import formulas
-from experiments.lib.model_shapes import (BUILTIN, DECODERS, FUSED_FAMILIES, MOE_FAMILIES, QK_NORM_FAMILIES,
+from experiments.lib.model_shapes import (BUILTIN, DECODERS, FUSED_FAMILIES, GEMMA_NORM_FAMILIES, MOE_FAMILIES,
+                                          QK_NORM_FAMILIES,
                                           SANDWICH_FAMILIES, ModelShape, parameter_shapes)
 
 OPTIMIZERS = ("sgd", "sgd-momentum", "adam", "adamw", "adam-amsgrad", "adafactor", "adamw-8bit")
@@ -233,7 +234,8 @@ def optimizer_bytes(optimizer: str, shapes: Sequence[Sequence[int]], state_elem_
 
 
 def layer_activation_terms(m: ModelShape, s: int, b: int, e: int, mask_bytes: int = 1,
-                           routed: bool | None = None, attention: str = "sdpa") -> dict[str, int]:
+                           routed: bool | None = None, attention: str = "sdpa", r: int | None = None,
+                           cast: bool = False, math_sdpa: bool = False) -> dict[str, int]:
     """Bytes one transformer layer saves for backward (no checkpointing).
 
     Korthikanti et al. 2022, section 4.1, with 16-bit activations (e = 2),
@@ -302,47 +304,89 @@ def layer_activation_terms(m: ModelShape, s: int, b: int, e: int, mask_bytes: in
     mask in the activation dtype, so a CPU measurement passes ``e``.
     """
     h, a, I, d, kv = m.hidden, m.heads, m.d_ff, m.d_head, m.n_kv_heads
+    r = e if r is None else r
     sb = s * b
     sbh, as2b = sb * h, a * s * s * b
     drop = 1 if m.dropout else 0
     if routed is None:
         kinds = [k for k in (True, False) if (m.n_moe_layers if k else m.layers - m.n_moe_layers)]
-        return max((layer_activation_terms(m, s, b, e, mask_bytes, k, attention) for k in kinds),
+        return max((layer_activation_terms(m, s, b, e, mask_bytes, k, attention, r, cast, math_sdpa) for k in kinds),
                    key=lambda t: (sum(t.values()), t["router_bytes"]))
-    norm = (10 if m.family in SANDWICH_FAMILIES else 6 if m.family in DECODERS else 4) * e * sbh
-    if m.family in QK_NORM_FAMILIES:
-        norm += 2 * e * sb * (a + kv) * d
-    # Q (a heads), K, V (kv heads; eager: repeated to a heads), the attention output
-    att = e * sb * d * (2 * a + 2 * (a if attention == "eager" else kv))
+    moe = bool(routed and m.family in MOE_FAMILIES)
+    qkv_in = 1 if m.family in FUSED_FAMILIES or m.family == "gpt2" else 3
+    mlp_in = 1 if m.family in FUSED_FAMILIES or m.family not in DECODERS else 2
+    if moe:  # the router's Linear casts; the experts gather the norm's output as it is (counted with them)
+        mlp_in = 1 + (3 if m.family == "qwen2_moe" else 0)  # Qwen2-MoE: the shared expert's gate, up and gate
+    if m.family in SANDWICH_FAMILIES:     # two more norms, before residual adds: no Linear reads them
+        norm = (norm_bytes(m, e, r, cast, qkv_in) + norm_bytes(m, e, r, cast, mlp_in) + 2 * norm_bytes(m, e, r, cast, 0)) * sbh
+    else:
+        norm = (norm_bytes(m, e, r, cast, qkv_in) + norm_bytes(m, e, r, cast, mlp_in)) * sbh
+    if m.family in QK_NORM_FAMILIES:  # over d, on the projections' outputs (dtype e): fp32 copy + normalised
+        norm += (8 if m.family in GEMMA_NORM_FAMILIES else 4 + e) * sb * (a + kv) * d
+    if attention == "sdpa" and math_sdpa and e < 4:
+        # SDPA's math path computes in fp32 from 16-bit inputs: fp32 copies of Q, K, V; the output back in e
+        att = 4 * sb * d * (a + 2 * kv) + e * sb * d * a
+    else:
+        # Q (a heads), K, V (kv heads; eager: repeated to a heads), the attention output
+        att = e * sb * d * (2 * a + 2 * (a if attention == "eager" else kv))
     if m.family in FUSED_FAMILIES and attention == "sdpa":
         att += e * sb * d * (2 * a + kv)
-    if routed and m.family in MOE_FAMILIES:
+    if moe:
         T, k, W = sb, m.top_k, m.d_expert
-        mlp = e * T * k * (2 * h + 4 * W)
+        ex = r if cast else e   # under autocast the experts' grouped matmuls run in the norm's output dtype
+        mlp = ex * T * k * (2 * h + 4 * W)
         if m.family == "qwen2_moe":
             mlp += 4 * e * T * m.shared_intermediate + e * T * (h + 1)
         router = 4 * T * m.experts + 4 * T + 41 * T * k
     else:
         mlp = (4 if m.family in DECODERS else 2) * e * sb * I
         router = 0
+    if attention == "sdpa" and math_sdpa:
+        sm = 4 if e < 4 else e      # fp32 from 16-bit inputs; dropout's mask and output of its dtype
+        scores = sm * as2b + drop * 2 * sm * as2b
+    else:
+        scores = e * as2b + drop * (mask_bytes + e) * as2b
+    if m.attn_softcap:
+        scores += e * as2b
     return {
         "norm_bytes": norm,
         "attention_bytes": att,
-        "scores_bytes": e * as2b + drop * (mask_bytes + e) * as2b + (e * as2b if m.attn_softcap else 0),
+        "scores_bytes": scores,
         "mlp_bytes": mlp,
         "router_bytes": router,
         "dropout_masks_bytes": drop * 2 * mask_bytes * sbh,
     }
 
 
-def smaller_layers_bytes(m: ModelShape, s: int, b: int, e: int, mask_bytes: int = 1) -> int:
+def norm_bytes(m: ModelShape, e: int, r: int, cast: bool, readers: int) -> int:
+    """Bytes one norm keeps per element of its input: its own saved tensors and its output as its readers keep it.
+
+    * GPT-2's and BERT's LayerNorm (one fused kernel) keeps its input (r, the residual stream's dtype);
+    * Llama's RMSNorm (``LlamaRMSNorm.forward`` and its copies) upcasts its input to fp32 (kept by ``pow``, 4),
+      keeps the normalised tensor in the input's dtype (``to(input_dtype)``, kept by the weight's ``mul``, r);
+    * Gemma's RMSNorm normalises and scales in fp32 (``_norm(x.float()) * (1 + weight.float())``): 4 + 4.
+    Its output (r) is kept once by whatever reads it, unless nothing does (Gemma 2's norms before a residual
+    add); under autocast each Linear that reads it keeps its own 16-bit copy (autocast casts activations per op;
+    only the weights' casts are cached), ``readers`` x e: Q, K and V apart are three.
+    """
+    if m.family in GEMMA_NORM_FAMILIES:
+        own = 8
+    elif m.family in DECODERS:
+        own = 4 + r
+    else:
+        own = r
+    return own + (0 if readers == 0 else readers * e if cast else r)
+
+
+def smaller_layers_bytes(m: ModelShape, s: int, b: int, e: int, mask_bytes: int = 1, r: int | None = None,
+                         cast: bool = False) -> int:
     """What the model's layers save less than ``layers`` x its largest layer: a MoE model whose dense layers
-    (mlp_only_layers, decoder_sparse_step) differ from its routed ones. Only the MLP and router differ."""
+    (mlp_only_layers, decoder_sparse_step) differ from its routed ones. Only the norms, MLP and router differ."""
     n_moe = m.n_moe_layers
     if m.family not in MOE_FAMILIES or n_moe in (0, m.layers):
         return 0
-    routed, dense = (layer_activation_terms(m, s, b, e, mask_bytes, k) for k in (True, False))
-    size = {k: t["mlp_bytes"] + t["router_bytes"] for k, t in ((True, routed), (False, dense))}
+    routed, dense = (layer_activation_terms(m, s, b, e, mask_bytes, k, r=r, cast=cast) for k in (True, False))
+    size = {k: t["norm_bytes"] + t["mlp_bytes"] + t["router_bytes"] for k, t in ((True, routed), (False, dense))}
     big = max(size.values())
     return n_moe * (big - size[True]) + (m.layers - n_moe) * (big - size[False])
 
@@ -353,29 +397,37 @@ def dropout_mask_bytes(setup: Setup) -> int:
     return 1 if setup.device == "cuda" else PRECISIONS[setup.precision].activations
 
 
+def sdpa_math_path(m: ModelShape, setup: Setup) -> bool:
+    """SDPA on a CPU with attention dropout: the CPU flash kernel has no dropout, so SDPA falls back to its math
+    path (aten/src/ATen/native/transformers/attention.cpp, ``_fused_sdp_choice_cpp`` -> math), which keeps the
+    scores, and computes in fp32 from 16-bit inputs (``_scaled_dot_product_attention_math``: "Keep query, key,
+    value in high precision for accuracy")."""
+    return setup.attention == "sdpa" and setup.device == "cpu" and bool(m.dropout)
+
+
 def attention_scores_bytes(m: ModelShape, s: int, b: int, setup: Setup, layer: dict[str, int]) -> int:
     """One layer's saved attention-score bytes under the attention implementation of ``setup``.
 
     * sdpa (transformers' default): the fused kernels (flash, memory-efficient, and the CPU flash kernel)
       save no s x s matrix, only the fp32 log-sum-exp of each query row, 4 x a x s x b bytes
       (``_scaled_dot_product_flash_attention`` returns ``logsumexp`` for backward); dropout inside the kernel
-      keeps a seed, not a mask.
-    * eager: the layer's own scores term. Under autocast on CUDA, ``softmax`` is on the fp32 list of CUDA
-      autocast (torch.amp docs, "CUDA Ops that can autocast to float32"), so the softmax output it saves is fp32
-      and the matmul after it saves a 16-bit copy: 4as^2b + e*as^2b, plus the dropout mask. CPU autocast runs
-      softmax in its input dtype (softmax is on neither CPU list, "CPU Ops that can autocast to ..."), so
-      the layer's term stands.
+      keeps a seed, not a mask. Its math path (``sdpa_math_path``) keeps what the layer's term counts.
+    * eager: the softmax keeps its output. The decoder families ask for it in fp32
+      (``eager_attention_forward``: ``softmax(..., dtype=torch.float32).to(query.dtype)``); under autocast
+      the others get it in fp32 too: adding the causal mask, made in the embeddings' dtype (fp32), promotes
+      the scores (GPT-2's ``eager_attention_forward``), and on CUDA ``softmax`` is on autocast's fp32 list
+      (torch.amp docs). So with 16-bit activations it keeps 4as^2b, and the matmul after it the 16-bit copy,
+      e*as^2b (with dropout: the dropout's mask and output instead). Otherwise the layer's term stands.
     """
     lay = PRECISIONS[setup.precision]
-    if setup.attention == "sdpa" and not (setup.device == "cpu" and m.dropout):
+    if setup.attention == "sdpa" and not sdpa_math_path(m, setup):
         return 4 * m.heads * s * b
-    # eager, or sdpa on a CPU with attention dropout: the CPU flash kernel has no dropout, so SDPA falls back to
-    # its math path (aten/src/ATen/native/transformers/attention.cpp, ``_fused_sdp_choice_cpp`` -> math), which
-    # saves what eager saves
-    if lay.cast and setup.device == "cuda":
-        e, as2b = lay.activations, m.heads * s * s * b
-        return max(layer["scores_bytes"], 4 * as2b + e * as2b + (dropout_mask_bytes(setup) * as2b if m.dropout else 0))
-    return layer["scores_bytes"]
+    e, as2b = lay.activations, m.heads * s * s * b
+    fp32_softmax = m.family in DECODERS or bool(lay.cast)
+    if setup.attention == "sdpa" or not fp32_softmax or e >= 4:
+        return layer["scores_bytes"]
+    after = (dropout_mask_bytes(setup) + e) * as2b if m.dropout else e * as2b
+    return 4 * as2b + after + (e * as2b if m.attn_softcap else 0)
 
 
 def activation_function_extra_bytes(m: ModelShape, s: int, b: int, setup: Setup) -> int:
@@ -400,37 +452,56 @@ def activation_function_extra_bytes(m: ModelShape, s: int, b: int, setup: Setup)
 def activation_terms(m: ModelShape, setup: Setup, mask_bytes: int | None = None) -> dict[str, int]:
     """Per-device activation bytes saved for backward, by term.
 
-    Beyond the layers: the embedding's dropout mask (and BERT's embedding
-    LayerNorm input), the final norm's input and output (for BERT: the last
-    hidden state and the output projection's input), and the fp32
-    log-probabilities that cross-entropy saves (4 bytes x s x b x vocab; the
-    logits themselves are freed unless the caller keeps them).
+    Beyond the layers: the token ids the embedding keeps and the labels the loss keeps (int64; GPT-2's
+    position ids too), the rotary cos and sin every layer shares (computed in fp32 and cast to the hidden
+    states' dtype), the embedding's dropout mask (and BERT's embedding LayerNorm input), the final norm and
+    the output head's input (``norm_bytes`` with one reader), and the fp32 log-probabilities that
+    cross-entropy saves (4 bytes x s x b x vocab; the logits themselves are freed unless the caller keeps
+    them).
+
+    Dtypes: ``e`` is the layout's activation dtype, what matmuls return. Under autocast the residual stream
+    stays fp32 (``r`` = 4): embeddings, adds and norms are not autocast ops, so each norm keeps fp32 and
+    each Linear that reads an fp32 tensor keeps its own 16-bit cast. Left out: each norm's per-row
+    statistics (one or two numbers per token, about 1/h of its other bytes).
     """
-    e = PRECISIONS[setup.precision][3]
+    lay = PRECISIONS[setup.precision]
+    e = lay.activations
+    r = 4 if lay.cast else e
+    cast = bool(lay.cast)
     s, b, h = setup.seq, setup.batch, m.hidden
     if mask_bytes is None:
         mask_bytes = dropout_mask_bytes(setup)
-    layer = layer_activation_terms(m, s, b, e, mask_bytes, attention=setup.attention)
+    layer = layer_activation_terms(m, s, b, e, mask_bytes, attention=setup.attention, r=r, cast=cast,
+                                   math_sdpa=sdpa_math_path(m, setup))
     layer = {**layer, "scores_bytes": attention_scores_bytes(m, s, b, setup, layer),  # the attention implementation
              "mlp_bytes": layer["mlp_bytes"] + activation_function_extra_bytes(m, s, b, setup)}
     per_layer = sum(layer.values())                # the largest layer (a MoE model's routed or dense kind)
-    smaller = smaller_layers_bytes(m, s, b, e, mask_bytes)   # what its other layers save less
+    smaller = smaller_layers_bytes(m, s, b, e, mask_bytes, r, cast)   # what its other layers save less
     if setup.checkpointing == "none":
         recompute = 0
         layers = m.layers * per_layer - smaller
     elif setup.checkpointing == "selective":  # no attention scores kept; one layer's recomputed in backward
         recompute = layer["scores_bytes"]
         layers = m.layers * (per_layer - recompute) + recompute - smaller
-    else:  # full: each layer's input, plus one layer recomputed during backward
+    else:  # full: each layer's input (the residual stream), plus one layer recomputed during backward
         recompute = per_layer
-        layers = m.layers * e * s * b * h + recompute
-    embedding = (mask_bytes if m.dropout else 0) * s * b * h + (e * s * b * h if m.family == "bert" else 0)
-    head = 2 * e * s * b * h
+        layers = m.layers * r * s * b * h + recompute
+        if m.family == "gpt2" and setup.attention == "eager":
+            # GPT-2's blocks take the additive causal mask positionally, and torch.utils.checkpoint keeps the
+            # positional tensor inputs of each checkpointed call (``save_inputs``): one (b, 1, s, s) mask
+            # in the embeddings' dtype, shared by every layer (transformers 5.17, modeling_layers.py)
+            layers += b * s * s * r
+    emb_mask = (1 if setup.device == "cuda" else r) if m.dropout else 0   # the embeddings' output is in r
+    indices = 8 * s * b * (2 + (1 if m.type_vocab else 0)) + (8 * s if m.positions else 0)
+    rotary = 2 * s * m.d_head * r if m.family in DECODERS else 0
+    embedding = emb_mask * s * b * h + (r * s * b * h if m.family == "bert" else 0) + indices + rotary
+    head = norm_bytes(m, e, r, cast, 1) * s * b * h
     logits = 4 * s * b * m.vocab
     if m.logit_softcap:  # Gemma 2: tanh(logits / cap) * cap keeps the tanh output, e bytes per logit
         logits += e * s * b * m.vocab
     return {"layers_bytes": layers, "embedding_bytes": embedding, "head_bytes": head, "logits_bytes": logits,
             "per_layer_bytes": per_layer, "recompute_bytes": recompute,
+            "layer_input_bytes": r * s * b * h if setup.checkpointing == "full" else 0,
             "total_bytes": layers + embedding + head + logits}
 
 
@@ -462,6 +533,32 @@ def lookup_only_parameters(m: ModelShape) -> int:
     """Parameters used only by embedding lookups (no matmul, so autocast casts none of them): the
     position and token-type tables, and the token embedding unless it is tied to the output head."""
     return (0 if m.tied_embeddings else m.vocab * m.hidden) + m.positions * m.hidden + m.type_vocab * m.hidden
+
+
+NORM_NAMES = ("norm", "ln_", "LayerNorm")   # the parameter names of norms (model_shapes.parameter_shapes)
+
+
+def cast_parameters(m: ModelShape) -> tuple[int, int]:
+    """(cached, saved): the parameters autocast casts to 16 bits and caches for the autocast region, and
+    those of them a matmul saves for backward.
+
+    Autocast casts what its listed ops read (``mm``, ``addmm``, ``matmul``, ...): the weights and biases of
+    the Linear layers and a tied output head. Not cast: the embedding lookups, the norms' weights (``mul`` and
+    ``layer_norm`` are not lower-precision ops) and a MoE layer's experts, which run through
+    ``torch._grouped_mm``, an op with no autocast kernel on CPU or CUDA (on torch 2.13,
+    ``torch._C._dispatch_has_kernel_for_dispatch_key("aten::_grouped_mm", "AutocastCUDA")`` is False), so the
+    experts compute in their input's dtype. A matmul's backward needs its weight, not its bias: biases are
+    cached, not saved."""
+    cached = parameter_count(m) - lookup_only_parameters(m)
+    saved = cached
+    for name, shape in parameter_shapes(m):
+        n = formulas.numel(shape)
+        if ".experts." in name or (len(shape) == 1 and any(k in name for k in NORM_NAMES)):
+            cached -= n
+            saved -= n
+        elif len(shape) == 1:
+            saved -= n
+    return cached, saved
 
 
 def unit_parameters(m: ModelShape) -> tuple[int, int]:
@@ -516,25 +613,36 @@ def phases(setup: Setup, shape: ModelShape | None, shapes: Sequence[Sequence[int
     ddp = n * lay.grads if z < 2 and N > 1 else 0
     if shape is not None:
         layer, root = unit_parameters(shape)
-        matmul = n - lookup_only_parameters(shape)
+        cached, saved = cast_parameters(shape)
         e, s, b, V = lay.activations, setup.seq, setup.batch, shape.vocab
         logits, loss_tmp = e * s * b * V, 2 * 4 * s * b * V
         as2b = shape.heads * s * s * b
         scores_grad = (4 if lay.cast and setup.device == "cuda" else e) * as2b if setup.attention == "eager" else 0
-        working = e * s * b * shape.hidden + max(2 * e * s * b * shape.d_ff, 2 * scores_grad)
+        mlp_grads = 2 * e * s * b * shape.d_ff
+        if shape.family in MOE_FAMILIES and shape.n_moe_layers:  # the experts' (token, expert) pairs, in their dtype
+            ex = 4 if lay.cast else e
+            mlp_grads = max(mlp_grads, 2 * ex * s * b * shape.top_k * shape.d_expert)
+        working = e * s * b * shape.hidden + max(mlp_grads, 2 * scores_grad)
         # what backward rebuilds for one layer exists only in backward; the loss's log-probabilities are freed
         # by the loss's backward, before the first layer is rebuilt
-        act, act_end = acts["total_bytes"] - acts["recompute_bytes"], acts["embedding_bytes"]
+        # at the end of backward the first layer is being differentiated: under checkpointing it was just rebuilt
+        # (its saved tensors, and under full checkpointing its kept input, are live with every gradient)
+        act = acts["total_bytes"] - acts["recompute_bytes"]
+        act_end = acts["embedding_bytes"] + acts["layer_input_bytes"]
         recompute, logprobs = acts["recompute_bytes"], acts["logits_bytes"]
     else:
-        layer, root, matmul = 0, 0, n   # no shape: no units (gathered layers and buffers are not estimated)
+        layer, root, cached, saved = 0, 0, n, n   # no shape: no units (gathered layers and buffers are not estimated)
         logits = loss_tmp = working = act = act_end = recompute = logprobs = 0
-    cast = lay.cast * matmul
+    cast = lay.cast * cached
     # Autocast's cache holds every cast weight until the autocast region ends (the end of forward, loss
-    # included); then only the copies saved for backward stay: all of them, or under full checkpointing the
-    # head's alone (a checkpointed layer saves nothing and casts again when it is recomputed).
-    cast_saved = lay.cast * shape.vocab * shape.hidden if shape is not None and setup.checkpointing == "full" \
-        else cast
+    # included); then only the copies saved for backward stay: the matmuls' weights, or under full
+    # checkpointing the head's alone (a checkpointed layer saves nothing and casts again when it is recomputed).
+    full_ckpt = shape is not None and setup.checkpointing == "full"
+    cast_saved = lay.cast * shape.vocab * shape.hidden if full_ckpt else lay.cast * saved
+    # a rebuilt layer runs under autocast again (torch.utils.checkpoint restores the autocast state), so its
+    # weights are cast again and cached until its backward is done
+    cast_rebuilt = lay.cast * (cast_parameters(replace(shape, layers=2))[0]
+                               - cast_parameters(replace(shape, layers=1))[0]) if full_ckpt and lay.cast else 0
     gather = (lay.gather or lay.weights) * (root + 2 * layer) if z >= 3 else 0
     unit_grad = lay.unit_grad or lay.grads
     root_grad = root * unit_grad if z >= 2 else 0       # the root unit's unsharded gradient, reduced at the end
@@ -553,10 +661,17 @@ def phases(setup: Setup, shape: ModelShape | None, shapes: Sequence[Sequence[int
     else:
         early["activations"] = act - logprobs + recompute
         early["grads"], early["working_set"] = first_grads, working
+        early["cast_weights"] = cast_saved + cast_rebuilt
     late = {"params": P, "optimizer": O, "cast_weights": 0, "activations": act_end,
             "grads": G + root_grad, "working_set": working, "ddp_buckets": ddp, "gathered_params": gather,
             "reduce_buffers": reduce}
-    bwd, point = (early, "start") if sum(early.values()) >= sum(late.values()) else (late, "end")
+    # under checkpointing each layer is rebuilt before its backward: at the first layer's turn its rebuilt
+    # tensors are live with every gradient but its own
+    layer_grads = (ceil_div(layer * lay.grads, N) if z >= 2 else layer * lay.grads) if recompute else 0
+    rebuilt = {**late, "activations": act_end + recompute, "grads": late["grads"] - min(layer_grads, G),
+               "cast_weights": cast_rebuilt}
+    points = [(early, "start"), (late, "end")] + ([(rebuilt, "first layer rebuilt")] if recompute else [])
+    bwd, point = max(points, key=lambda t: sum(t[0].values()))
     update_elems = ceil_div(n, N) if z >= 1 else n
     largest = max(formulas.numel(x) for x in shapes)
     update_bytes = lay.master or lay.weights
@@ -575,6 +690,7 @@ def phases(setup: Setup, shape: ModelShape | None, shapes: Sequence[Sequence[int
                               ("optimizer", opt, f"optimizer step ({setup.impl})"),
                               ("between_steps", between, "between steps")):
         out[name] = {"label": note, "terms_bytes": terms, "total_bytes": sum(terms.values())}
+    out["backward"]["cast_saved_bytes"] = cast_saved   # autocast's copies that forward saved for backward
     return out
 
 

@@ -29,6 +29,7 @@ DECODERS = FAMILIES[2:]                      # RMSNorm, rotary positions, a gate
 MOE_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe")
 QK_NORM_FAMILIES = ("qwen3", "gemma3", "qwen3_moe")  # an RMSNorm over head_dim on queries and keys
 SANDWICH_FAMILIES = ("gemma2", "gemma3")     # pre- and post-feedforward norms besides the usual two
+GEMMA_NORM_FAMILIES = ("gemma", "gemma2", "gemma3")  # GemmaRMSNorm: normalises and scales in fp32, x (1 + weight)
 FUSED_FAMILIES = ("phi3",)                   # one qkv_proj and one gate_up_proj
 # Defaults of the typed shapes, as the config classes set them (configuration_<family>.py):
 QKV_BIAS_DEFAULT = {"qwen2": True, "qwen2_moe": True}        # Qwen2 always has them; Qwen2-MoE's qkv_bias=True
