@@ -15,19 +15,24 @@ takes one warm-up step (the optimizer state exists, as in training), then one st
 timeline (`experiments/lib/timeline.py`) gives live bytes per category at every allocation and free,
 with the phases (forward, backward, optimizer step, zero_grad) marked. The same steps are then run
 again under the memory tracker that measures every other chapter (`experiments/lib/memory.py`,
-PyTorch's `MemTracker`), whose peak by category is stored beside the timeline. On CUDA also: the
+PyTorch's `MemTracker`), whose peak by category is stored beside the timeline; for the plain step the
+tracker also keeps MemTracker's per-module statistics (each module's own parameters, and the live
+memory by category at its peak in forward and in backward). On CUDA also: the
 CUDA context's bytes before any tensor, the allocator's history of the plain step (allocated and
-reserved over it, and the snapshot pickle that PyTorch's memory visualizer opens), the same step
+reserved over it, and the snapshot pickle that PyTorch's memory visualizer opens, kept as a file beside
+the result: `experiments/lib/artifacts.py`), the same step
 with `expandable_segments:True`, and what `torch.cuda.empty_cache()` gives back. `run` stores the
 series; `summarize` finds each peak, its phase and category, and puts the tracker and the estimator
 (`experiments/lib/estimator.py`) beside it.
 
-**Run.** `python -m experiments.memory_timeline --profile quick` prints the JSON.
+**Run.** `python -m experiments.memory_timeline --profile quick` prints the JSON (add `--artifacts DIR` to keep
+the CUDA snapshot pickle in DIR).
 """
 
 # %%
 from __future__ import annotations
 
+import base64
 import contextlib
 from dataclasses import dataclass
 from typing import Callable
@@ -36,7 +41,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from experiments.lib import timeline
+from experiments.lib import artifacts, timeline
 from experiments.lib.gpt import GPT, CheckpointedCore, LayerShape
 from experiments.lib.memory import MemoryTracker, param_bytes
 from experiments.lib.threads import single_thread
@@ -68,6 +73,7 @@ class Config:
     setups: tuple[str, ...] = tuple(SETUPS)
     max_points: int = 300               # per timeline; the peak point is always kept (lib/timeline.py)
     snapshot_max_entries: int = 20000   # CUDA: the allocator's history of the plain step
+    module_depth: int = 3               # the plain step's per-module table: names of up to 3 parts (GPT.layers.0)
 
 
 PROFILES = {
@@ -84,6 +90,7 @@ PROFILES = {
     "gpu": Config(vocab=8192, d_model=512, layers=4, heads=8, seq=256, batch=8),
 }
 TIMEOUT_S = 600
+SNAPSHOT_FILE = "memory_timeline_snapshot.pickle"  # CUDA: the plain step's allocator snapshot, beside the result
 
 # %% [markdown]
 # ## One set-up
@@ -164,7 +171,9 @@ def measure_setup(cfg: Config, device: str, setup: str) -> dict:
         for k in range(steps):
             step(recorder, k)
     series = recorder.result()
-    tracker = MemoryTracker(device).track(model, opt)
+    # the plain step (one forward per step): MemTracker's per-module statistics as well, same global peak
+    per_module = setup == "plain" and steps == 1
+    tracker = MemoryTracker(device, per_module=per_module).track(model, opt)
     with tracker:
         for k in range(steps):
             step(NoPhases(), k)
@@ -174,6 +183,7 @@ def measure_setup(cfg: Config, device: str, setup: str) -> dict:
         "timeline": series,
         "tracker": {"peak_bytes": peak.total,
                     "by_category_bytes": {c: peak.by_category[c] for c in peak.by_category}},
+        "modules": tracker.module_peaks(cfg.module_depth) if per_module else None,
     }
 
 
@@ -190,6 +200,8 @@ def measure_cuda(cfg: Config, device: str, before_tensors: dict) -> dict:
     torch.cuda.synchronize(device)
     torch.cuda.empty_cache()
     history = timeline.record_cuda_history(lambda: step(NoPhases(), 0), device, cfg.snapshot_max_entries)
+    # the pickle goes beside the result as a file (None where this run keeps no files), not into the JSON
+    history["snapshot_file"] = artifacts.write(SNAPSHOT_FILE, base64.b64decode(history.pop("snapshot_pickle_base64")))
     default = timeline.peak_allocated_and_reserved(lambda: step(NoPhases(), 1), device)
     released = timeline.empty_cache_release(device)
     del model, opt, step
@@ -368,6 +380,40 @@ def summarize_cuda(c: dict) -> dict:
     }
 
 
+TRACKER_LABELS = {"params": "parameters", "buffers": "buffers", "grads": "gradients", "activations": "activations",
+                  "temporaries": "temporaries", "optimizer": "optimizer state", "other": "other"}
+
+
+def summarize_modules(x: dict) -> dict | None:
+    """The plain step's per-module table: each module's higher peak (forward or backward) and what held it.
+
+    Each peak is everything live at that moment (MemTracker's snapshot), so a module's row reads "while
+    this module ran, memory reached ... ": the root's is the step's peak; its children's are lower.
+    """
+    modules = x.get("modules")
+    if not modules:
+        return None
+    rows = {}
+    for name, m in modules.items():
+        peaks = {ph: m[f"{ph}_peak"] for ph in ("forward", "backward") if m[f"{ph}_peak"]}
+        phase = max(peaks, key=lambda ph: peaks[ph]["total_bytes"])
+        by = peaks[phase]["by_category_bytes"]
+        holder = max(by, key=by.__getitem__)
+        rows[name] = {"depth": name.count("."), "parameters_bytes": m["parameters_bytes"],
+                      "outputs_bytes": m["outputs_bytes"], "peak_phase": phase, "peak_phase_label": PHASE_LABELS[phase],
+                      "peak_bytes": peaks[phase]["total_bytes"], "by_category_bytes": by,
+                      "holder_label": TRACKER_LABELS[holder],
+                      "forward_peak_bytes": m["forward_peak"]["total_bytes"] if m["forward_peak"] else None,
+                      "backward_peak_bytes": m["backward_peak"]["total_bytes"] if m["backward_peak"] else None}
+    root = next(iter(rows))
+    children = [n for n in rows if n != root]
+    top_child = max(children, key=lambda n: rows[n]["peak_bytes"]) if children else None
+    return {"rows": rows, "root": root, "root_peak_bytes": rows[root]["peak_bytes"],
+            "root_over_tracker_ratio": rows[root]["peak_bytes"] / x["tracker"]["peak_bytes"],
+            "top_child": top_child, "top_child_peak_bytes": rows[top_child]["peak_bytes"] if top_child else None,
+            "top_child_phase_label": rows[top_child]["peak_phase_label"] if top_child else None}
+
+
 def summarize(data: dict) -> dict:
     model, dev = data["model"], data["device_type"]
     measured = data["setups"]
@@ -394,6 +440,7 @@ def summarize(data: dict) -> dict:
                                            / max(1, plain_s["peak"]["by_category_bytes"]["activations"]))
         if plain_s and accumulation else None,
         "cuda": summarize_cuda(data["cuda"]) if data["cuda"] is not None else None,
+        "modules": summarize_modules(measured["plain"]) if "plain" in measured else None,
     }
 
 

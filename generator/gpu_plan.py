@@ -213,6 +213,10 @@ def archive_bytes(results_dir: Path, slug: str | None, files: dict[str, bytes]) 
             for path in sorted(host.iterdir()) if host.is_dir() else ():
                 if path.is_file() and not path.name.startswith("."):  # not an in-flight temporary file
                     tar.add(path, arcname=f"results/{slug}/{path.name}", recursive=False)
+                elif path.is_dir() and path.name.endswith(runner.ARTIFACTS_SUFFIX) and not path.name.startswith("."):
+                    tar.addfile(_dir_entry(f"results/{slug}/{path.name}"))  # a result's files (runner.py)
+                    for f in sorted(p for p in path.iterdir() if p.is_file() and not p.is_symlink()):
+                        tar.add(f, arcname=f"results/{slug}/{path.name}/{f.name}", recursive=False)
         for name, data in files.items():
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), 0o644, int(time.time())
@@ -242,6 +246,10 @@ def read_archive(path: Path) -> tuple[str, dict[str, dict], str]:
                         log = tar.extractfile(m).read().decode("utf-8")
                     continue
                 parent, _, name = m.name.rpartition("/")
+                top, _, folder = parent.rpartition("/")
+                if (m.isdir() and parent == f"results/{slug}" and name.endswith(runner.ARTIFACTS_SUFFIX)) or (
+                        m.isfile() and top == f"results/{slug}" and folder.endswith(runner.ARTIFACTS_SUFFIX)):
+                    continue  # a result's files, beside it (generator/runner.py)
                 if parent != f"results/{slug}" or not m.isfile() or not name.endswith(".json"):
                     raise RunError(f"{path}: unexpected member {m.name!r}")
                 try:

@@ -7,6 +7,11 @@ failing experiment (exception, timeout, out of memory, killed) is recorded in
 ``<name>.failed.json``; the previous good ``<name>.json`` stays on disk, the
 other experiments still run, and the command exits non-zero.
 
+An experiment may keep files beside its result (``experiments/lib/artifacts.py``): the child writes
+them into a fresh folder, which replaces ``<name>.files/`` when the result is written (the result's
+``artifacts`` field lists each file's size and SHA-256, so a file that does not match its result is
+found); a failed run keeps the previous result's files.
+
 Standard library only: torch is imported by the subprocesses, never here.
 """
 from __future__ import annotations
@@ -16,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +29,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from generator import envelope, fingerprint
 from generator.errors import RunError
@@ -34,6 +41,7 @@ THIS_HOST_FILE = ".this-host"  # in the results folder, not committed: the slug 
 STDERR_TAIL = 2000
 PR_SET_PDEATHSIG = 1
 BAD_DEVICE = 3  # experiments.lib.describe's exit status for a device it refuses
+ARTIFACTS_SUFFIX = ".files"  # results/<host>/<name>.files/: the files a result keeps beside it
 
 
 @dataclass
@@ -110,7 +118,29 @@ def cached_ok(path: Path, key: str) -> bool:
         # an unreadable old result is rerun, and replaced only by a good one
         print(f"handbook: {exc}; running it again", file=sys.stderr)
         return False
-    return old["status"] == "ok" and old["cache_key"] == key
+    if old["status"] != "ok" or old["cache_key"] != key:
+        return False
+    problem = artifacts_problem(path, old)
+    if problem:
+        print(f"handbook: {problem}; running it again", file=sys.stderr)
+    return problem is None
+
+
+def artifacts_problem(path: Path, env: dict) -> str | None:
+    """Why the files the result at ``path`` lists do not match what lies beside it (None: they match)."""
+    folder = path.with_name(path.name[: -len(".json")] + ARTIFACTS_SUFFIX)
+    listed = env.get("artifacts", {})
+    if not isinstance(listed, dict) or not all(
+            isinstance(w, dict) and type(w.get("bytes")) is int and isinstance(w.get("sha256"), str)
+            and "/" not in n and "\\" not in n and not n.startswith(".") for n, w in listed.items()):
+        return f"{path}: field 'artifacts' should map plain file names to {{\"bytes\": int, \"sha256\": str}}"
+    for name, want in listed.items():
+        f = folder / name
+        if not f.is_file():
+            return f"{f}: missing (listed in {path.name}'s field 'artifacts')"
+        if f.stat().st_size != want["bytes"] or hashlib.sha256(f.read_bytes()).hexdigest() != want["sha256"]:
+            return f"{f}: does not match the size and SHA-256 that {path.name}'s field 'artifacts' lists"
+    return None
 
 
 def _describe_exit(code: int) -> str:
@@ -138,15 +168,59 @@ class Interrupted(RunError):
     """The run was interrupted (Ctrl-C, SIGTERM); the child was ended and nothing was written."""
 
 
+def artifacts_dir(results_dir: Path, slug: str, experiment: str) -> Path:
+    """``results/<host>/<name>.files/``: the files the experiment's good result keeps beside it."""
+    return Path(results_dir) / slug / f"{experiment}{ARTIFACTS_SUFFIX}"
+
+
+def artifacts_manifest(folder: Path) -> dict[str, dict]:
+    """``{file name: {"bytes", "sha256"}}`` of the files a run wrote; anything but plain files is an error."""
+    out = {}
+    for path in sorted(folder.iterdir()):
+        if path.is_symlink() or not path.is_file():
+            raise RunError(f"wrote {path.name!r} into its artifacts folder, which is not a plain file")
+        out[path.name] = {"bytes": path.stat().st_size, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return out
+
+
+def _recover_artifacts(final: Path) -> None:
+    """Tidy what a runner killed mid-swap left: the previous files back in place, temporary folders gone."""
+    olds = sorted(final.parent.glob(f".{final.name}.old-*"))
+    if olds and not final.exists():
+        os.replace(olds.pop(), final)
+    for leftover in olds + sorted(final.parent.glob(f".{final.name}.new-*")):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _swap_artifacts(staged: Path, final: Path) -> Path | None:
+    """Put the new run's files in place of the old ones (none if it wrote none); return the old folder."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    if any(staged.iterdir()):
+        os.replace(staged, final)
+    return old
+
+
+def _restore_artifacts(final: Path, old: Path | None) -> None:
+    if final.exists():
+        shutil.rmtree(final)
+    if old is not None:
+        os.replace(old, final)
+
+
 def run_one(name: str, profile: str, timeout_s: float, plan: Plan, python: str,
-            root: Path) -> tuple[dict | None, str | None]:
+            root: Path, artifacts: Path | None = None) -> tuple[dict | None, str | None]:
     """Run one experiment in a fresh process; return (data, None) or (None, error).
 
     The child writes its JSON into a pipe (``--out-fd``), so nothing is left on disk whatever
-    happens. It runs in its own process group, which is killed on a timeout or an interrupt, and
-    it dies with the runner if the runner is killed.
+    happens, and its files (if any) into ``artifacts``. It runs in its own process group, which is
+    killed on a timeout or an interrupt, and it dies with the runner if the runner is killed.
     """
     cmd = [python, "-m", f"experiments.{name}", "--profile", profile, "--device", plan.device]
+    if artifacts is not None:
+        cmd += ["--artifacts", str(artifacts)]
     read_fd, write_fd = os.pipe()
     chunks: list[bytes] = []
     try:
@@ -193,8 +267,8 @@ def _kill_group(proc: subprocess.Popen) -> None:
 
 
 def make_envelope(name: str, profile: str, config: dict, plan: Plan, key: str, started: dt.datetime,
-                  seconds: float, data: dict | None, error: str | None) -> dict:
-    return {
+                  seconds: float, data: dict | None, error: str | None, artifacts: dict | None = None) -> dict:
+    env = {
         "schema_version": envelope.SCHEMA_VERSION,
         "experiment": name,
         "profile": profile,
@@ -208,6 +282,37 @@ def make_envelope(name: str, profile: str, config: dict, plan: Plan, key: str, s
         "data": None if error else data,
         "cache_key": key,
     }
+    if artifacts and not error:
+        env["artifacts"] = artifacts
+    return env
+
+
+def _land(good: Path, final: Path, staged: Path, data: dict | None, error: str | None,
+          envelope_of: Callable[[dict | None, str | None, dict], dict]) -> str | None:
+    """Write a good result with its files put in place just before it; return the error where it cannot.
+
+    On any failure the previous result and its files stay as they were.
+    """
+    if error is not None:
+        return error
+    try:
+        files = artifacts_manifest(staged)
+    except RunError as exc:
+        return str(exc)
+    env = envelope_of(data, None, files)
+    try:
+        envelope.validate(env, str(good))
+    except envelope.ResultError as exc:
+        return f"returned data that is not a valid result: {exc}"
+    old = _swap_artifacts(staged, final)
+    try:
+        envelope.write_atomic(good, env)
+    except BaseException:
+        _restore_artifacts(final, old)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return None
 
 
 def default_profile(device: str) -> str:
@@ -276,15 +381,19 @@ def _run_all(names: list[str], plan: Plan, profile: str, results_dir: Path, slug
                 progress.finish(name, "cached", 0.0)
                 outcomes.append(Outcome(name, "cached", 0.0, good))
                 continue
-            data, error = run_one(name, profile, timeout_s or spec["timeout_s"], plan, python, root)
+            final = artifacts_dir(results_dir, slug, name)
+            _recover_artifacts(final)
+            staged = final.with_name(f".{final.name}.new-{os.getpid()}")
+            staged.mkdir()
+            try:
+                data, error = run_one(name, profile, timeout_s or spec["timeout_s"], plan, python, root, staged)
+                error = _land(good, final, staged, data, error,
+                              lambda d, e, a: make_envelope(name, profile, config, plan, key, started,
+                                                            time.monotonic() - t0, d, e, a))
+            finally:
+                shutil.rmtree(staged, ignore_errors=True)
         seconds = time.monotonic() - t0
         env = make_envelope(name, profile, config, plan, key, started, seconds, data, error)
-        if error is None:
-            try:
-                envelope.write_atomic(good, env)
-            except envelope.ResultError as exc:
-                error = f"returned data that is not a valid result: {exc}"
-                env = make_envelope(name, profile, config, plan, key, started, seconds, None, error)
         if error is None:
             failed.unlink(missing_ok=True)
             outcomes.append(Outcome(name, "ok", seconds, good))

@@ -6,12 +6,14 @@ Every CPU test reads the one shared run of the ``test`` profile (``conftest.test
 from __future__ import annotations
 
 import copy
+import hashlib
+import pickle
 import re
 
 import pytest
 import torch
 
-from conftest import NEEDS_CUDA, build_chapter_site, site_text, test_profile_data
+from conftest import NEEDS_CUDA, TEST_HOST, build_chapter_site, make_envelope, site_text, test_profile_data, write_result
 from experiments import memory_timeline as exp
 from experiments.lib import timeline
 
@@ -98,14 +100,15 @@ def test_the_allocator_history_replays_to_allocated_and_reserved() -> None:
 
 
 MIB = 2**20
+SNAPSHOT = pickle.dumps({"segments": [], "device_traces": [[]]})  # a stand-in for the allocator's snapshot
 # What measure_cuda returns, canned (the measurement itself needs a GPU; see the CUDA tests below)
 CANNED_CUDA = {
     "context": {"device_total_bytes": 1000 * MIB, "device_used_bytes": 600 * MIB, "allocator_reserved_bytes": 0,
                 "outside_allocator_bytes": 600 * MIB},
     "history": {"time_us": [0, 1, 2, 3], "allocated_bytes": [10 * MIB, 40 * MIB, 30 * MIB, 10 * MIB],
                 "reserved_bytes": [20 * MIB, 64 * MIB, 64 * MIB, 64 * MIB], "max_allocated_bytes": 40 * MIB,
-                "max_reserved_bytes": 64 * MIB, "trace_events_count": 4, "snapshot_pickle_bytes": 3,
-                "snapshot_pickle_base64": "gAN9"},
+                "max_reserved_bytes": 64 * MIB, "trace_events_count": 4, "snapshot_pickle_bytes": len(SNAPSHOT),
+                "snapshot_file": exp.SNAPSHOT_FILE},
     "default_segments": {"max_allocated_bytes": 40 * MIB, "max_reserved_bytes": 64 * MIB},
     "expandable_segments": {"max_allocated_bytes": 40 * MIB, "max_reserved_bytes": 48 * MIB},
     "empty_cache": {"allocated_bytes": 10 * MIB, "reserved_before_bytes": 64 * MIB, "reserved_after_bytes": 20 * MIB},
@@ -125,11 +128,18 @@ def page_site(tmp_path_factory, data):
     """The chapter and its cheat-sheet part on a mini site over the test profile's run, as if measured on CUDA.
 
     The CPU run's timelines with the canned allocator part: the page's CUDA branch (the allocator's numbers,
-    its figure, the snapshot download) is built nowhere else, since the GPU host has no mkdocs.
+    its figure, the snapshot download) is built nowhere else, since the GPU host has no mkdocs. The snapshot
+    lies beside the result as the runner keeps it (``<name>.files/``, listed in the result's ``artifacts``).
     """
-    data = {"memory_timeline": {**data, "cuda": CANNED_CUDA},
-            "optimizer_state": test_profile_data("optimizer_state")}
-    return build_chapter_site(tmp_path_factory.mktemp("timeline"), data, (PAGE,), (PART,), stubs=STUBS)
+    root = tmp_path_factory.mktemp("timeline")
+    env = make_envelope("memory_timeline", {**data, "cuda": CANNED_CUDA})
+    env["artifacts"] = {exp.SNAPSHOT_FILE: {"bytes": len(SNAPSHOT), "sha256": hashlib.sha256(SNAPSHOT).hexdigest()}}
+    files = write_result(root / "results", env).with_name("memory_timeline.files")
+    files.mkdir()
+    (files / exp.SNAPSHOT_FILE).write_bytes(SNAPSHOT)
+    stubs = {**STUBS, "experiments/memory_timeline.py": "# the notebook link target\n"}
+    return build_chapter_site(root, {"optimizer_state": test_profile_data("optimizer_state")}, (PAGE,), (PART,),
+                              stubs=stubs)
 
 
 def test_the_page_renders_this_hosts_timeline(page_site, data, summary) -> None:
@@ -149,11 +159,17 @@ def test_the_page_renders_this_hosts_timeline(page_site, data, summary) -> None:
         "Where is the peak of gradient accumulation, and which category holds it?",
         # the allocator, from the canned CUDA part
         "The CUDA context used 600 MiB", "reserved minus allocated (fragmentation and cache) was 24.0 MiB",
+        # MemTracker's per-module table of the plain step
+        f"GPT.layers.0 {bytes_(data['setups']['plain']['modules']['GPT.layers.0']['parameters_bytes'])}",
+        f"The root's row is the step's peak ({bytes_(summary['modules']['root_peak_bytes'])}",
         "reserved 48.0 MiB against 64.0 MiB by default", "returned 44.0 MiB to the driver",
     ):
         assert expected in text, expected
     html = (out / "01b-memory-over-one-step/index.html").read_text(encoding="utf-8")
-    assert 'download="memory_timeline_snapshot.pickle" href="data:application/octet-stream;base64,gAN9"' in html
+    # the snapshot is a file of the site, linked from the page: a download, nothing fetched, nothing inlined
+    href = f"../files/{TEST_HOST['slug']}/memory_timeline/{exp.SNAPSHOT_FILE}"
+    assert f'<a download href="{href}">{exp.SNAPSHOT_FILE}</a>' in html and "base64," not in html
+    assert (page_site / "01b-memory-over-one-step" / href).resolve().read_bytes() == SNAPSHOT
     assert ">The caching allocator over the plain step<" in html  # its figure
     assert "No CUDA device on this host" not in text
     sheet = re.sub(r"\s+", " ", site_text(out, "cheatsheet/index.html"))
@@ -176,15 +192,18 @@ def test_the_plot_draws_one_panel_per_setup(page_site, data, summary) -> None:
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason=f"{NEEDS_CUDA}: the caching allocator's history")
-def test_cuda_allocator_history_snapshot_and_expandable_segments() -> None:
-    import base64
-    import pickle
+def test_cuda_allocator_history_snapshot_and_expandable_segments(tmp_path, monkeypatch) -> None:
+    from experiments.lib import artifacts
 
+    monkeypatch.setenv(artifacts.ENV, str(tmp_path))  # as the runner's child has it: the snapshot becomes a file
     cfg = exp.PROFILES["test"]
     before = timeline.cuda_memory_before_tensors("cuda")
     c = exp.measure_cuda(cfg, "cuda", before)
     h = c["history"]
-    snap = pickle.loads(base64.b64decode(h["snapshot_pickle_base64"]))
+    assert h["snapshot_file"] == exp.SNAPSHOT_FILE and "snapshot_pickle_base64" not in h
+    raw = (tmp_path / exp.SNAPSHOT_FILE).read_bytes()
+    assert len(raw) == h["snapshot_pickle_bytes"]
+    snap = pickle.loads(raw)
     assert "segments" in snap and "device_traces" in snap and h["trace_events_count"] > 0
     assert 0 < h["max_allocated_bytes"] <= h["max_reserved_bytes"]
     assert max(h["allocated_bytes"]) <= max(h["reserved_bytes"])
@@ -200,3 +219,27 @@ def test_cuda_timeline_labels_the_step() -> None:
     params = sum(p.numel() * 4 for p in exp.build(exp.PROFILES["test"], "cpu", "none").parameters())
     assert max(x["timeline"]["bytes"]["params"]) == params
     assert max(x["timeline"]["bytes"]["optimizer"]) > 0 and x["tracker"]["peak_bytes"] > 0
+
+
+def test_the_plain_steps_modules_from_memtracker(data, summary) -> None:
+    """MemTracker's per-module statistics of the plain step: the root is the whole step, its parts add up."""
+    mods = data["setups"]["plain"]["modules"]
+    assert all(data["setups"][n]["modules"] is None for n in data["setups"] if n != "plain")
+    names = list(mods)
+    assert names[0] == "GPT" and all(n.startswith("GPT.") for n in names[1:])
+    assert "GPT.layers.0" in names and all(n.count(".") < exp.PROFILES["test"].module_depth for n in names)
+    root = mods["GPT"]
+    assert root["parameters_bytes"] == data["model"]["params_bytes"]
+    # the direct children own every parameter once (the layers' own entries sit one level below "GPT.layers")
+    direct = [m for n, m in mods.items() if n.count(".") == 1 or n.startswith("GPT.layers.")]
+    assert sum(m["parameters_bytes"] for m in direct) == root["parameters_bytes"]
+    # each peak is everything live then: the root's backward peak is the tracker's peak, no module's is higher
+    assert root["backward_peak"]["total_bytes"] == data["setups"]["plain"]["tracker"]["peak_bytes"]
+    for m in mods.values():
+        for phase in ("forward_peak", "backward_peak"):
+            assert sum(m[phase]["by_category_bytes"].values()) == m[phase]["total_bytes"]
+            assert m[phase]["total_bytes"] <= root["backward_peak"]["total_bytes"]
+            assert m[phase]["by_category_bytes"]["params"] == root["parameters_bytes"]
+    s = summary["modules"]
+    assert s["root"] == "GPT" and s["root_over_tracker_ratio"] == 1.0 and s["top_child"] != "GPT"
+    assert s["top_child_peak_bytes"] == max(r["peak_bytes"] for n, r in s["rows"].items() if n != "GPT")

@@ -14,6 +14,8 @@ import os
 import sys
 from types import ModuleType
 
+ARTIFACTS_ENV = "HANDBOOK_ARTIFACTS"  # the folder a run keeps its files in (--artifacts; experiments/lib/artifacts.py)
+
 
 
 def _non_finite(value: object, path: str) -> str | None:
@@ -52,6 +54,8 @@ def main(module: ModuleType, argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     parser.add_argument("--out", default=None, help="write the JSON here instead of printing it")
     parser.add_argument("--out-fd", type=int, default=None, help=argparse.SUPPRESS)  # the runner's pipe
+    parser.add_argument("--artifacts", default=None, metavar="DIR",
+                        help="keep the files the experiment writes (e.g. a CUDA snapshot) in this existing folder")
     # parse_known_args: inside Jupyter, argv carries the kernel's own flags.
     args, _unknown = parser.parse_known_args(argv)
     if args.device is None:
@@ -61,6 +65,8 @@ def main(module: ModuleType, argv: list[str] | None = None) -> int:
     else:
         device = args.device
     profile = args.profile or ("full" if device.startswith("cuda") else "quick")
+    if args.artifacts is not None:  # experiments/lib/artifacts.py reads it
+        os.environ[ARTIFACTS_ENV] = os.path.abspath(args.artifacts)
     data = module.run(module.PROFILES[profile], device)
     text = to_json(data)
     if args.out_fd is not None:  # the runner reads this pipe: no file on disk to leave behind

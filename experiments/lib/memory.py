@@ -72,16 +72,26 @@ def _global_tracker():
     return GlobalMemTracker()
 
 
+def _module_tracker():
+    """PyTorch's ``MemTracker`` with its per-module statistics (``memory_tracking``)."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+
+    return MemTracker()
+
+
 class MemoryTracker:
     """Track live and peak bytes of everything torch allocates on ``device``.
 
     Use as a context manager around the code to measure; register the model and
-    optimizer first with ``track`` so their tensors are labelled.
+    optimizer first with ``track`` so their tensors are labelled. ``per_module=True``
+    also keeps MemTracker's statistics of each module (``module_peaks``); it refuses
+    a root module that runs twice inside the block (a second step, accumulation).
     """
 
-    def __init__(self, device: str | torch.device) -> None:
+    def __init__(self, device: str | torch.device, per_module: bool = False) -> None:
         self.device = torch.device(device)
-        self._tracker = _global_tracker()
+        self.per_module = per_module
+        self._tracker = _module_tracker() if per_module else _global_tracker()
         self._names = _category_names()
         self.cuda_max_allocated_bytes: int | None = None
         self._modules: list[torch.nn.Module] = []
@@ -116,7 +126,10 @@ class MemoryTracker:
             torch.cuda.reset_peak_memory_stats(self.device)
 
     def _snapshot(self, kind: str) -> Snapshot:
-        raw = self._tracker.get_tracker_snapshot(kind)
+        return self._convert(self._tracker.get_tracker_snapshot(kind))
+
+    def _convert(self, raw: dict) -> Snapshot:
+        """MemTracker's ``{device: {reference type: bytes, "Total": bytes}}``, on this tracker's device."""
         per_device = {}
         for dev, cats in raw.items():
             if torch.device(dev).type == self.device.type:
@@ -132,6 +145,34 @@ class MemoryTracker:
 
     def current(self) -> Snapshot:
         return self._snapshot("current")
+
+    def module_peaks(self, max_depth: int = 3) -> dict[str, dict]:
+        """Each module's statistics from MemTracker (``per_module=True``), in the order they first ran.
+
+        Keyed by the module's name (the root's class name, then attribute paths: ``GPT.layers.0``),
+        names of at most ``max_depth`` dotted parts. Per module: the bytes of its own parameters, of its inputs and
+        outputs (first call), and the highest live memory while it ran in forward and in backward
+        (``None`` where it did not run), as ``{"total_bytes", "by_category_bytes"}`` of everything
+        live then, not only the module's own tensors: MemTracker's ``Peak-Forward`` and
+        ``Peak-Backward`` snapshots, what ``display_modulewise_snapshots`` prints.
+        """
+        if not self.per_module:
+            raise RuntimeError("module_peaks() needs MemoryTracker(device, per_module=True)")
+        from torch.distributed._tools.mem_tracker import _ModState
+
+        out = {}
+        for stats in self._tracker.memory_tracking.values():
+            if stats.mod_fqn.count(".") >= max_depth:
+                continue
+            entry = {"parameters_bytes": int(stats.parameter_mem), "inputs_bytes": int(stats.input_mem),
+                     "outputs_bytes": int(getattr(stats, "output_mem", 0))}
+            for phase, state in (("forward", _ModState.PEAK_FW), ("backward", _ModState.PEAK_BW)):
+                snaps = [self._convert(s) for s in stats.snapshots.get(state, [])]
+                best = max(snaps, key=lambda s: s.total) if snaps else None
+                entry[f"{phase}_peak"] = {"total_bytes": best.total, "by_category_bytes": dict(best.by_category)} \
+                    if best is not None else None
+            out[stats.mod_fqn] = entry
+        return out
 
 
 def tensor_bytes(tensors: object) -> int:

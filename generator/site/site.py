@@ -3,16 +3,19 @@
 - ``__post_init__``: load every host's results and derive their summaries.
 - ``page_markdown``: render a page's Jinja over the results, add its notices and provenance.
 - ``page_content``: render math, put the figures in, keep the page for the print edition.
-- ``post_build``: write the print page of the handbook and the notebooks.
+- ``post_build``: write the print page of the handbook and the notebooks, and copy the result files
+  (artifacts) that pages link into the site.
 """
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from generator import envelope
+from generator import envelope, runner
+from generator.errors import PageError
 from generator.site import macros
 from generator.site.katex import Katex
 from generator.site.render import ExperimentUnavailable, ResultsView, make_environment, render_page
@@ -45,6 +48,7 @@ class SiteState:
     primary: str | None = field(init=False)
     nav_order: list[str] = field(default_factory=list)
     printed: dict[str, PrintedPage] = field(default_factory=dict)
+    linked: dict[str, Path] = field(default_factory=dict)  # site path -> a result's file that a page links
     _katex: Katex | None = None
 
     def __post_init__(self) -> None:
@@ -97,6 +101,7 @@ class SiteState:
             page_uri=uri, page_url=page.url, data=data, summary=summary, hosts=self.hosts_context(),
             host=pr.host if pr else {}, env=pr.env if pr else {}, current_schema=envelope.SCHEMA_VERSION,
             known=self.known, figs=self.figures, snippet_env=self.snippets, cheatsheet_parts=parts)
+        context["artifact_url"] = lambda experiment, name: self.artifact_url(uri, page.url, data, experiment, name)
 
         def unavailable(exc: ExperimentUnavailable) -> str:
             title = next((ln for ln in markdown.splitlines() if ln.startswith("# ")), f"# {page.title or uri}")
@@ -108,6 +113,26 @@ class SiteState:
             compact = (page.meta or {}).get("provenance") == "compact"
             text = self.stale_notice(data.used) + text + self.provenance(data.used, compact)
         return text
+
+    def artifact_url(self, page_uri: str, page_url: str, data: ResultsView, experiment: str, name: str) -> str:
+        """The link, relative to the page, to a file the primary host's result of ``experiment`` keeps.
+
+        The file must be listed in the result's ``artifacts`` field and match it; ``post_build`` copies
+        it to ``files/<host>/<experiment>/<name>`` in the site. Nothing is fetched from elsewhere.
+        """
+        data[experiment]  # the page reads this result (provenance), or is replaced by its unavailable notice
+        pr = self.primary_results
+        env, where = pr.runs[experiment].good, f"docs/{page_uri}: artifact_url({experiment!r}, {name!r})"
+        path = envelope.result_path(self.results_dir, pr.slug, experiment)
+        listed = env.get("artifacts") or {}
+        if not isinstance(name, str) or name not in listed:
+            raise PageError(f"{where}: {path} lists no such file (it lists: {', '.join(sorted(listed)) or 'none'})")
+        problem = runner.artifacts_problem(path, env)
+        if problem:
+            raise PageError(f"{where}: {problem}")
+        rel = f"files/{pr.slug}/{experiment}/{name}"
+        self.linked[rel] = runner.artifacts_dir(self.results_dir, pr.slug, experiment) / name
+        return "../" * page_url.count("/") + rel  # use_directory_urls: "a/b/" is two folders below the root
 
     def stale_notice(self, used: set[str]) -> str:
         notes = [(name, why) for name in sorted(used) for why in self.primary_results.runs[name].stale]
@@ -141,3 +166,7 @@ class SiteState:
         write_handbook_html(site_dir, [self.printed[u] for u in order], self.snippets,
                             macros.cover_values(self.primary_results))
         write_notebooks(site_dir, self.experiments)
+        for rel, source in sorted(self.linked.items()):
+            target = site_dir / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
