@@ -116,6 +116,28 @@ def parser() -> argparse.ArgumentParser:
                           "(the hardware page shows it; default: 781 MiB, pytorch/pytorch issue #34323; 0 on cpu)")
     run.add_argument("--keep-grads", action="store_true",
                      help="zero_grad(set_to_none=False): gradients stay allocated between steps")
+    par = p.add_argument_group("beyond data parallel (per rank: the most loaded one)")
+    par.add_argument("--tp", type=pos, default=1, help="tensor-parallel degree (default 1)")
+    par.add_argument("--sequence-parallel", action="store_true",
+                     help="with --tp: norms and dropouts split along the sequence too (Korthikanti et al. 2022)")
+    par.add_argument("--pp", type=pos, default=1, help="pipeline stages (default 1)")
+    par.add_argument("--microbatches", type=pos, default=1,
+                     help="micro-batches a step under pipeline parallelism; --batch is one micro-batch (default 1)")
+    par.add_argument("--schedule", default="1f1b", help="pipeline schedule: 1f1b or interleaved (default 1f1b)")
+    par.add_argument("--virtual-stages", type=pos, default=1,
+                     help="model chunks per stage under the interleaved schedule (default 1)")
+    par.add_argument("--cp", type=pos, default=1, help="context-parallel degree: the sequence split (default 1)")
+    par.add_argument("--ep", type=pos, default=1, help="expert-parallel degree, MoE models (default 1)")
+    ft = p.add_argument_group("fine-tuning and offload")
+    ft.add_argument("--lora-rank", type=nonneg, default=0, help="LoRA rank r; the base is frozen (default 0: full)")
+    ft.add_argument("--lora-targets", default="q_proj,v_proj",
+                    help="comma-separated module names, as PEFT's target_modules (default q_proj,v_proj)")
+    ft.add_argument("--base-quant", default="none", help="the frozen base under LoRA: none or nf4 (QLoRA)")
+    ft.add_argument("--offload", default="",
+                    help="comma-separated: optimizer, parameters, activations (kept in host memory)")
+    ft.add_argument("--pcie-gb-s", type=float, default=estimator.PCIE_GB_S,
+                    help=f"host-device bandwidth for the offload time, GB/s (default {estimator.PCIE_GB_S}: "
+                         f"{estimator.PCIE_SOURCE})")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--list-models", action="store_true", help="list the built-in shapes and exit")
     return p
@@ -185,7 +207,7 @@ PHASE_TERMS = {"params": "weights", "grads": "gradients", "optimizer": "optimize
                "activations": "saved activations", "logits": "logits", "loss_temporaries": "loss temporaries",
                "working_set": "layer backward working set", "temporaries": "step temporaries",
                "ddp_buckets": "DDP gradient buckets", "gathered_params": "gathered units (ZeRO-3)",
-               "reduce_buffers": "reduce-scatter buffers"}
+               "reduce_buffers": "reduce-scatter buffers", "gathered_units": "gathered units (offload)"}
 
 
 def render_table(result: dict) -> str:
@@ -195,6 +217,15 @@ def render_table(result: dict) -> str:
              f"{s['precision']}, batch {s['batch']} x seq {s['seq']}, checkpointing {s['checkpointing']}, "
              f"{s['attention']} attention, ZeRO-{s['zero']} over {s['gpus']} GPU{'s' if s['gpus'] > 1 else ''}, "
              f"sized for {s['device']}", ""]
+    rank = result.get("rank")
+    if rank:
+        lines[-1:-1] = [f"per rank: tensor parallel {s['tp']}{' + sequence parallel' if s['sequence_parallel'] else ''}, "
+                        f"pipeline {s['pp']} ({s['schedule']}, {s['microbatches']} micro-batches), context parallel "
+                        f"{s['cp']}, expert parallel {s['ep']}: stage {rank['stage']} with {rank['stage_layers']} "
+                        f"layers, {rank['parameters_held']:,} parameters held"
+                        + (f"; LoRA r={s['lora_rank']} on {', '.join(s['lora_targets'])}"
+                           f"{' over an NF4 base' if s['base_quant'] == 'nf4' else ''}: "
+                           f"{result['trainable_parameters']:,} trainable" if s["lora_rank"] else "")]
     width = max(len(f"{v:,}") for v in (*result["per_device_bytes"].values(), result["peak_bytes"]))
     lines.append(f"{'persistent, per device':<26}{'bytes':>{width}}  {'':>14}")
     for key in ("params", "grads", "optimizer", "activations", "total"):
@@ -217,6 +248,12 @@ def render_table(result: dict) -> str:
     if result["headroom_source"]:
         lines.append(f"{'+ CUDA context':<26}{result['headroom_bytes']:>{width},}  {_gib(result['headroom_bytes']):>14}"
                      f"  ({result['headroom_source']})")
+    off = result.get("offload")
+    if off:
+        lines.append(f"offloaded ({', '.join(off['parts'])}): {_gib(off['host_bytes'])} in host memory "
+                     f"({_gib(off['pinned_host_bytes'])} pinned); {_gib(off['transfer_bytes_per_step'])} moved a step, "
+                     f"{off['transfer_seconds_per_step']:.3f} s at {off['pcie_gb_s']} GB/s ({off['bandwidth_source']}; "
+                     f"not overlapped)")
     for note in result["notes"]:
         lines.append(f"note: {note}")
     lines.append("")
@@ -240,7 +277,14 @@ def main(argv: list[str]) -> int:
                                 seq=args.seq or default_seq(shape), checkpointing=args.checkpointing,
                                 zero=args.zero, gpus=args.gpus, attention=args.attention, device=args.device,
                                 optimizer_impl=args.optimizer_impl, set_to_none=not args.keep_grads,
-                                context_bytes=None if args.context_mib is None else args.context_mib * 2**20)
+                                context_bytes=None if args.context_mib is None else args.context_mib * 2**20,
+                                tp=args.tp, sequence_parallel=args.sequence_parallel, pp=args.pp,
+                                microbatches=args.microbatches, schedule=args.schedule,
+                                virtual_stages=args.virtual_stages, cp=args.cp, ep=args.ep,
+                                lora_rank=args.lora_rank, base_quant=args.base_quant,
+                                lora_targets=tuple(x.strip() for x in args.lora_targets.split(",") if x.strip()),
+                                offload=tuple(x.strip() for x in args.offload.split(",") if x.strip()),
+                                pcie_gb_s=args.pcie_gb_s)
         result = estimator.estimate(setup, shape=shape, params=params)
     except (_InputError, ShapeError, estimator.EstimateError) as exc:
         print(f"handbook estimate: error: {one_line(exc)}", file=sys.stderr)

@@ -146,6 +146,184 @@ CUDA_CONTEXT_BYTES = 781 * MIB
 CUDA_CONTEXT_SOURCE = "pytorch/pytorch issue #34323 (781 MiB after CUDA initialisation)"
 
 
+# ---- Beyond data parallel, and fine-tuning ----------------------------------------------------------------------
+# Tensor parallelism (Megatron-LM; Shoeybi et al. 2019, section 3): the attention's Q, K, V and the MLP's first
+# projections are split by output columns, the attention output and the MLP's last projection by input rows, the
+# embedding and the output head by vocabulary; norms, the row-split projections' biases and a MoE router stay whole
+# on every rank. Expert parallelism (Megatron-core MoE) places each layer's experts on ``ep`` ranks, and splits
+# each expert across the tensor-parallel ranks as well (expert tensor parallelism equal to ``tp``, Megatron-core's
+# default). Pipeline parallelism (Narayanan et al. 2021) gives each of ``pp`` stages ceil(L / pp) layers (the first
+# the embedding, the last the final norm and head: a tied head keeps its own copy of the embedding there). Context
+# parallelism splits the sequence across ``cp`` ranks (ring attention; Liu et al. 2023): every per-token tensor is
+# s / cp long, the weights are whole.
+SCHEDULES = ("1f1b", "interleaved")
+ROW_PARALLEL = ("o_proj", "c_proj", "down_proj", "attention.output.dense", "output.dense")
+REPLICATED = ("mlp.gate.weight", "shared_expert_gate")   # MoE routers: every rank routes its tokens
+# LoRA (Hu et al. 2021): r x (in + out) adapter weights beside each targeted Linear, A (r, in) and B (out, r).
+# PEFT keeps adapters in fp32 even on a 16-bit base (LoraConfig/get_peft_model ``autocast_adapter_dtype=True``,
+# its default: "will only cast adapter weights using float16 and bfloat16 to float32").
+LORA_TARGETS = {
+    "gpt2": ("c_attn", "c_proj", "c_fc"),
+    "bert": ("query", "key", "value", "dense"),
+    "phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
+}
+LORA_TARGETS_DEFAULT = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+BASE_QUANT = ("none", "nf4")
+# QLoRA (Dettmers et al. 2023, section 3): NF4 stores 4 bits a weight and one quantisation constant per block of
+# 64 weights; double quantisation stores those constants in 8 bits, with one fp32 constant per 256 of them:
+# 4 + 8/64 + 32/(64 x 256) bits a weight. bitsandbytes quantises every nn.Linear of the base; transformers leaves
+# the output head in 16 bits (``llm_int8_skip_modules``: the head is kept), embeddings and norms are not Linear.
+NF4_BLOCK, NF4_BLOCK2 = 64, 256
+OFFLOAD = ("optimizer", "parameters", "activations")
+# PCIe 4.0 x16: 16 GT/s x 16 lanes with 128b/130b encoding, about 31.5 GB/s each way (PCI-SIG, PCI Express Base
+# Specification 4.0); an upper bound: the hardware chapter measures a host's real host-to-device bandwidth.
+PCIE_GB_S = 31.5
+PCIE_SOURCE = "PCIe 4.0 x16 nominal, 31.5 GB/s each way (PCI-SIG PCIe Base Specification 4.0)"
+
+
+def _layer_of(name: str) -> int | None:
+    parts = name.split(".")
+    for i, p in enumerate(parts[:-1]):
+        if p in ("h", "layers", "layer") and parts[i + 1].isdigit():
+            return int(parts[i + 1])
+    return None
+
+
+def stage_layers(layers: int, pp: int, stage: int) -> range:
+    """The layers a pipeline stage holds: ceil(L / pp) each from the first, the last gets what is left."""
+    per = ceil_div(layers, pp)
+    return range(min(stage * per, layers), min((stage + 1) * per, layers))
+
+
+def is_lora_target(name: str, targets: Sequence[str]) -> bool:
+    """PEFT's matching of ``target_modules`` names: the module's last name component equals a target."""
+    parts = name.split(".")
+    module = parts[-2] if parts[-1] in ("weight", "bias") else parts[-1]
+    return module in targets and parts[-1] == "weight" and "experts" not in parts
+
+
+def rank_tensors(m: ModelShape, setup: Setup, stage: int) -> list[tuple[str, tuple[int, ...], str]]:
+    """(name, per-rank shape, kind) of every tensor one rank of ``stage`` holds, kind "base" (frozen under LoRA),
+    "train" or "adapter". Tensor- and expert-parallel splits divide the split dimension, rounded up."""
+    t, pp = setup.tp, setup.pp
+    held = stage_layers(m.layers, pp, stage)
+    out = []
+    for name, shape in parameter_shapes(m):
+        layer = _layer_of(name)
+        if layer is not None and layer not in held:
+            continue
+        is_head = name.startswith("lm_head") or name in ("ln_f.weight", "ln_f.bias", "model.norm.weight") \
+            or name.startswith("pooler")
+        is_emb = layer is None and not is_head
+        if pp > 1 and ((is_emb and stage != 0 and not (m.tied_embeddings and stage == pp - 1 and "wte" in name
+                                                       or m.tied_embeddings and stage == pp - 1
+                                                       and "embed_tokens" in name))
+                       or (is_head and stage != pp - 1)):
+            continue
+        if pp > 1 and is_emb and stage == pp - 1 and stage != 0 and "position" in name:
+            continue
+        split = shape
+        if ".experts." in name:
+            split = (ceil_div(shape[0], setup.ep),) + shape[1:]
+        if t > 1 and len(shape) >= 1 and not any(k in name for k in NORM_NAMES) and not any(
+                k in name for k in REPLICATED) and "position" not in name and "token_type" not in name:
+            row = any(f"{k}." in name for k in ROW_PARALLEL)
+            if len(split) == 1:
+                if not row:
+                    split = (ceil_div(split[0], t),)
+            else:
+                # the split dimension: the output features (column) or the input features (row); stored (out, in)
+                # except GPT-2's Conv1D (in, out)
+                conv1d = m.family == "gpt2" and len(split) == 2
+                col_dim, row_dim = (len(split) - 1, len(split) - 2) if conv1d else (len(split) - 2, len(split) - 1)
+                dim = row_dim if row else col_dim
+                if "wte" in name or "embed" in name or name.startswith("lm_head"):
+                    dim = 0   # vocabulary-parallel
+                split = tuple(ceil_div(x, t) if i == dim else x for i, x in enumerate(split))
+        kind = "base" if setup.lora_rank else "train"
+        out.append((name, split, kind))
+        if setup.lora_rank and is_lora_target(name, setup.lora_targets) and len(shape) == 2:
+            conv1d = m.family == "gpt2"
+            fan_in, fan_out = (split[0], split[1]) if conv1d else (split[1], split[0])
+            r = setup.lora_rank
+            out += [(name[:-len("weight")] + "lora_A.weight", (r, fan_in), "adapter"),
+                    (name[:-len("weight")] + "lora_B.weight", (fan_out, r), "adapter")]
+    return out
+
+
+def nf4_bytes(n: int) -> int:
+    """NF4 with double quantisation (Dettmers et al. 2023): 4 bits a weight, an 8-bit constant per 64 weights, an
+    fp32 constant per 256 of those."""
+    blocks = ceil_div(n, NF4_BLOCK)
+    return ceil_div(n, 2) + blocks + 4 * ceil_div(blocks, NF4_BLOCK2)
+
+
+def _quantised(name: str, shape: tuple[int, ...]) -> bool:
+    return len(shape) == 2 and not name.startswith("lm_head") and "embed" not in name and "wte" not in name \
+        and "wpe" not in name and ".experts." not in name and "lora_" not in name
+
+
+def finetune_state_bytes(tensors, setup: Setup) -> tuple[dict[str, int], dict[str, int]]:
+    """(unsharded, per-device) weights, gradients and optimizer state under LoRA: the base frozen in its layout's
+    weight dtype (NF4 under QLoRA: its Linear weights), the adapters trainable in fp32."""
+    lay = PRECISIONS[setup.precision]
+    base_w = lay.weights if not lay.master else 2
+    base = 0
+    for name, shape, kind in tensors:
+        if kind != "base":
+            continue
+        n = formulas.numel(shape)
+        base += nf4_bytes(n) if setup.base_quant == "nf4" and _quantised(name, shape) else n * base_w
+    adapters = [shape for _, shape, kind in tensors if kind == "adapter"]
+    na = sum(formulas.numel(x) for x in adapters)
+    full = {"params": base + 4 * na, "grads": 4 * na, "optimizer": optimizer_bytes(setup.optimizer, adapters, 4),
+            "master": 0}
+    N, z = setup.gpus, setup.zero
+    per = {"params": ceil_div(full["params"], N) if z >= 3 else full["params"],
+           "grads": ceil_div(full["grads"], N) if z >= 2 else full["grads"],
+           "optimizer": ceil_div(full["optimizer"], N) if z >= 1 else full["optimizer"]}
+    return full, per
+
+
+def linear_saves(m: ModelShape, setup: Setup) -> dict[str, int] | None:
+    """Under LoRA, which Linear layers still keep their input for backward: a frozen Linear needs only its weight
+    to pass the gradient on, so it keeps nothing; a targeted one keeps it for its adapter's A (one tensor for
+    Q, K and V together when they read it uncast; under autocast one 16-bit cast per adapter)."""
+    if not setup.lora_rank:
+        return None
+    t = set(setup.lora_targets)
+    if m.family == "gpt2":
+        return {"qkv": int("c_attn" in t), "o": int("c_proj" in t), "mlp_in": int("c_fc" in t),
+                "down": int("c_proj" in t)}
+    if m.family in FUSED_FAMILIES:
+        return {"qkv": int("qkv_proj" in t), "o": int("o_proj" in t), "mlp_in": int("gate_up_proj" in t),
+                "down": int("down_proj" in t)}
+    if m.family == "bert":
+        return {"qkv": len(t & {"query", "key", "value"}), "o": int("dense" in t), "mlp_in": int("dense" in t),
+                "down": int("dense" in t)}
+    return {"qkv": len(t & {"q_proj", "k_proj", "v_proj"}), "o": int("o_proj" in t),
+            "mlp_in": len(t & {"gate_proj", "up_proj"}), "down": int("down_proj" in t)}
+
+
+def adapter_activation_bytes(m: ModelShape, setup: Setup, s: int, b: int) -> int:
+    """What the adapters themselves keep, per layer: A's output (r wide) for B, in the adapter's compute dtype
+    (16-bit under autocast; fp32 otherwise: PEFT casts the input to the fp32 adapter, and that fp32 copy of a
+    16-bit input is A's saved input)."""
+    if not setup.lora_rank:
+        return 0
+    lay = PRECISIONS[setup.precision]
+    a_dt = lay.activations if lay.cast else 4
+    r = setup.lora_rank
+    total = 0
+    for name, shape in parameter_shapes(replace(m, layers=1)):
+        if _layer_of(name) == 0 and len(shape) == 2 and is_lora_target(name, setup.lora_targets):
+            total += a_dt * s * b * r
+            if not lay.cast and lay.activations < 4:
+                conv1d = m.family == "gpt2"
+                total += 4 * s * b * (shape[0] if conv1d else shape[1])   # the fp32 copy of A's input
+    return total
+
+
 class EstimateError(ValueError):
     """Input the estimator cannot use; the message names the offending field."""
 
@@ -170,6 +348,19 @@ class Setup:
     optimizer_impl: str = "default"  # for-loop, foreach or fused; default: what torch.optim picks on the device
     set_to_none: bool = True     # zero_grad(set_to_none=True), torch's default: no gradients between steps
     context_bytes: int | None = None  # the CUDA context beside the peak; None: the cited figure (on cuda)
+    tp: int = 1                  # tensor-parallel degree
+    sequence_parallel: bool = False  # with tp: the norms and dropouts split along the sequence too
+    pp: int = 1                  # pipeline stages
+    microbatches: int = 1        # micro-batches a step (pipeline parallelism); batch is one micro-batch
+    schedule: str = "1f1b"       # the pipeline schedule: 1f1b or interleaved
+    virtual_stages: int = 1      # the interleaved schedule's model chunks per stage
+    cp: int = 1                  # context-parallel degree: the sequence split across cp ranks
+    ep: int = 1                  # expert-parallel degree (a MoE model's experts across ep ranks)
+    lora_rank: int = 0           # LoRA's rank r; 0: full training
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")  # PEFT's target_modules (module names)
+    base_quant: str = "none"     # the frozen base under LoRA: none or nf4 (QLoRA)
+    offload: tuple[str, ...] = ()  # any of optimizer, parameters, activations: kept in host memory
+    pcie_gb_s: float = PCIE_GB_S  # host-device bandwidth for the offload transfer time, GB/s
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -203,6 +394,43 @@ class Setup:
             raise EstimateError(f"precision {self.precision} is FSDP2's MixedPrecisionPolicy: it needs zero 3")
         if self.optimizer_impl == "fused" and self.optimizer in NO_FUSED:
             raise EstimateError(f"optimizer {self.optimizer} has no fused implementation")
+        for key in ("tp", "pp", "microbatches", "virtual_stages", "cp", "ep"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_SIZE:
+                raise EstimateError(f"{key} must be a positive integer, not {value!r}")
+        if not isinstance(self.sequence_parallel, bool):
+            raise EstimateError(f"sequence_parallel must be true or false, not {self.sequence_parallel!r}")
+        if self.sequence_parallel and self.tp == 1:
+            raise EstimateError("sequence_parallel needs tensor parallelism (tp of 2 or more)")
+        if self.schedule not in SCHEDULES:
+            raise EstimateError(f"unknown schedule {self.schedule!r} (one of {', '.join(SCHEDULES)})")
+        if self.virtual_stages > 1 and self.schedule != "interleaved":
+            raise EstimateError("virtual_stages is for the interleaved schedule")
+        if self.schedule == "interleaved" and self.pp > 1 and self.microbatches % self.pp:
+            raise EstimateError(f"the interleaved schedule needs microbatches ({self.microbatches}) to be a "
+                                f"multiple of pp ({self.pp}) (Megatron-LM's requirement)")
+        if self.cp > 1 and self.attention == "eager":
+            raise EstimateError("context parallelism needs a fused attention kernel (attention sdpa), not eager")
+        if not isinstance(self.lora_rank, int) or isinstance(self.lora_rank, bool) or not 0 <= self.lora_rank <= MAX_SIZE:
+            raise EstimateError(f"lora_rank must be a non-negative integer, not {self.lora_rank!r}")
+        if not isinstance(self.lora_targets, tuple) or not self.lora_targets or not all(
+                isinstance(x, str) and x for x in self.lora_targets):
+            raise EstimateError(f"lora_targets must be module names, not {self.lora_targets!r}")
+        if self.base_quant not in BASE_QUANT:
+            raise EstimateError(f"unknown base_quant {self.base_quant!r} (one of {', '.join(BASE_QUANT)})")
+        if self.base_quant != "none" and not self.lora_rank:
+            raise EstimateError("base_quant nf4 (QLoRA) needs LoRA adapters: give lora_rank")
+        if self.lora_rank and (PRECISIONS[self.precision].master or PRECISIONS[self.precision].zero3_only):
+            raise EstimateError(f"precision {self.precision} has no meaning for a frozen base: use fp32, "
+                                f"bf16-mixed, fp16-mixed or bf16 with LoRA")
+        if not isinstance(self.offload, tuple) or any(x not in OFFLOAD for x in self.offload) \
+                or len(set(self.offload)) != len(self.offload):
+            raise EstimateError(f"offload must name distinct parts among {', '.join(OFFLOAD)}, not {self.offload!r}")
+        if self.offload and self.device != "cuda":
+            raise EstimateError("offload moves tensors from a GPU to the host: on a CPU the host is the device")
+        if isinstance(self.pcie_gb_s, bool) or not isinstance(self.pcie_gb_s, (int, float)) \
+                or not 0 < self.pcie_gb_s <= 10**6:
+            raise EstimateError(f"pcie_gb_s must be a positive number of GB/s, not {self.pcie_gb_s!r}")
 
     @property
     def impl(self) -> str:
@@ -235,7 +463,8 @@ def optimizer_bytes(optimizer: str, shapes: Sequence[Sequence[int]], state_elem_
 
 def layer_activation_terms(m: ModelShape, s: int, b: int, e: int, mask_bytes: int = 1,
                            routed: bool | None = None, attention: str = "sdpa", r: int | None = None,
-                           cast: bool = False, math_sdpa: bool = False) -> dict[str, int]:
+                           cast: bool = False, math_sdpa: bool = False,
+                           saves: dict[str, int] | None = None) -> dict[str, int]:
     """Bytes one transformer layer saves for backward (no checkpointing).
 
     Korthikanti et al. 2022, section 4.1, with 16-bit activations (e = 2),
@@ -310,13 +539,19 @@ def layer_activation_terms(m: ModelShape, s: int, b: int, e: int, mask_bytes: in
     drop = 1 if m.dropout else 0
     if routed is None:
         kinds = [k for k in (True, False) if (m.n_moe_layers if k else m.layers - m.n_moe_layers)]
-        return max((layer_activation_terms(m, s, b, e, mask_bytes, k, attention, r, cast, math_sdpa) for k in kinds),
+        return max((layer_activation_terms(m, s, b, e, mask_bytes, k, attention, r, cast, math_sdpa, saves)
+                    for k in kinds),
                    key=lambda t: (sum(t.values()), t["router_bytes"]))
     moe = bool(routed and m.family in MOE_FAMILIES)
     qkv_in = 1 if m.family in FUSED_FAMILIES or m.family == "gpt2" else 3
     mlp_in = 1 if m.family in FUSED_FAMILIES or m.family not in DECODERS else 2
     if moe:  # the router's Linear casts; the experts gather the norm's output as it is (counted with them)
         mlp_in = 1 + (3 if m.family == "qwen2_moe" else 0)  # Qwen2-MoE: the shared expert's gate, up and gate
+    keep_o = keep_down = 1
+    if saves is not None:   # LoRA: a frozen Linear keeps no input (linear_saves)
+        qkv_in, keep_o, keep_down = saves["qkv"], saves["o"], saves["down"]
+        if not moe:
+            mlp_in = saves["mlp_in"]
     if m.family in SANDWICH_FAMILIES:     # two more norms, before residual adds: no Linear reads them
         norm = (norm_bytes(m, e, r, cast, qkv_in) + norm_bytes(m, e, r, cast, mlp_in) + 2 * norm_bytes(m, e, r, cast, 0)) * sbh
     else:
@@ -329,6 +564,8 @@ def layer_activation_terms(m: ModelShape, s: int, b: int, e: int, mask_bytes: in
     else:
         # Q (a heads), K, V (kv heads; eager: repeated to a heads), the attention output
         att = e * sb * d * (2 * a + 2 * (a if attention == "eager" else kv))
+    if not keep_o:   # the attention output, kept only by the output projection
+        att -= e * sb * d * a
     if m.family in FUSED_FAMILIES and attention == "sdpa":
         att += e * sb * d * (2 * a + kv)
     if moe:
@@ -339,7 +576,9 @@ def layer_activation_terms(m: ModelShape, s: int, b: int, e: int, mask_bytes: in
             mlp += 4 * e * T * m.shared_intermediate + e * T * (h + 1)
         router = 4 * T * m.experts + 4 * T + 41 * T * k
     else:
-        mlp = (4 if m.family in DECODERS else 2) * e * sb * I
+        mlp = (4 if m.family in DECODERS else 2 - (1 - keep_down)) * e * sb * I
+        if m.family in DECODERS and not keep_down:   # the product, kept only by the down projection
+            mlp -= e * sb * I
         router = 0
     if attention == "sdpa" and math_sdpa:
         sm = 4 if e < 4 else e      # fp32 from 16-bit inputs; dropout's mask and output of its dtype
@@ -468,15 +707,31 @@ def activation_terms(m: ModelShape, setup: Setup, mask_bytes: int | None = None)
     e = lay.activations
     r = 4 if lay.cast else e
     cast = bool(lay.cast)
-    s, b, h = setup.seq, setup.batch, m.hidden
+    s, b, h = ceil_div(setup.seq, setup.cp), setup.batch, m.hidden   # context parallelism: s / cp tokens a rank
+    t, sp = setup.tp, setup.sequence_parallel
     if mask_bytes is None:
         mask_bytes = dropout_mask_bytes(setup)
     layer = layer_activation_terms(m, s, b, e, mask_bytes, attention=setup.attention, r=r, cast=cast,
-                                   math_sdpa=sdpa_math_path(m, setup))
+                                   math_sdpa=sdpa_math_path(m, setup), saves=linear_saves(m, setup))
     layer = {**layer, "scores_bytes": attention_scores_bytes(m, s, b, setup, layer),  # the attention implementation
-             "mlp_bytes": layer["mlp_bytes"] + activation_function_extra_bytes(m, s, b, setup)}
+             "mlp_bytes": layer["mlp_bytes"] + activation_function_extra_bytes(m, s, b, setup)
+             + adapter_activation_bytes(m, setup, s, b)}
+    if t > 1:
+        # Korthikanti et al. 2022, section 4.2: tensor parallelism splits what lies between the column- and
+        # row-parallel projections (Q, K, V, the scores, the MLP's inner tensors) across t ranks: sbh(10 + 24/t
+        # + 5as/(ht)) for their GPT layer; sequence parallelism splits the rest (the norms' tensors, the dropout
+        # masks) along the sequence too: sbh(34/t + 5as/(ht)).
+        split = ("attention_bytes", "scores_bytes", "mlp_bytes") + (("norm_bytes", "dropout_masks_bytes",
+                                                                      "router_bytes") if sp else ())
+        layer = {k: ceil_div(v, t) if k in split else v for k, v in layer.items()}
     per_layer = sum(layer.values())                # the largest layer (a MoE model's routed or dense kind)
     smaller = smaller_layers_bytes(m, s, b, e, mask_bytes, r, cast)   # what its other layers save less
+    if t > 1:
+        smaller = ceil_div(smaller, t)
+    n_layers = len(stage_layers(m.layers, setup.pp, 0))   # the first pipeline stage's layers
+    if n_layers != m.layers:
+        smaller = smaller * n_layers // m.layers
+    m = replace(m, layers=n_layers)
     if setup.checkpointing == "none":
         recompute = 0
         layers = m.layers * per_layer - smaller
@@ -494,14 +749,42 @@ def activation_terms(m: ModelShape, setup: Setup, mask_bytes: int | None = None)
     emb_mask = (1 if setup.device == "cuda" else r) if m.dropout else 0   # the embeddings' output is in r
     indices = 8 * s * b * (2 + (1 if m.type_vocab else 0)) + (8 * s if m.positions else 0)
     rotary = 2 * s * m.d_head * r if m.family in DECODERS else 0
-    embedding = emb_mask * s * b * h + (r * s * b * h if m.family == "bert" else 0) + indices + rotary
+    hidden = emb_mask * s * b * h + (r * s * b * h if m.family == "bert" else 0)
     head = norm_bytes(m, e, r, cast, 1) * s * b * h
     logits = 4 * s * b * m.vocab
     if m.logit_softcap:  # Gemma 2: tanh(logits / cap) * cap keeps the tanh output, e bytes per logit
         logits += e * s * b * m.vocab
+    if t > 1:   # the vocabulary-parallel head and loss split the logits; sequence parallelism the rest
+        logits = ceil_div(logits, t)
+        if sp:
+            hidden, head = ceil_div(hidden, t), ceil_div(head, t)
+    embedding = hidden + indices + rotary
+    layer_input = r * s * b * h if setup.checkpointing == "full" else 0
+    if t > 1 and sp:
+        layer_input = ceil_div(layer_input, t)
+        if setup.checkpointing == "full":
+            layers = ceil_div(layers - recompute, t) + recompute
+    inflight = 1
+    if setup.pp > 1:
+        # the first stage holds the most micro-batches in flight: pp under 1F1B (Narayanan et al. 2021, section
+        # 2.2.1; Korthikanti et al. 2022, section 4.2.3), and 1 + (pp - 1) / (pp v) times that under the
+        # interleaved schedule with v virtual stages (Korthikanti et al. 2022, section 4.2.3); never more than
+        # the micro-batches there are. The head and loss sit on the last stage, with one in flight.
+        if setup.schedule == "interleaved":
+            v = setup.virtual_stages
+            inflight_num = min(setup.pp * setup.pp * v + setup.pp * (setup.pp - 1), setup.microbatches * setup.pp * v)
+            inflight_den = setup.pp * v
+        else:
+            inflight_num, inflight_den = min(setup.pp, setup.microbatches), 1
+        stored = ceil_div((layers - recompute + embedding) * inflight_num, inflight_den) + recompute
+        inflight = inflight_num / inflight_den
+        return {"layers_bytes": stored - embedding, "embedding_bytes": embedding, "head_bytes": 0,
+                "logits_bytes": 0, "per_layer_bytes": per_layer, "recompute_bytes": recompute,
+                "layer_input_bytes": layer_input, "inflight_microbatches": inflight,
+                "stage_layers": m.layers, "total_bytes": stored}
     return {"layers_bytes": layers, "embedding_bytes": embedding, "head_bytes": head, "logits_bytes": logits,
             "per_layer_bytes": per_layer, "recompute_bytes": recompute,
-            "layer_input_bytes": r * s * b * h if setup.checkpointing == "full" else 0,
+            "layer_input_bytes": layer_input, "inflight_microbatches": inflight, "stage_layers": m.layers,
             "total_bytes": layers + embedding + head + logits}
 
 
@@ -579,7 +862,7 @@ def _impl_temporaries(setup: Setup, update_elems: int, largest_elems: int, updat
 
 
 def phases(setup: Setup, shape: ModelShape | None, shapes: Sequence[Sequence[int]], per_device: dict[str, int],
-           acts: dict[str, int] | None) -> dict[str, dict]:
+           acts: dict[str, int] | None, rank: dict[str, int] | None = None) -> dict[str, dict]:
     """Live bytes per device at each phase of one training step, term by term (every term an integer).
 
     * forward: the end of forward: the persistent state, every cast weight in autocast's cache, the saved
@@ -633,16 +916,26 @@ def phases(setup: Setup, shape: ModelShape | None, shapes: Sequence[Sequence[int
     else:
         layer, root, cached, saved = 0, 0, n, n   # no shape: no units (gathered layers and buffers are not estimated)
         logits = loss_tmp = working = act = act_end = recompute = logprobs = 0
+    cast_layer = cast_parameters(replace(shape, layers=2))[0] - cast_parameters(replace(shape, layers=1))[0] \
+        if shape is not None else 0
+    if rank is not None:  # one rank of a tensor-, pipeline- or expert-parallel run, or a LoRA run (rank_summary)
+        n, layer, root = rank["trainable"], rank["layer"], rank["root"]
+        cached, saved, cast_layer = rank["cached"], rank["saved"], rank["layer_cached"]
+        ddp = n * lay.grads if z < 2 and N > 1 else 0
+        if not rank["head"]:
+            logits = loss_tmp = logprobs = 0
+        elif setup.tp > 1:
+            logits, loss_tmp = ceil_div(logits, setup.tp), ceil_div(loss_tmp, setup.tp)
     cast = lay.cast * cached
     # Autocast's cache holds every cast weight until the autocast region ends (the end of forward, loss
     # included); then only the copies saved for backward stay: the matmuls' weights, or under full
     # checkpointing the head's alone (a checkpointed layer saves nothing and casts again when it is recomputed).
     full_ckpt = shape is not None and setup.checkpointing == "full"
-    cast_saved = lay.cast * shape.vocab * shape.hidden if full_ckpt else lay.cast * saved
+    head_cast = ceil_div(shape.vocab * shape.hidden, setup.tp) if full_ckpt and (rank is None or rank["head"]) else 0
+    cast_saved = lay.cast * head_cast if full_ckpt else lay.cast * saved
     # a rebuilt layer runs under autocast again (torch.utils.checkpoint restores the autocast state), so its
     # weights are cast again and cached until its backward is done
-    cast_rebuilt = lay.cast * (cast_parameters(replace(shape, layers=2))[0]
-                               - cast_parameters(replace(shape, layers=1))[0]) if full_ckpt and lay.cast else 0
+    cast_rebuilt = lay.cast * cast_layer if full_ckpt and lay.cast else 0
     gather = (lay.gather or lay.weights) * (root + 2 * layer) if z >= 3 else 0
     unit_grad = lay.unit_grad or lay.grads
     root_grad = root * unit_grad if z >= 2 else 0       # the root unit's unsharded gradient, reduced at the end
@@ -673,10 +966,11 @@ def phases(setup: Setup, shape: ModelShape | None, shapes: Sequence[Sequence[int
     points = [(early, "start"), (late, "end")] + ([(rebuilt, "first layer rebuilt")] if recompute else [])
     bwd, point = max(points, key=lambda t: sum(t[0].values()))
     update_elems = ceil_div(n, N) if z >= 1 else n
-    largest = max(formulas.numel(x) for x in shapes)
-    update_bytes = lay.master or lay.weights
+    largest = max((formulas.numel(x) for x in shapes), default=0)
+    lora = rank is not None and rank["lora"]
+    update_bytes = 4 if lora else lay.master or lay.weights     # LoRA's adapters are fp32, without a master copy
     temps = _impl_temporaries(setup, update_elems, largest, update_bytes)
-    if lay.master:
+    if lay.master and not lora:
         master_grads = 4 * update_elems
         opt = {"params": P, "optimizer": O, "master_grads": master_grads, "grads": 0, "temporaries": 0,
                "ddp_buckets": ddp}
@@ -742,11 +1036,34 @@ def estimate(setup: Setup, shape: ModelShape | None = None, params: int | None =
             raise EstimateError("optimizer adafactor needs the tensor shapes: give a model or a config, not --params")
         shapes = [(params,)]
         n_params = params
-    full, per_device = model_state_bytes(shapes, setup.optimizer, setup.precision, setup.zero, setup.gpus)
+    sharded = setup.tp > 1 or setup.pp > 1 or setup.ep > 1 or setup.lora_rank > 0
+    if (setup.tp > 1 or setup.pp > 1 or setup.ep > 1 or setup.cp > 1 or setup.lora_rank) and shape is None:
+        raise EstimateError("tensor, pipeline, context and expert parallelism and LoRA need the model's shape: give "
+                            "a model or a config, not --params")
+    rank = None
+    trainable = n_params
+    if shape is not None:
+        check_parallel(shape, setup)
+    if sharded:
+        rank = rank_summary(shape, setup)
+        tensors = rank["tensors"]
+        if setup.lora_rank:
+            full, per_device = finetune_state_bytes(tensors, setup)
+        else:
+            full, per_device = model_state_bytes([x for _, x, _ in tensors], setup.optimizer, setup.precision,
+                                                 setup.zero, setup.gpus)
+        train_shapes = [x for _, x, kind in tensors if kind != "base"]
+        trainable = sum(formulas.numel(x) for x in train_shapes)
+    else:
+        full, per_device = model_state_bytes(shapes, setup.optimizer, setup.precision, setup.zero, setup.gpus)
+        train_shapes = shapes
     acts = activation_terms(shape, setup) if shape is not None else None
     per_device["activations"] = acts["total_bytes"] if acts else 0
     per_device["total"] = sum(per_device.values())
-    by_phase = phases(setup, shape, shapes, per_device, acts)
+    by_phase = phases(setup, shape, train_shapes, per_device, acts, rank)
+    offload = offload_terms(setup, per_device, by_phase, acts, shape, rank) if setup.offload else None
+    if offload:
+        by_phase = offload["phases"]
     peak_phase = max(by_phase, key=lambda k: by_phase[k]["total_bytes"])
     peak = by_phase[peak_phase]["total_bytes"]
     if setup.context_bytes is not None:     # measured on the reader's host (the hardware chapter shows it)
@@ -772,10 +1089,148 @@ def estimate(setup: Setup, shape: ModelShape | None = None, params: int | None =
         + ([] if shape is not None else ["no shape: activations, logits, ZeRO's gathered layers and buffers "
                                          "are not estimated"]),
         "unsharded_bytes": full,
+        "trainable_parameters": trainable if not sharded else rank["trainable_total"],
+        "rank": None if rank is None else {k: v for k, v in rank.items() if k != "tensors"},
+        "offload": None if offload is None else {k: v for k, v in offload.items() if k != "phases"},
         "activation_terms_bytes": acts,
         "activations_estimated": acts is not None,
         "fits": fits(peak, setup.precision, headroom),
     }
+
+
+def check_parallel(m: ModelShape, setup: Setup) -> None:
+    """The splits a model allows: tp divides the heads (and the key/value heads), the MLP and the vocabulary is
+    padded (Megatron pads it to a multiple of tp: rounded up here); pp at most the layers; cp divides the
+    sequence; ep divides the experts of a MoE model."""
+    t = setup.tp
+    if t > 1 and (m.heads % t or m.n_kv_heads % t):
+        raise EstimateError(f"tp {t} must divide the attention heads ({m.heads}) and key/value heads ({m.n_kv_heads})")
+    if setup.pp > m.layers:
+        raise EstimateError(f"pp {setup.pp} exceeds the model's {m.layers} layers")
+    if setup.schedule == "interleaved" and m.layers % (setup.pp * setup.virtual_stages):
+        raise EstimateError(f"the interleaved schedule needs the layers ({m.layers}) to divide into pp x "
+                            f"virtual_stages = {setup.pp * setup.virtual_stages} chunks")
+    if setup.seq % setup.cp:
+        raise EstimateError(f"cp {setup.cp} must divide seq {setup.seq}")
+    if setup.ep > 1 and (m.family not in MOE_FAMILIES or m.experts % setup.ep):
+        raise EstimateError(f"ep {setup.ep} needs a mixture of experts whose experts it divides"
+                            + (f" ({m.experts})" if m.family in MOE_FAMILIES else f", not a {m.family} model"))
+    if setup.lora_rank:
+        names = {n.split(".")[-2] for n, x in parameter_shapes(replace(m, layers=1))
+                 if len(x) == 2 and _layer_of(n) is not None and ".experts." not in n}
+        unknown = [t for t in setup.lora_targets if t not in names]
+        if unknown:
+            raise EstimateError(f"lora_targets {', '.join(unknown)}: no such Linear in a {m.family} model "
+                                f"(its Linear modules: {', '.join(sorted(names))})")
+
+
+def rank_summary(m: ModelShape, setup: Setup) -> dict:
+    """One rank's tensors (the first pipeline stage, or the last if it holds more) and what ``phases`` needs:
+    trainable elements, ZeRO-3 units, autocast's cast parameters, whether it holds the head."""
+    stages = [0] if setup.pp == 1 else [0, setup.pp - 1]
+    best = None
+    for stage in stages:
+        tensors = rank_tensors(m, setup, stage)
+        size = sum(formulas.numel(x) for _, x, _ in tensors)
+        if best is None or size > best[1]:
+            best = (stage, size, tensors)
+    stage, _, tensors = best
+    stage = 0   # activations: the first stage holds the most micro-batches in flight (activation_terms)
+    tensors = rank_tensors(m, setup, 0)
+    layers = stage_layers(m.layers, setup.pp, 0)
+
+    def count(pred) -> int:
+        return sum(formulas.numel(x) for name, x, kind in tensors if pred(name, x, kind))
+
+    first = layers.start
+    in_layer = lambda name: _layer_of(name) == first                       # noqa: E731
+    trainable = lambda kind: kind != "base"                               # noqa: E731
+    nf4 = setup.base_quant == "nf4"
+
+    def castable(name, x, kind) -> bool:
+        if ".experts." in name or (len(x) == 1 and any(k in name for k in NORM_NAMES)):
+            return False
+        if "wpe" in name or "position" in name or "token_type" in name:
+            return False
+        if ("wte" in name or "embed" in name) and not m.tied_embeddings:
+            return False
+        if nf4 and kind == "base" and _quantised(name, x):
+            return False   # bitsandbytes dequantises in its own kernels, not through autocast's cache
+        return True
+
+    layer_tr = count(lambda n, x, k: in_layer(n) and trainable(k))
+    head = setup.pp == 1 or stage == setup.pp - 1
+    all_train = sum(formulas.numel(x) for name, x, kind in rank_tensors(m, replace(setup, tp=1, pp=1, ep=1, sequence_parallel=False), 0)
+                    if kind != "base")
+    return {
+        "tensors": tensors, "stage": stage, "stage_layers": len(layers), "head": head and setup.pp == 1,
+        "lora": setup.lora_rank > 0,
+        "trainable": count(lambda n, x, k: trainable(k)), "trainable_total": all_train,
+        "layer": layer_tr if setup.lora_rank else count(lambda n, x, k: in_layer(n)),
+        "root": count(lambda n, x, k: _layer_of(n) is None and (trainable(k) or not setup.lora_rank)),
+        "cached": count(castable), "saved": count(lambda n, x, k: castable(n, x, k) and len(x) >= 2),
+        "layer_cached": count(lambda n, x, k: in_layer(n) and castable(n, x, k)),
+        "parameters_held": sum(formulas.numel(x) for _, x, _ in tensors),
+    }
+
+
+def offload_terms(setup: Setup, per: dict[str, int], by_phase: dict, acts: dict | None, m: ModelShape | None,
+                  rank: dict | None) -> dict:
+    """What offloading moves to the host, per device, and the transfers of one step at ``pcie_gb_s``.
+
+    * optimizer (ZeRO-Offload, Ren et al. 2021, section 4: the fp32 optimizer state and its master copy on the
+      host, pinned; each step the gradients go down and the updated 16-bit weights come back up);
+    * parameters (FSDP2's ``CPUOffloadPolicy``, pinned by default, and ZeRO-Infinity): the weights, gradients
+      and optimizer state on the host; each unit is copied up for forward and again for backward, each gradient
+      down;
+    * activations (``torch.autograd.graph.save_on_cpu(pin_memory=True)``): every saved tensor goes down as it is
+      saved and comes back up in backward; the device keeps one layer's.
+    The transfer time assumes the copies do not overlap compute: an upper bound on the time they add.
+    """
+    lay = PRECISIONS[setup.precision]
+    host = pinned = 0
+    moved = 0
+    out_phases = {k: {**v, "terms_bytes": dict(v["terms_bytes"])} for k, v in by_phase.items()}
+
+    def drop(term: str, amount: int | None = None) -> None:
+        for ph in out_phases.values():
+            t = ph["terms_bytes"]
+            if term in t:
+                t[term] = max(0, t[term] - (t[term] if amount is None else amount))
+
+    if "optimizer" in setup.offload or "parameters" in setup.offload:
+        host += per["optimizer"]
+        pinned += per["optimizer"]
+        drop("optimizer")
+        drop("temporaries")
+        drop("master_grads")
+        moved += per["grads"] + per["params"]
+    if "parameters" in setup.offload:
+        host += per["params"] + per["grads"]
+        pinned += per["params"] + per["grads"]
+        moved += per["params"]   # a second copy up for backward
+        unit = (rank["layer"] if rank else 0)
+        keep = 2 * unit * (lay.gather or lay.weights) if m is not None else 0
+        drop("params")
+        drop("grads")
+        for ph in out_phases.values():
+            ph["terms_bytes"]["gathered_units"] = keep
+    if "activations" in setup.offload and acts is not None:
+        kept = acts["per_layer_bytes"]
+        host += acts["total_bytes"]
+        pinned += acts["total_bytes"]
+        moved += 2 * acts["total_bytes"]
+        for ph in out_phases.values():
+            t = ph["terms_bytes"]
+            if "activations" in t:
+                t["activations"] = min(t["activations"], kept)
+    for ph in out_phases.values():
+        ph["total_bytes"] = sum(ph["terms_bytes"].values())
+    return {"parts": list(setup.offload), "host_bytes": host, "pinned_host_bytes": pinned,
+            "transfer_bytes_per_step": moved, "pcie_gb_s": setup.pcie_gb_s,
+            "transfer_seconds_per_step": moved / (setup.pcie_gb_s * 1e9),
+            "bandwidth_source": PCIE_SOURCE if setup.pcie_gb_s == PCIE_GB_S else "given (--pcie-gb-s)",
+            "phases": out_phases}
 
 
 def calculator_inputs() -> dict:
