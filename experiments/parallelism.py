@@ -85,9 +85,11 @@ PROFILES = {
                    cases=("tp", "tp_sp", "pp_gpipe", "pp_1f1b", "pp_interleaved")),
     "quick": Config(),
     "full": Config(hidden=768, heads=12, layers=8, vocab=8192, seq=512, batch=8, microbatches=8),
-    # gpu: the GPU plan's profile (generator/gpu_plan.py, STEPS). One GPU cannot hold two NCCL ranks, so the
-    # worlds run as CPU gloo ranks there too, on the host's many cores (the 2 x 2 mesh among them).
-    "gpu": Config(hidden=256, heads=4, layers=4, vocab=4096, seq=256, batch=8, microbatches=4),
+    # gpu: the GPU plan's profile (generator/gpu_plan.py, STEPS), whose table is nearly full. One GPU cannot
+    # hold two NCCL ranks, so the worlds run as CPU gloo ranks there as here; only the one-device reference
+    # runs on the GPU. Small, and without the 4-rank world, to fit the plan's seconds.
+    "gpu": Config(hidden=64, heads=2, layers=4, vocab=256, seq=32, batch=4, microbatches=4,
+                  cases=("tp", "tp_sp", "pp_gpipe", "pp_1f1b", "pp_interleaved")),
 }
 
 # %% [markdown]
@@ -274,7 +276,7 @@ def grads_unlike_params(named: list[tuple[str, torch.Tensor]]) -> dict:
     return out
 
 
-def measure(modules: list[nn.Module], step, dev: torch.device, cfg: Config) -> dict:
+def measure(modules: list[nn.Module], step, dev: torch.device, cfg: Config, fsdp: bool = False) -> dict:
     named = [(f"{i}.{n}" if len(modules) > 1 else n, p) for i, m in enumerate(modules) for n, p in m.named_parameters()]
     params = [p for _, p in named]
     opt = torch.optim.AdamW(params, lr=cfg.lr)
@@ -283,8 +285,9 @@ def measure(modules: list[nn.Module], step, dev: torch.device, cfg: Config) -> d
     opt.zero_grad(set_to_none=True)
     tracker = MemoryTracker(dev).track(*modules, opt)
     with tracker:
-        with LiveSavedCounter(exclude=params, parameters_now=lambda: [p for m in modules for p in m.parameters()]) \
-                as saved:
+        # FSDP2 swaps each unit's all-gathered weights onto the module while it runs: weights, not activations
+        now = (lambda: [p for m in modules for p in m.parameters()]) if fsdp else None
+        with LiveSavedCounter(exclude=params, parameters_now=now) as saved:
             loss = step()
         grads = local_bytes([p.grad for p in params])
         unlike = grads_unlike_params(named)
@@ -379,7 +382,7 @@ def case_fsdp_tp(cfg: Config, dev: torch.device, rank: int) -> dict:
         loss.backward()
         return loss.detach()
 
-    return {"role": f"dp {dp_rank}, tp {mesh['tp'].get_local_rank()}", **measure([model], step, dev, cfg)}
+    return {"role": f"dp {dp_rank}, tp {mesh['tp'].get_local_rank()}", **measure([model], step, dev, cfg, fsdp=True)}
 
 
 def run_case(name: str, cfg: Config, dev: torch.device, rank: int) -> dict:
@@ -443,10 +446,9 @@ def estimator_inputs(name: str, cfg: Config) -> dict:
         return {**base, "tp": 2, "sequence_parallel": name == "tp_sp"}
     if name == "fsdp_tp":
         return {**base, "tp": 2, "zero": 3, "gpus": 2}
-    schedule = name[3:]
+    schedule = name[3:]   # "gpipe", "1f1b", "interleaved": the estimator says which it does not model
     return {**base, "batch": cfg.batch // cfg.microbatches, "pp": 2, "microbatches": cfg.microbatches,
-            "schedule": "interleaved" if schedule == "interleaved" else "1f1b",
-            "virtual_stages": 2 if schedule == "interleaved" else 1}
+            "schedule": schedule, "virtual_stages": 2 if schedule == "interleaved" else 1}
 
 
 def single(cfg: Config, device: str) -> dict:
@@ -588,10 +590,11 @@ def _row(r: dict) -> dict:
 def _case_summary(name: str, case: dict, data: dict, alone: dict | None) -> dict:
     ranks = case["ranks"]
     out = {"label": LABELS[name], "short_label": SHORT[name], "world_size": case["world_size"],
-           "backend": case["backend"], "ok": all(r["ok"] for r in ranks)}
+           "backend": case["backend"], "ok": all(r["ok"] for r in ranks), "ran": True}
     if not out["ok"]:
         bad = next(r for r in ranks if not r["ok"])
-        out.update(error=bad["error"], ranks=[], prediction={"available": False, "reason": "did not run here"})
+        out.update(error=bad["error"], ranks=[], in_flight=[],
+                   prediction={"available": False, "reason": "did not run here"})
         return out
     rows = [_row(r) for r in ranks]
     top = {f"{k}_bytes": max(r[f"{k}_bytes"] for r in rows) for k in ("params", "grads", "optimizer", "state",
@@ -607,6 +610,7 @@ def _case_summary(name: str, case: dict, data: dict, alone: dict | None) -> dict
     if alone is not None:
         out["vs_single"] = {f"{k}_ratio": top[f"{k}_bytes"] / alone["max"][f"{k}_bytes"]
                             for k in ("params", "grads", "optimizer", "state", "activations", "peak")}
+    out["in_flight"] = []
     if name.startswith("pp_"):
         m, pp = data["microbatches"], 2
         virtual = 2 if name == "pp_interleaved" else 1
@@ -635,19 +639,60 @@ def sp_rule(data: dict) -> dict:
             "inputs_only_saving_bytes": (2 * shape["layers"] + 1) * e * sbh * (t - 1) // t}
 
 
+def scale_label(data: dict) -> str:
+    """The model and scale a caption names: what was measured, at what size."""
+    s = data["shape"]
+    params = sum(estimator.formulas.numel(x) for x in data["tensor_shapes"])
+    worlds = sorted({c["world_size"] for c in data["cases"].values() if c["world_size"] > 1})
+    return (f"{s['layers']}-layer GPT-2-shaped model, hidden {s['hidden']}, {params:,} params, batch {data['batch']} "
+            f"x seq {data['seq']}, AdamW fp32, {' and '.join(map(str, worlds))} gloo ranks")
+
+
+def takeaway(out: dict) -> dict:
+    """The few figures the chapter opens with (None where their case did not run here)."""
+    def pick(case: str, *path):
+        if not out[case]["ok"]:
+            return None
+        value = out[case]
+        for key in path:
+            value = value[key]
+        return value
+
+    return {"tp_state_ratio": pick("tp", "vs_single", "state_ratio"),
+            "tp_activations_ratio": pick("tp", "vs_single", "activations_ratio"),
+            "sp_activations_ratio": pick("tp_sp", "vs_single", "activations_ratio"),
+            "tp_peak_ratio": pick("tp", "vs_single", "peak_ratio"),
+            "gpipe_in_flight": pick("pp_gpipe", "in_flight", 0, "measured"),
+            "onef1b_in_flight": pick("pp_1f1b", "in_flight", 0, "measured"),
+            "interleaved_in_flight": pick("pp_interleaved", "in_flight", 0, "measured"),
+            "onef1b_activations_ratio": pick("pp_1f1b", "vs_single", "activations_ratio"),
+            "gpipe_activations_ratio": pick("pp_gpipe", "vs_single", "activations_ratio"),
+            "fsdp_tp_state_ratio": pick("fsdp_tp", "vs_single", "state_ratio")}
+
+
 def summarize(data: dict) -> dict:
     cases = data["cases"]
-    alone = _case_summary("single", cases["single"], data, None) if "single" in cases else None
-    out = {name: (alone if name == "single" else _case_summary(name, c, data, alone)) for name, c in cases.items()}
+    alone = _case_summary("single", cases["single"], data, None)
+    out = {"single": alone}
+    for name, world in CASES.items():   # every case, in table order; one that did not run says why
+        if name in cases:
+            out[name] = _case_summary(name, cases[name], data, alone)
+        else:
+            why = data["skipped"].get(name, "not in this profile")
+            out[name] = {"label": LABELS[name], "short_label": SHORT[name], "world_size": world, "backend": None,
+                         "ok": False, "ran": False, "error": f"not run here: {why}", "ranks": [], "in_flight": [],
+                         "prediction": {"available": False, "reason": "did not run here"}}
     findings = {name: c["error"] for name, c in out.items() if not c["ok"]}
-    findings.update({name: f"not run here: {why}" for name, why in data["skipped"].items()})
     n = sum(estimator.formulas.numel(s) for s in data["tensor_shapes"])
-    summary = {"labels": {k: LABELS[k] for k in out}, "cases": out, "findings": findings,
+    summary = {"scale_label": scale_label(data), "labels": {k: LABELS[k] for k in out}, "cases": out,
+               "findings": findings,
                "parameters": n, "param_bytes": 4 * n,
                "predictions_available": sum(1 for c in out.values() if c["prediction"]["available"]),
                "prediction_reasons": sorted({c["prediction"]["reason"] for c in out.values()
                                              if not c["prediction"]["available"]})}
-    if out.get("tp", {}).get("ok") and out.get("tp_sp", {}).get("ok"):
+    summary["takeaway"] = takeaway(out)
+    summary["sequence_parallel"] = None
+    if out["tp"]["ok"] and out["tp_sp"]["ok"]:
         rule = sp_rule(data)
         saved = out["tp"]["max"]["activations_bytes"] - out["tp_sp"]["max"]["activations_bytes"]
         summary["sequence_parallel"] = {**rule, "measured_saving_bytes": saved,

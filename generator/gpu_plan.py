@@ -95,6 +95,10 @@ STEPS: tuple[Step, ...] = (
          "world size 1 on the GPU (NCCL init ~3 s), 2 as CPU gloo ranks: spawned interpreters importing torch, "
          "~4-5 s (quick's 2-rank world is ~4 s of its 7.5 s here); the 3.7 M-param MLP's steps are negligible; "
          "+5 fixed. World sizes 4 and 8 (more interpreters, CPU ranks anyway) are left to the full profile"),
+    Step("parallelism", 6, 12,
+         "its gpu profile: a 0.2 M-param GPT on 2 forked CPU gloo ranks (one GPU holds one NCCL rank): TP, TP+SP and "
+         "3 pipeline schedules, ~3 s here with DTensor's first-call sharding propagation; importing DTensor and "
+         "pipelining ~2 s here; the one-device step on the GPU; the 2 x 2 mesh (4 ranks) is left to quick/full"),
     Step("estimator_validation", 30, 60,
          "its gpu profile: 17 cases of transformers' GPT-2, Llama, Qwen2, Gemma 2 and Mixtral classes at GPT-2 "
          "small's width, seq 1024, each built on the CPU (124-323 M params: 1.5-3.4 s on this 2-core CPU, ~1 s "

@@ -124,7 +124,8 @@ def test_without_the_setup_fields_each_case_says_which_is_missing(data: dict, mo
     monkeypatch.setattr(par.estimator, "estimate", old_estimate)
     s = par.summarize(data)
     assert len(asked) == 1 and s["cases"]["single"]["prediction"]["available"]   # one device needs no new field
-    reasons = {k: c["prediction"]["reason"] for k, c in s["cases"].items() if k != "single"}
+    reasons = {k: c["prediction"]["reason"] for k, c in s["cases"].items() if k != "single" and c["ran"]}
+    assert s["cases"]["fsdp_tp"]["error"] == "not run here: not in this profile"   # the test profile has 2 ranks
     assert reasons == {"tp": "no prediction: the estimator lacks tp", "tp_sp": "no prediction: the estimator lacks tp",
                        "pp_gpipe": "no prediction: the estimator lacks pp",
                        "pp_1f1b": "no prediction: the estimator lacks pp",
@@ -166,6 +167,7 @@ def test_with_the_setup_fields_the_prediction_and_ratios_appear(data: dict, monk
     by_case = {(x.tp, x.sequence_parallel, x.pp, x.schedule, x.virtual_stages, x.microbatches, x.batch) for x in seen}
     b = CFG.batch
     assert by_case == {(1, False, 1, "1f1b", 1, 1, b), (2, False, 1, "1f1b", 1, 1, b), (2, True, 1, "1f1b", 1, 1, b),
+                       (1, False, 2, "gpipe", 1, CFG.microbatches, b // CFG.microbatches),
                        (1, False, 2, "1f1b", 1, CFG.microbatches, b // CFG.microbatches),
                        (1, False, 2, "interleaved", 2, CFG.microbatches, b // CFG.microbatches)}
 
