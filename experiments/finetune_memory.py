@@ -431,7 +431,8 @@ PHASE_LABELS = {"forward": "forward pass", "backward": "backward pass", "optimiz
 KIND_LABELS = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
 TARGET_LABELS = {"qv": "q, v", "all-linear": "all linear"}
 OFFLOAD_LABELS = {"none": "no offload", "activations": "activations (save_on_cpu)", "optimizer": "optimizer (AdamW on the CPU)",
-                  "parameters": "parameters"}
+                  "parameters": "parameters (FSDP2's CPUOffloadPolicy)"}
+DRILL_WEIGHTS = 7_000_000_000
 ESTIMATE_OFFLOADS = {"none": (), "optimizer": ("optimizer",), "activations": ("activations",),
                      "parameters": ("parameters",)}
 
@@ -458,11 +459,11 @@ def nf4_rule_bytes(elements: int) -> float:
     return elements * (4 + 8 / NF4_BLOCK + 32 / (NF4_BLOCK * NF4_BLOCK2)) / 8
 
 
-def estimator_inputs(data: dict, x: dict, offload: tuple[str, ...] = ()) -> dict:
+def estimator_inputs(data: dict, x: dict, offload: tuple[str, ...] = (), device: str | None = None) -> dict:
     """The estimator's Setup fields for one case; the fine-tuning fields only where they differ from
     full fine-tuning without offload (so an estimator without them still sizes the full case)."""
     wanted = {"optimizer": "adamw", "precision": x["precision"], "batch": data["batch"], "seq": data["seq"],
-              "checkpointing": "none", "attention": "sdpa", "device": data["device_kind"]}
+              "checkpointing": "none", "attention": "sdpa", "device": device or data["device_kind"]}
     if x["rank"]:
         wanted.update(lora_rank=x["rank"], lora_targets=tuple(x["target_modules"]))
     if x["base_quant"] != "none":
@@ -472,9 +473,9 @@ def estimator_inputs(data: dict, x: dict, offload: tuple[str, ...] = ()) -> dict
     return wanted
 
 
-def predict(data: dict, x: dict, offload: tuple[str, ...] = ()) -> dict:
+def predict(data: dict, x: dict, offload: tuple[str, ...] = (), device: str | None = None) -> dict:
     """The estimator's answer for one case, or why it has none (one line)."""
-    wanted = estimator_inputs(data, x, offload)
+    wanted = estimator_inputs(data, x, offload, device)
     try:
         shape = model_shapes.shape_from_config(data["hf_config"], where="llama config", name="llama")
         est = estimator.estimate(estimator.Setup(**wanted), shape=shape)
@@ -487,7 +488,11 @@ def predict(data: dict, x: dict, offload: tuple[str, ...] = ()) -> dict:
     except ValueError as exc:  # ShapeError, EstimateError: one line
         return {"available": False, "reason": f"no prediction: {str(exc).splitlines()[0]}"}
     per_device = est["per_device_bytes"]
+    moved = est.get("offload") or {}
     return {"available": True, "reason": None,
+            "host_bytes": moved.get("host_bytes"), "pinned_host_bytes": moved.get("pinned_host_bytes"),
+            "transfer_bytes_per_step": moved.get("transfer_bytes_per_step"),
+            "transfer_s_per_step": moved.get("transfer_seconds_per_step"), "pcie_gb_s": moved.get("pcie_gb_s"),
             "terms": {t: per_device.get(t) for t in TERMS},
             "trainable_params": est.get("trainable_parameters"),
             "peak_bytes": est.get("peak_bytes", per_device.get("total")),
@@ -522,11 +527,15 @@ def _case(data: dict, x: dict, full: dict | None) -> dict:
     full_terms = measured_terms(full) if full is not None else None
     full_peak = measured_peak(full)[0] if full is not None else None
     formula = lora_parameters(data["hf_config"], x["rank"], x["target_modules"]) if x["rank"] else None
+    shapes = linear_shapes(data["hf_config"]) if x["rank"] else {}
+    per_layer = {t: {"in": shapes[t][0], "out": shapes[t][1], "params": x["rank"] * sum(shapes[t])}
+                 for t in x["target_modules"]}
     p = predict(data, x)
     out = {"label": _label(x), "kind": x["kind"], "rank": x["rank"], "targets_label": TARGET_LABELS.get(
                x["targets"], "every parameter"), "precision": x["precision"], "base_quant": x["base_quant"],
            "trainable_params": x["trainable_params"], "peft_trainable_params": x["peft_trainable_params"],
-           "formula_trainable_params": formula,
+           "formula_trainable_params": formula, "per_layer_adapters": per_layer,
+           "layers": data["hf_config"]["num_hidden_layers"],
            "formula_matches_peft": formula is not None and formula == x["peft_trainable_params"],
            "frozen_with_grad_count": x["frozen_with_grad_count"],
            "frozen_with_state_count": x["frozen_with_state_count"], "frozen_tensors_count": x["frozen_tensors_count"],
@@ -556,7 +565,10 @@ def _qlora(data: dict, cases: dict, full: dict | None) -> dict:
     q = data["qlora"]
     out = {"ran": q["ran"], "error": q["error"], "bitsandbytes": q["bitsandbytes"], "case": q["case"],
            "block_elements": NF4_BLOCK, "block2_blocks": NF4_BLOCK2,
-           "rule_bits_per_weight": 4 + 8 / NF4_BLOCK + 32 / (NF4_BLOCK * NF4_BLOCK2)}
+           "rule_bits_per_weight": 4 + 8 / NF4_BLOCK + 32 / (NF4_BLOCK * NF4_BLOCK2),
+           # the drill: a base of 7 billion linear weights, by the rule, against bf16's 2 bytes a weight
+           "drill_weights_count": DRILL_WEIGHTS, "drill_nf4_bytes": nf4_rule_bytes(DRILL_WEIGHTS),
+           "drill_bf16_bytes": 2 * DRILL_WEIGHTS, "drill_nf4_vs_bf16_ratio": nf4_rule_bytes(DRILL_WEIGHTS) / (2 * DRILL_WEIGHTS)}
     if not q["ran"]:
         return out
     x = data["cases"][q["case"]]
@@ -588,13 +600,15 @@ def _offload(data: dict, full: dict | None) -> dict:
     base = out["variants"].get("none")
     for v in out["variants"].values():
         v["vs_none_ratio"] = _ratio(v["peak_bytes"], base["peak_bytes"]) if base else None
-    if full is not None:
+    if full is not None:  # sized on a CUDA device: offload moves tensors from a GPU to its host
         for name, offload in ESTIMATE_OFFLOADS.items():
-            p = predict(data, full, offload)
+            p = predict(data, full, offload, device="cuda")
             out["estimates"][name] = {"label": OFFLOAD_LABELS[name], "predicted": p["available"],
                                       "reason": p["reason"], "peak_bytes": p.get("peak_bytes"),
-                                      "terms": {t: {"label": TERM_LABELS[t],
-                                                    "bytes": (p.get("terms") or {}).get(t)} for t in TERMS}}
+                                      "host_bytes": p.get("host_bytes"), "pinned_host_bytes": p.get("pinned_host_bytes"),
+                                      "transfer_bytes_per_step": p.get("transfer_bytes_per_step"),
+                                      "transfer_ms_per_step": None if p.get("transfer_s_per_step") is None
+                                      else 1000 * p["transfer_s_per_step"], "pcie_gb_s": p.get("pcie_gb_s")}
     return out
 
 
@@ -638,6 +652,7 @@ def summarize(data: dict) -> dict:
         "predicted_count": len(predicted),
         "unpredicted_reasons": {r: {"count": sum(1 for c in cases.values() if c["reason"] == r)} for r in reasons},
         "same_start_count": sum(1 for c in lora if c["same_start"]),
+        "example_key": next((k for k, c in cases.items() if c["kind"] == "lora"), None),  # the drills' case
         "linear_probe": data["linear_probe"],
         "qlora": _qlora(data, cases, full),
         "offload": _offload(data, full),

@@ -104,6 +104,10 @@ STEPS: tuple[Step, ...] = (
          "small's width, seq 1024, each built on the CPU (124-323 M params: 1.5-3.4 s on this 2-core CPU, ~1 s "
          "with the host's cores) and stepped twice under the trackers (3 TFLOP fp32, ~50 ms) ~20 s; import "
          "transformers ~3 s (2.1 s here); +5 fixed"),
+    Step("finetune_memory", 11, 22,
+         "its gpu profile: import transformers ~3 s; without PEFT on the host only full fine-tuning and its 3 "
+         "offload variants (save_on_cpu, AdamW on the CPU), each a 74 M-param Llama built on the CPU (~0.5 s with "
+         "the host's cores) and stepped twice (~1 TFLOP bf16, ms); with PEFT 5 more builds ~3 s; +5 fixed"),
     Step("optimizer_state", 12, 24,
          "27 builds (9 optimizers x 3 implementations) of a 17 M-param GPT (0.13 s CPU init here) with 2 tracked "
          "steps of 2 k tokens (0.2 TFLOP fp32, launch- and tracker-bound ~50 ms) ~5 s, zero_grad and precision "
