@@ -140,6 +140,13 @@ def measure(cfg: Config, device: str, checkpointing: str, precision: str = "fp32
 
 
 def run(cfg: Config, device: str) -> dict:
+    context = None
+    if torch.device(device).type == "cuda":
+        # this host's CUDA context, first, before any tensor (the runner's subprocess has not touched CUDA):
+        # what the device uses at initialisation less what the caching allocator holds (the hardware chapter)
+        from experiments.hardware import measure_cuda_context
+        c = measure_cuda_context(torch.device(device), fresh=True)
+        context = c["used_at_init_bytes"] - c["reserved_at_init_bytes"]
     torch.manual_seed(0)
     runs = {c: measure(cfg, device, c) for c in estimator.CHECKPOINTING}
     runs["autocast"] = measure(cfg, device, "none", precision="bf16-mixed")
@@ -147,6 +154,7 @@ def run(cfg: Config, device: str) -> dict:
         "shape": {"vocab": cfg.vocab, "seq": cfg.v_seq, "batch": cfg.v_batch, "layers": cfg.layers,
                   "hidden": cfg.hidden, "heads": cfg.heads, "dropout": cfg.dropout},
         "device": device,
+        "cuda_context_bytes": context,
         "runs": runs,
     }
 
@@ -173,13 +181,14 @@ TERM_LABELS = {"params": "weights", "grads": "gradients", "optimizer": "optimize
                "activations": "activations after forward"}
 
 
-def breakdown(name: str) -> dict:
-    """One named model under every set-up, from the estimator."""
+def breakdown(name: str, context_bytes: int | None = None) -> dict:
+    """One named model under every set-up, from the estimator (the CUDA context: this host's, where measured)."""
     m = BUILTIN[name]
     seq = min(SEQ, m.context) if m.context else SEQ
     setups = {}
     for key, label, extra in SETUPS:
-        est = estimator.estimate(estimator.Setup(optimizer="adamw", batch=BATCH, seq=seq, **extra), shape=m)
+        est = estimator.estimate(estimator.Setup(optimizer="adamw", batch=BATCH, seq=seq, context_bytes=context_bytes,
+                                                 **extra), shape=m)
         fitting = [f for f in est["fits"] if f["fits"]]
         smallest = min(fitting, key=lambda f: f["capacity_bytes"])["gpu"] if fitting else None
         phase = est["phases"][est["peak_phase"]]
@@ -225,17 +234,32 @@ def zero_paper_case() -> dict:
             "stages": rows, "all_match": all(r["matches"] for r in rows.values())}
 
 
+def scale_label(data: dict) -> str:
+    """The model and scale a caption names: what was measured, at what size."""
+    s = data["shape"]
+    return (f"named models at full size (estimator); checked on a {s['layers']}-layer GPT, hidden {s['hidden']}, "
+            f"seq {s['seq']}, batch {s['batch']}")
+
+
 def summarize(data: dict) -> dict:
+    context = data.get("cuda_context_bytes")   # None: a CPU host, or a result from before it was recorded
+    measured = context is not None
+    headroom = context if measured else estimator.CUDA_CONTEXT_BYTES
     return {
+        "scale_label": scale_label(data),
         "zero_paper": zero_paper_case(),
         "zero_gpus": ZERO_GPUS,
         "batch": BATCH,
         "setups": {key: label for key, label, _ in SETUPS},
-        "models": {name: breakdown(name) for name in MODELS},
+        "models": {name: breakdown(name, context) for name in MODELS},
         "gpus": [{"name": n, "capacity_bytes": c, "capacity_mib": c // estimator.MIB, "dtypes": list(d),
-                  "dtypes_label": ", ".join(d), "source": s} for n, c, d, s in estimator.CARDS],
-        "headroom_bytes": estimator.CUDA_CONTEXT_BYTES,
-        "headroom_source": estimator.CUDA_CONTEXT_SOURCE,
+                  "dtypes_label": ", ".join(d), "source": s,
+                  # what a training step may use: the reported total less the CUDA context
+                  "usable_bytes": c - headroom} for n, c, d, s in estimator.CARDS],
+        "headroom_bytes": headroom,
+        "headroom_source": (f"measured on this host ({data['device']}) before any tensor" if measured
+                            else estimator.CUDA_CONTEXT_SOURCE),
+        "headroom_measured": measured,
         "leaves_out": ", ".join(estimator.LEAVES_OUT),
         "validation": {c: _check(c, x) for c, x in data["runs"].items()},
     }

@@ -2,6 +2,8 @@
 against measurements, the CLI's output and its one-line errors, and its start-up time."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import json
 import subprocess
 import sys
@@ -509,9 +511,15 @@ def test_attention_and_device() -> None:
     # ... and the softmax is fp32 (on CUDA's fp32 list; the fp32 causal mask promotes the scores anyway):
     # its output, the dropout's 1-byte mask and the dropped 16-bit copy
     assert cuda["per_layer_bytes"] - sum(per_ac.values()) == (4 + 1 + 2) * as2b - per_ac["scores_bytes"]
-    # on a CPU the dropout mask takes the dtype of what it masks (2 bytes)
+    # on a CPU the dropout mask takes the dtype of what it masks (2 bytes), and CPU autocast runs the softmax
+    # in its input's dtype: 16 bits, unless transformers' GPT-2 (a shape read from its config) adds its fp32 mask
     per_cpu = estimator.layer_activation_terms(m, s, b, 2, 2, r=4, cast=True)
-    assert cpu["per_layer_bytes"] - sum(per_cpu.values()) == (4 + 2 + 2) * as2b - per_cpu["scores_bytes"]
+    assert cpu["per_layer_bytes"] == sum(per_cpu.values())
+    hf = replace(m, hidden_act="gelu_new")
+    cpu_hf = estimator.activation_terms(hf, estimator.Setup(attention="eager", seq=s, device="cpu"))
+    gelu_extra = estimator.activation_function_extra_bytes(hf, s, b, estimator.Setup(device="cpu"))
+    assert cpu_hf["per_layer_bytes"] - sum(per_cpu.values()) - gelu_extra == \
+        (4 + 2 + 2) * as2b - per_cpu["scores_bytes"]
     # sdpa on a CPU with attention dropout falls back to the math path, which computes in fp32: fp32 Q, K, V
     # and the scores' softmax, mask and dropped copy in fp32; its output back in 16 bits
     cpu_sdpa = estimator.activation_terms(m, estimator.Setup(attention="sdpa", seq=s, device="cpu"))

@@ -101,3 +101,19 @@ def test_peak_verdicts_and_the_zero_paper_case(summary: dict) -> None:
     # no bf16 on a T4: the bf16-mixed set-ups never name it, however small the model
     assert all(m["setups"][k]["smallest_fit"] not in ("T4 16 GB", "V100 16 GB")
                for m in summary["models"].values() for k in ("bf16_mixed", "checkpointing", "zero3"))
+
+
+def test_verdicts_use_the_context_measured_on_a_gpu_host(data: dict, summary: dict) -> None:
+    # a CPU host records no context: the cited figure stands
+    assert data["cuda_context_bytes"] is None and not summary["headroom_measured"]
+    assert summary["headroom_bytes"] == estimator.CUDA_CONTEXT_BYTES
+    # a GPU host's result carries its own: every verdict, and the usable capacity, subtract that one
+    gpu = named_models.summarize({**data, "device": "cuda:0", "cuda_context_bytes": 500 * estimator.MIB})
+    assert gpu["headroom_measured"] and gpu["headroom_bytes"] == 500 * estimator.MIB
+    assert "measured on this host" in gpu["headroom_source"]
+    card = gpu["gpus"][0]
+    assert card["usable_bytes"] == card["capacity_bytes"] - 500 * estimator.MIB
+    setup = gpu["models"]["llama-2-7b"]["setups"]["zero3"]
+    assert setup["headroom_bytes"] == 500 * estimator.MIB
+    assert all(f["spare_bytes"] == f["capacity_bytes"] - setup["peak_bytes"] - 500 * estimator.MIB
+               for f in setup["fits"])

@@ -662,7 +662,10 @@ def attention_scores_bytes(m: ModelShape, s: int, b: int, setup: Setup, layer: d
     if setup.attention == "sdpa" and not sdpa_math_path(m, setup):
         return 4 * m.heads * s * b
     e, as2b = lay.activations, m.heads * s * s * b
-    fp32_softmax = m.family in DECODERS or bool(lay.cast)
+    # transformers' classes add the causal mask in the embeddings' dtype (fp32 under autocast), which promotes
+    # the scores: GPT-2 read from its config (hidden_act gelu_new), BERT; on CUDA autocast's fp32 list does it
+    hf_mask = m.family == "bert" or getattr(m, "hidden_act", "") == "gelu_new"
+    fp32_softmax = m.family in DECODERS or bool(lay.cast and (setup.device == "cuda" or hf_mask))
     if setup.attention == "sdpa" or not fp32_softmax or e >= 4:
         return layer["scores_bytes"]
     after = (dropout_mask_bytes(setup) + e) * as2b if m.dropout else e * as2b
@@ -741,10 +744,11 @@ def activation_terms(m: ModelShape, setup: Setup, mask_bytes: int | None = None)
     else:  # full: each layer's input (the residual stream), plus one layer recomputed during backward
         recompute = per_layer
         layers = m.layers * r * s * b * h + recompute
-        if m.family == "gpt2" and setup.attention == "eager":
-            # GPT-2's blocks take the additive causal mask positionally, and torch.utils.checkpoint keeps the
-            # positional tensor inputs of each checkpointed call (``save_inputs``): one (b, 1, s, s) mask
-            # in the embeddings' dtype, shared by every layer (transformers 5.17, modeling_layers.py)
+        if m.family == "gpt2" and setup.attention == "eager" and getattr(m, "hidden_act", "") == "gelu_new":
+            # transformers' GPT-2 blocks take the additive causal mask positionally, and torch.utils.checkpoint
+            # keeps the positional tensor inputs of each checkpointed call (``save_inputs``): one (b, 1, s, s)
+            # mask in the embeddings' dtype, shared by every layer (transformers 5.17, modeling_layers.py). Like
+            # gelu_new, a detail of transformers' classes: applied to shapes read from a GPT-2 config.
             layers += b * s * s * r
     emb_mask = (1 if setup.device == "cuda" else r) if m.dropout else 0   # the embeddings' output is in r
     indices = 8 * s * b * (2 + (1 if m.type_vocab else 0)) + (8 * s if m.positions else 0)
