@@ -35,6 +35,7 @@ Run it: ``python -m experiments.parallelism --profile quick``.
 # %%
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -311,10 +312,17 @@ def batch(cfg: Config, seed: int, dev: torch.device) -> tuple[torch.Tensor, torc
 # ## The cases
 
 # %%
-def case_tp(cfg: Config, dev: torch.device, rank: int, sp: bool) -> dict:
+@functools.lru_cache(maxsize=None)
+def tp_mesh(device_type: str):
+    """One 1-D mesh over the world for both TP cases: DTensor caches its sharding decisions per mesh, so the
+    second case reuses what the first one worked out (each first call of an op costs milliseconds)."""
     from torch.distributed.device_mesh import init_device_mesh
 
-    mesh = init_device_mesh(dev.type, (dist.get_world_size(),), mesh_dim_names=("tp",))
+    return init_device_mesh(device_type, (dist.get_world_size(),), mesh_dim_names=("tp",))
+
+
+def case_tp(cfg: Config, dev: torch.device, rank: int, sp: bool) -> dict:
+    mesh = tp_mesh(dev.type)
     model = parallelize_tp(build(cfg).to(dev), mesh, sp)
     x, y = batch(cfg, 1, dev)   # every TP rank sees the same batch
 
@@ -412,14 +420,20 @@ def _worker(rank: int, world_size: int, port: int, cfg_dict: dict, names: list, 
                             rank=rank, world_size=world_size, timeout=timedelta(seconds=120))
     results = {}
     try:
-        for name in names:
+        for i, name in enumerate(names):
             start = time.perf_counter()
             try:
                 results[name] = {"ok": True, "rank": rank, **run_case(name, cfg, dev, rank)}
             except Exception as exc:  # an API this torch or backend refuses: a finding, stored with its error
                 results[name] = {"ok": False, "rank": rank, "error": first_line(exc)}
             results[name]["case_s"] = time.perf_counter() - start
-            dist.barrier()
+            try:
+                dist.barrier()
+            except Exception as exc:  # the world broke (a rank gone, a timeout): the cases left cannot run
+                for rest in names[i + 1:]:
+                    results[rest] = {"ok": False, "rank": rank, "case_s": 0.0,
+                                     "error": f"not run: the world failed after {name} ({first_line(exc)})"}
+                break
     finally:
         with open(os.path.join(out_dir, f"rank{rank}.json"), "w", encoding="utf-8") as f:
             json.dump(results, f)
