@@ -479,6 +479,14 @@ def summarize(data: dict) -> dict:
                         for ph in PHASES},
         "worst_terms": {t: {"label": TERM_LABELS[t], "count": n} for t, n in worst.items()},
         "worst_terms_label": "; ".join(f"{TERM_LABELS[t]} in {n}" for t, n in worst.items() if n) or "none",
+        "outside": {k: {"label": c["label"], "peak_ratio": 1 + c["peak_error_ratio"],
+                        "side": "above (the safe side)" if c["peak_error_ratio"] > 0 else "below",
+                        "worst_term_label": c["worst_term_label"],
+                        "worst_term_ratio": c["terms"][c["worst_term"]]["ratio"],
+                        "estimator_phase_label": c["estimator_peak_phase_label"],
+                        "phase_ratio": c["phase_ledger"][c["estimator_peak_phase"]]["ratio"]
+                        if c["estimator_peak_phase"] in c["phase_ledger"] else None}
+                    for k, c in cases.items() if c["predicted"] and c["verdict"] == "outside"},
         "unmodelled_terms": {t: {"label": label} for t, label in TERM_LABELS.items()
                              if predicted and not all(c["terms"][t]["modelled"] for c in predicted)},
         "states_compared_count": len(compared),
