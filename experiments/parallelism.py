@@ -9,7 +9,9 @@ What does each rank really hold when PyTorch's own APIs do it: weights,
 gradients, optimizer state, saved activations and the step's peak?
 
 Method: real ``torch.distributed`` (gloo on CPU, NCCL where each rank has its
-own GPU), one process per rank started with ``torch.multiprocessing``. A small
+own GPU), one process per rank started with ``torch.multiprocessing`` (forked on
+the CPU, see ``experiments.lib.ranks``; a 4-rank world runs even on 2 cores,
+its ranks sharing them). A small
 GPT-2-shaped model (learned positions, pre-LayerNorm blocks, separate Q, K, V
 projections, GELU MLP, an untied output head; no dropout) whose tensors are
 exactly those of a ``ModelShape`` the estimator reads. Cases, world size 2:

@@ -186,3 +186,26 @@ def test_bad_config_names_the_field() -> None:
         par.check(dataclasses.replace(CFG, cases=("zz",)))
     with pytest.raises(ValueError, match=r"Config\.microbatches \(3\) must divide Config\.batch \(4\)"):
         par.check(dataclasses.replace(CFG, microbatches=3))
+
+
+def test_live_saved_counter_follows_micro_batches_in_flight() -> None:
+    """Three forwards kept, then their backwards: the total counts every saved storage once, the peak
+    only what was alive together, and the parameters are left out."""
+    import torch
+
+    from experiments.lib.live_saved import LiveSavedCounter
+
+    layer = torch.nn.Linear(16, 16)
+    xs = [torch.randn(4, 16) for _ in range(3)]
+    per = 2 * 4 * 16 * 4   # the input (saved by the matmul) and the ReLU's output, fp32
+    with LiveSavedCounter(exclude=list(layer.parameters())) as c:
+        losses = [torch.relu(layer(x)).sum() for x in xs]
+        assert c.live_bytes == 3 * per
+        losses[0].backward()
+        assert c.live_bytes == 2 * per
+        one_at_a_time = torch.relu(layer(xs[0])).sum()
+        one_at_a_time.backward()
+        for loss in losses[1:]:
+            loss.backward()
+    # the fourth forward saves anew what the first one released: counted in the total, not above the peak
+    assert (c.total_bytes, c.peak_live_bytes, c.live_bytes) == (4 * per, 3 * per, 0)
