@@ -84,10 +84,10 @@ PROFILES = {
     # profile, so that its plain step is that chapter's AdamW foreach step
     "quick": Config(),
     "full": Config(vocab=32000, d_model=1024, layers=8, heads=16, seq=512, batch=8),
-    # gpu: the GPU plan's profile (generator/gpu_plan.py), ~18 s predicted: 8 set-ups of the optimizer chapter's
-    # 17 M-param GPT; the profiler's analysis is Python on the host's CPU and grows with the op count (4 layers:
-    # ~1.7x quick's ops; quick takes 7.6 s of CPU here, 2 s of it imports), plus the CUDA history
-    "gpu": Config(vocab=8192, d_model=512, layers=4, heads=8, seq=256, batch=8),
+    # gpu: the GPU plan's profile (generator/gpu_plan.py), ~12 s predicted: 8 set-ups of a 10.5 M-param GPT (the
+    # optimizer chapter's width, 2 layers); the profiler's analysis is Python on the host's CPU and grows with the
+    # op count (2 layers: quick's op count; quick takes 7.6 s of CPU here, 2 s of it imports), plus the CUDA history
+    "gpu": Config(vocab=8192, d_model=512, layers=2, heads=8, seq=256, batch=8),
 }
 TIMEOUT_S = 600
 SNAPSHOT_FILE = "memory_timeline_snapshot.pickle"  # CUDA: the plain step's allocator snapshot, beside the result

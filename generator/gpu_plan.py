@@ -129,10 +129,11 @@ STEPS: tuple[Step, ...] = (
          "sample); 3 variants (in place, memory-mapped files, pinned host memory), each built (59 M params on the "
          "CPU, 0.4 s) and stepped ~5 times in interleaved rounds: 3 GB to files or pinned memory and back, ~1 s "
          "a step at page-cache and PCIe speeds, ~9 s; +5 fixed. (8 layers at seq 1024 would save ~16 GB a step.)"),
-    Step("memory_timeline", 18, 36,
-         "its gpu profile: 8 set-ups of optimizer_state's 17 M-param GPT; 11 steps recorded by the profiler, "
-         "whose analysis is Python on the host's CPU (~0.5 s a step) ~6 s; the tracker's steps ~1 s; the CUDA "
-         "allocator's history and snapshot, expandable segments, empty_cache ~4 s; +5 fixed"),
+    Step("memory_timeline", 12, 24,
+         "its gpu profile: 8 set-ups of a 2-layer, 10.5 M-param GPT (quick's op count: quick takes 7.6 s here, 2 s "
+         "of it imports); 11 steps recorded by the profiler, whose analysis is Python on the host's CPU, ~3.5 s; the "
+         "tracker's steps ~0.5 s; the CUDA allocator's history and snapshot (a file beside the result), expandable "
+         "segments, empty_cache ~3 s; +5 fixed"),
     Step("token_budget", 18, 36,
          "its gpu profile: the largest batch at 5 sequence lengths (128-2048) of a 4 x 512 GPT under 2 % of the "
          "card (~2.8 GB): ~8 probes a length, each a build and 2 steps, ~1 s a length; padding against packing "
@@ -146,6 +147,10 @@ STEPS: tuple[Step, ...] = (
          "policy, 3 + 2, Python on the host's CPU: 3-6 s each for quick's 2 layers on this (shared) CPU, ~4 s "
          "each there, ~20 s, with dynamo's import ~3 s; eager reference and interleaved timing 0.3 s x 6 ~2 s; "
          "+5 fixed"),
+    Step("optimizer_8bit", 6, 12,
+         "bitsandbytes is not on the GPU host: the fp32 AdamW side only (its import error recorded), 200 steps of an "
+         "85 k-param MLP over the digits, launch-bound ~0.4 s, one step under the tracker and the profiler ~0.3 s, "
+         "timing 0.3 s; +5 fixed (quick here, with the 8-bit side: ~8 s)"),
     Step("weight_decay", 11, 22,
          "= full: 5 optimizers x 2000 steps x 2 launch-bound updates of tiny tensors (~250 us a step) ~2.5 s, "
          "164 M noise samples drawn on the CPU ~1.5 s, a 110 M-param transformer built on the CPU ~0.7 s; +5 fixed "

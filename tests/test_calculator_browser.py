@@ -18,7 +18,7 @@ import pytest
 
 from conftest import REPO, build_site
 from experiments.lib import estimator
-from experiments.lib.model_shapes import BUILTIN, MOE_FAMILIES, TIED_DEFAULT
+from experiments.lib.model_shapes import BUILTIN, GEMMA_NORM_FAMILIES, MOE_FAMILIES, TIED_DEFAULT
 from generator.estimate import main as estimate_main
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -72,6 +72,49 @@ VECTORS = [
     ({"family": "mixtral", "hidden": 1024, "layers": 2, "heads": 8, "kv_heads": 2, "intermediate": 3584,
       "vocab": 32000, "experts": 8, "top_k": 2, "untied": True},
      dict(optimizer="adamw", precision="bf16-master", batch=2, seq=1024, checkpointing="full", zero=0, gpus=1, **D)),
+    # the activations by dtype (autocast's fp32 residual stream and per-Linear casts, the norms' internals, fp32
+    # eager softmax, SDPA's math path, experts outside autocast, the rebuilt layer at backward's end):
+    # CPU autocast, eager GPT-2 under full checkpointing (the positional causal mask checkpoint keeps)
+    ("gpt2-xl", dict(optimizer="adamw", precision="bf16-mixed", batch=2, seq=256, checkpointing="full", zero=0,
+                     gpus=1, **{**D, "attention": "eager", "device": "cpu"})),
+    # SDPA on a CPU with dropout: the math path, from 16-bit inputs (fp32 copies) and in fp32
+    ({"family": "gpt2", "hidden": 256, "layers": 3, "heads": 4, "kv_heads": 0, "intermediate": 0, "vocab": 5000,
+      "untied": False},
+     dict(optimizer="adamw", precision="bf16-mixed", batch=2, seq=128, checkpointing="none", zero=0, gpus=1,
+          **{**D, "device": "cpu"})),
+    ("bert-base", dict(optimizer="adam", precision="fp32", batch=2, seq=128, checkpointing="selective", zero=0,
+                       gpus=1, **{**D, "device": "cpu"})),
+    # a Mixtral under autocast with checkpointing (its experts neither cast nor cached), full and selective; the
+    # first at backward's start past the loss (the rebuilt layer's casts, the experts' gradients in the working set)
+    ({"family": "mixtral", "hidden": 512, "layers": 2, "heads": 8, "kv_heads": 2, "intermediate": 1792,
+      "vocab": 4096, "experts": 8, "top_k": 2, "untied": True},
+     dict(optimizer="adamw", precision="bf16-mixed", batch=8, seq=2048, checkpointing="full", zero=0, gpus=1, **D)),
+    ({"family": "mixtral", "hidden": 512, "layers": 3, "heads": 8, "kv_heads": 2, "intermediate": 1792,
+      "vocab": 32000, "experts": 8, "top_k": 2, "untied": True},
+     dict(optimizer="adamw", precision="fp16-mixed", batch=2, seq=512, checkpointing="selective", zero=3, gpus=2,
+          **{**D, "attention": "eager"})),
+    # Gemma 2 with a bf16 master copy (GemmaRMSNorm in fp32, no autocast), and under autocast on a CPU
+    ({"family": "gemma2", "hidden": 2304, "layers": 2, "heads": 8, "kv_heads": 4, "intermediate": 9216,
+      "vocab": 256000, "head_dim": 256, "untied": False},
+     dict(optimizer="adamw", precision="bf16-master", batch=1, seq=2048, checkpointing="full", zero=1, gpus=2,
+          **{**D, "attention": "eager"})),
+    ({"family": "gemma2", "hidden": 2304, "layers": 2, "heads": 8, "kv_heads": 4, "intermediate": 9216,
+      "vocab": 256000, "head_dim": 256, "untied": False},
+     dict(optimizer="adamw", precision="bf16-mixed", batch=1, seq=512, checkpointing="none", zero=0, gpus=1,
+          **{**D, "attention": "eager", "device": "cpu"})),
+    # autocast on the other layouts: Qwen2-MoE's shared expert reads the norm (four casts), Gemma 3's q/k norms,
+    # Phi-3's fused projections
+    ({"family": "qwen2_moe", "hidden": 512, "layers": 2, "heads": 8, "kv_heads": 8, "intermediate": 1408,
+      "vocab": 32000, "experts": 16, "top_k": 4, "moe_intermediate": 256, "shared_intermediate": 1024,
+      "untied": True},
+     dict(optimizer="adamw", precision="bf16-mixed", batch=2, seq=512, checkpointing="full", zero=2, gpus=2, **D)),
+    ({"family": "gemma3", "hidden": 640, "layers": 3, "heads": 4, "kv_heads": 1, "intermediate": 2048,
+      "vocab": 262144, "head_dim": 256, "untied": False},
+     dict(optimizer="adamw", precision="bf16-mixed", batch=2, seq=1024, checkpointing="selective", zero=0, gpus=1,
+          **D)),
+    ({"family": "phi3", "hidden": 768, "layers": 2, "heads": 12, "kv_heads": 4, "intermediate": 2048,
+      "vocab": 32064, "untied": True},
+     dict(optimizer="adamw", precision="bf16-mixed", batch=2, seq=1024, checkpointing="full", zero=0, gpus=1, **D)),
 ]
 SHAPE_EXTRAS = ("head_dim", "experts", "top_k", "moe_intermediate", "shared_intermediate")  # 0 when left out
 OPTIONS = ("optimizer", "precision", "checkpointing", "zero", "attention", "device", "optimizer_impl")
@@ -141,26 +184,39 @@ def page(site: Path):
     server.shutdown()
 
 
+FILL = """([steps]) => {
+    // each step: field values to set, then the element whose change event fires (the form's own handlers run)
+    for (const [values, fire] of steps) {
+        for (const [id, v] of Object.entries(values)) {
+            const el = document.getElementById(id);
+            if (!el) throw new Error(`no field #${id}`);
+            if (el.type === 'checkbox') { el.checked = v; continue; }
+            if (el.tagName === 'SELECT' && ![...el.options].some((o) => o.value === v)) {
+                throw new Error(`#${id} has no option ${v}`);
+            }
+            el.value = v;
+        }
+        document.getElementById(fire).dispatchEvent(new Event('change', { bubbles: true }));
+    }
+}"""
+
+
 def fill(pg, model, setup: dict) -> None:
-    if isinstance(model, str):
-        pg.select_option("#hb-model", model)
-    else:
-        pg.select_option("#hb-model", "custom")
-        pg.select_option("#hb-family", model["family"])
-        for key in ("hidden", "layers", "heads", "kv_heads", "intermediate", "vocab"):
-            pg.fill(f"#hb-{key.replace('_', '-')}", str(model[key]))
-        for key in SHAPE_EXTRAS:
-            pg.fill(f"#hb-{key.replace('_', '-')}", str(model.get(key, 0)))
-        pg.fill("#hb-positions", "0")
-        pg.set_checked("#hb-untied", model["untied"])
-    # the layout before the stage could be refused in between (fsdp2-bf16 needs zero 3): set both, then read
-    for key in ("optimizer", "precision", "checkpointing", "zero", "attention", "device"):
-        pg.select_option(f"#hb-{key}", str(setup[key]))
-    pg.select_option("#hb-impl", setup["optimizer_impl"])
-    pg.set_checked("#hb-keep-grads", not setup["set_to_none"])
-    pg.fill("#hb-context", "" if setup["context_mib"] is None else str(setup["context_mib"]))
-    for key in ("batch", "seq", "gpus"):
-        pg.fill(f"#hb-{key}", str(setup[key]))
+    """Set every field, firing the form's change handlers as a reader's edits would: the model first (a built-in
+    fills the shape and the sequence), the family next (its tying default), then the rest, computed once."""
+    steps = [({"hb-model": model if isinstance(model, str) else "custom"}, "hb-model")]
+    if not isinstance(model, str):
+        steps.append(({"hb-family": model["family"]}, "hb-family"))
+        shape = {f"hb-{k.replace('_', '-')}": str(model[k]) for k in ("hidden", "layers", "heads", "kv_heads",
+                                                                        "intermediate", "vocab")}
+        shape.update({f"hb-{k.replace('_', '-')}": str(model.get(k, 0)) for k in SHAPE_EXTRAS})
+        steps.append(({**shape, "hb-positions": "0", "hb-untied": model["untied"]}, "hb-calc"))
+    values = {f"hb-{k}": str(setup[k]) for k in ("optimizer", "precision", "checkpointing", "zero", "attention",
+                                                 "device", "batch", "seq", "gpus")}
+    values.update({"hb-impl": setup["optimizer_impl"], "hb-keep-grads": not setup["set_to_none"],
+                   "hb-context": "" if setup["context_mib"] is None else str(setup["context_mib"])})
+    steps.append((values, "hb-calc"))
+    pg.evaluate(FILL, [steps])
 
 
 def read(pg) -> dict:
@@ -174,6 +230,11 @@ def read(pg) -> dict:
         phase: document.getElementById('hb-out-peak').dataset.phase,
         phases: Object.fromEntries(['forward', 'backward', 'optimizer', 'between_steps'].map(
             k => [k, document.getElementById('hb-phase-' + k).dataset.bytes])),
+        terms: Object.fromEntries(['forward', 'backward', 'optimizer', 'between_steps'].map(
+            k => [k, JSON.parse(document.getElementById('hb-phase-' + k).dataset.terms)])),
+        point: document.getElementById('hb-backward-point').textContent,
+        cast_saved: document.getElementById('hb-phase-backward').dataset.castSaved,
+        activation_terms: JSON.parse(document.getElementById('hb-out-activations').dataset.terms),
         headroom: document.getElementById('hb-out-headroom').dataset.bytes,
         error: document.getElementById('hb-error').hidden ? '' : document.getElementById('hb-error').textContent,
     })""")
@@ -192,6 +253,11 @@ def test_calculator_equals_cli(page, capsys, i: int) -> None:
     assert got["fits"] == [[f["gpu"], f["fits"], f["verdict"]] for f in want["fits"]]
     assert int(got["peak"]) == want["peak_bytes"] and got["phase"] == want["peak_phase"]
     assert {k: int(v) for k, v in got["phases"].items()} == {k: v["total_bytes"] for k, v in want["phases"].items()}
+    assert {k: {t: int(x) for t, x in v.items()} for k, v in got["terms"].items()} == \
+        {k: v["terms_bytes"] for k, v in want["phases"].items()}
+    assert f"worst point of backward ({got['point']})" == want["phases"]["backward"]["label"]
+    assert int(got["cast_saved"]) == want["phases"]["backward"]["cast_saved_bytes"]
+    assert {k: int(v) for k, v in got["activation_terms"].items()} == want["activation_terms_bytes"]
     assert int(got["headroom"]) == want["headroom_bytes"]
     assert not errors and not outside
 
@@ -209,6 +275,34 @@ def test_vectors_cover_every_option() -> None:
     assert {m for m, _ in VECTORS if isinstance(m, str)} == set(BUILTIN)
     typed = {m["family"] for m, _ in VECTORS if isinstance(m, dict)}
     assert {"gpt2", "bert", "llama", "qwen3", "gemma2"} <= typed and len(typed & set(MOE_FAMILIES)) >= 2
+
+
+def test_vectors_reach_every_activation_path(capsys) -> None:
+    """The vectors reach each point of backward and the dtype paths of the activations (estimator.py, 7faf7f2)."""
+    points, paths = set(), set()
+    for model, setup in VECTORS:
+        want = cli(cli_argv(model, setup), capsys)
+        shape, bwd, lay = want["shape"], want["phases"]["backward"], estimator.PRECISIONS[setup["precision"]]
+        point = bwd["label"].removeprefix("worst point of backward (its ").removesuffix(")")
+        points.add(point + (" (loss temporaries)" if bwd["terms_bytes"].get("loss_temporaries") else ""))
+        if setup["attention"] == "sdpa" and setup["device"] == "cpu" and shape["dropout"]:
+            paths.add("sdpa math path, " + ("16-bit inputs" if lay.activations < 4 else "fp32"))
+        if lay.cast and setup["checkpointing"] == "full" and point != "end" and \
+                not bwd["terms_bytes"].get("loss_temporaries"):   # the rebuilt layer's casts are in the terms
+            paths.add(f"{shape['family']} layer rebuilt under autocast")
+        if lay.cast and setup["checkpointing"] != "none" and shape["family"] in MOE_FAMILIES:
+            paths.add("MoE under autocast with checkpointing")
+        if lay.cast and setup["attention"] == "eager" and setup["device"] == "cpu":
+            paths.add("fp32 eager softmax under CPU autocast")
+        if lay.master and shape["family"] in GEMMA_NORM_FAMILIES:
+            paths.add("GemmaRMSNorm with a master copy")
+        if (shape["family"], setup["attention"], setup["checkpointing"]) == ("gpt2", "eager", "full") and lay.cast:
+            paths.add("GPT-2's causal mask kept by checkpoint under autocast")
+    assert {"start", "start (loss temporaries)", "end", "first layer rebuilt"} <= points, points
+    assert paths >= {"sdpa math path, 16-bit inputs", "sdpa math path, fp32", "gpt2 layer rebuilt under autocast",
+                     "mixtral layer rebuilt under autocast", "MoE under autocast with checkpointing",
+                     "fp32 eager softmax under CPU autocast", "GemmaRMSNorm with a master copy",
+                     "GPT-2's causal mask kept by checkpoint under autocast"}, paths
 
 
 def test_calculator_reports_bad_input(page) -> None:

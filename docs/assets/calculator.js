@@ -20,6 +20,7 @@
   const MOE_FAMILIES = ["mixtral", "qwen2_moe", "qwen3_moe"];
   const QK_NORM_FAMILIES = ["qwen3", "gemma3", "qwen3_moe"];
   const SANDWICH_FAMILIES = ["gemma2", "gemma3"];
+  const GEMMA_NORM_FAMILIES = ["gemma", "gemma2", "gemma3"];
   const FUSED_FAMILIES = ["phi3"];
   const QKV_BIAS_DEFAULT = { qwen2: true, qwen2_moe: true };
   const TIED_DEFAULT = { gpt2: true, bert: true, gemma: true, gemma2: true, gemma3: true };
@@ -94,24 +95,32 @@
   }
 
   // Every parameter tensor's shape, in the layout of the Hugging Face classes (model_shapes.parameter_shapes).
+  // Shapes carry no names; a `kind` property says what estimator.cast_parameters reads off the names: "norm" (a
+  // norm's weight or bias: a 1-D tensor named norm, ln_ or LayerNorm), "bias" (any other 1-D tensor), "expert"
+  // (a MoE layer's experts.* tensors); matmul weights and embeddings have none.
+  const tag = (shape, kind) => Object.assign(shape, { kind });
+  const normShape = (n) => tag([n], "norm");
+  const biasShape = (n) => tag([n], "bias");
   function parameterShapes(m) {
     const h = m.hidden, V = m.vocab, I = dFF(m), L = m.layers;
     const out = [];
     if (m.family === "gpt2") {
       out.push([V, h], [m.positions, h]);
       for (let i = 0; i < L; i++) {
-        out.push([h], [h], [h, 3 * h], [3 * h], [h, h], [h], [h], [h], [h, I], [I], [I, h], [h]);
+        out.push(normShape(h), normShape(h), [h, 3 * h], biasShape(3 * h), [h, h], biasShape(h),
+                 normShape(h), normShape(h), [h, I], biasShape(I), [I, h], biasShape(h));
       }
-      out.push([h], [h]);
+      out.push(normShape(h), normShape(h));
       if (!m.tied_embeddings) out.push([V, h]);
       return out;
     }
     if (m.family === "bert") {
-      out.push([V, h], [m.positions, h], [m.type_vocab, h], [h], [h]);
+      out.push([V, h], [m.positions, h], [m.type_vocab, h], normShape(h), normShape(h));
       for (let i = 0; i < L; i++) {
-        out.push([h, h], [h], [h, h], [h], [h, h], [h], [h, h], [h], [h], [h], [I, h], [I], [h, I], [h], [h], [h]);
+        out.push([h, h], biasShape(h), [h, h], biasShape(h), [h, h], biasShape(h), [h, h], biasShape(h),
+                 normShape(h), normShape(h), [I, h], biasShape(I), [h, I], biasShape(h), normShape(h), normShape(h));
       }
-      out.push([h, h], [h]);
+      out.push([h, h], biasShape(h));
       return out;
     }
     const d = dHead(m), q = m.heads * d, kv = kvHeads(m) * d;
@@ -122,15 +131,15 @@
       } else {
         for (const rows of [q, kv, kv]) {
           out.push([rows, h]);
-          if (m.qkv_bias) out.push([rows]);
+          if (m.qkv_bias) out.push(biasShape(rows));
         }
         out.push([h, q]);
-        if (m.o_bias) out.push([h]);
+        if (m.o_bias) out.push(biasShape(h));
       }
-      if (QK_NORM_FAMILIES.includes(m.family)) out.push([d], [d]);
+      if (QK_NORM_FAMILIES.includes(m.family)) out.push(normShape(d), normShape(d));
       if (isMoeLayer(m, i)) {
         const E = m.experts, W = dExpert(m);
-        out.push([E, h], [E, 2 * W, h], [E, h, W]);
+        out.push([E, h], tag([E, 2 * W, h], "expert"), tag([E, h, W], "expert"));
         if (m.family === "qwen2_moe") {
           const S = m.shared_intermediate;
           out.push([S, h], [S, h], [h, S], [1, h]);
@@ -140,13 +149,13 @@
       } else {
         for (const shape of [[I, h], [I, h], [h, I]]) {
           out.push(shape);
-          if (m.mlp_bias) out.push([shape[0]]);
+          if (m.mlp_bias) out.push(biasShape(shape[0]));
         }
       }
-      out.push([h], [h]);
-      if (SANDWICH_FAMILIES.includes(m.family)) out.push([h], [h]);
+      out.push(normShape(h), normShape(h));
+      if (SANDWICH_FAMILIES.includes(m.family)) out.push(normShape(h), normShape(h));
     }
-    out.push([h]);
+    out.push(normShape(h));
     if (!m.tied_embeddings) out.push([V, h]);
     return out;
   }
@@ -172,13 +181,20 @@
     return total;
   }
 
+  // estimator.norm_bytes: what one norm keeps per element of its input, its own tensors and its output as its
+  // readers keep it (r: the residual stream's dtype; under autocast each Linear reading it keeps its own e copy)
+  function normBytes(m, e, r, cast, readers) {
+    const own = GEMMA_NORM_FAMILIES.includes(m.family) ? 8n : DECODERS.includes(m.family) ? 4n + r : r;
+    return own + (readers === 0n ? 0n : cast ? readers * e : r);
+  }
+
   // One layer's saved bytes (estimator.layer_activation_terms): routed picks a MoE or a dense layer; undefined,
-  // the larger of the model's kinds.
-  function layerTerms(m, s, b, e, mask, routed, attention = "sdpa") {
+  // the larger of the model's kinds. r: the residual stream's bytes; cast: autocast; mathSdpa: SDPA's math path.
+  function layerTerms(m, s, b, e, mask, routed, attention = "sdpa", r = e, cast = false, mathSdpa = false) {
     if (routed === undefined) {
       const nMoe = nMoeLayers(m);
       const kinds = [true, false].filter((k) => (k ? nMoe : m.layers - nMoe) > 0);
-      const all = kinds.map((k) => layerTerms(m, s, b, e, mask, k, attention));
+      const all = kinds.map((k) => layerTerms(m, s, b, e, mask, k, attention, r, cast, mathSdpa));
       const size = (t) => Object.values(t).reduce((x, y) => x + y, 0n);
       return all.reduce((best, t) => (size(t) > size(best) || (size(t) === size(best) && t.router > best.router)
         ? t : best));
@@ -186,54 +202,75 @@
     const h = big(m.hidden), a = big(m.heads), I = big(dFF(m)), d = big(dHead(m)), kv = big(kvHeads(m));
     const sb = s * b, sbh = sb * h, as2b = a * s * s * b;
     const drop = m.dropout ? 1n : 0n;
-    let norm = (SANDWICH_FAMILIES.includes(m.family) ? 10n : DECODERS.includes(m.family) ? 6n : 4n) * e * sbh;
-    if (QK_NORM_FAMILIES.includes(m.family)) norm += 2n * e * sb * (a + kv) * d;
-    // Q, K, V (eager: K and V repeated to every head), the attention output; Phi-3's fused qkv buffer
-    let att = e * sb * d * (2n * a + 2n * (attention === "eager" ? a : kv));
-    if (FUSED_FAMILIES.includes(m.family) && attention === "sdpa") att += e * sb * d * (2n * a + kv);
+    const moe = !!(routed && MOE_FAMILIES.includes(m.family));
+    const fused = FUSED_FAMILIES.includes(m.family);
+    const qkvIn = fused || m.family === "gpt2" ? 1n : 3n;
+    // the router's Linear casts; Qwen2-MoE's shared expert's gate, up and gate read the norm's output too
+    let mlpIn = fused || !DECODERS.includes(m.family) ? 1n : 2n;
+    if (moe) mlpIn = 1n + (m.family === "qwen2_moe" ? 3n : 0n);
+    let norm = normBytes(m, e, r, cast, qkvIn) + normBytes(m, e, r, cast, mlpIn);
+    if (SANDWICH_FAMILIES.includes(m.family)) norm += 2n * normBytes(m, e, r, cast, 0n);  // before residual adds
+    norm *= sbh;
+    if (QK_NORM_FAMILIES.includes(m.family)) {
+      norm += (GEMMA_NORM_FAMILIES.includes(m.family) ? 8n : 4n + e) * sb * (a + kv) * d;
+    }
+    let att;
+    if (attention === "sdpa" && mathSdpa && e < 4n) {
+      att = 4n * sb * d * (a + 2n * kv) + e * sb * d * a;   // SDPA's math path: fp32 copies of Q, K and V
+    } else {
+      // Q, K, V (eager: K and V repeated to every head), the attention output
+      att = e * sb * d * (2n * a + 2n * (attention === "eager" ? a : kv));
+    }
+    if (fused && attention === "sdpa") att += e * sb * d * (2n * a + kv);  // Phi-3's fused qkv buffer
     let mlp, router;
-    if (routed && MOE_FAMILIES.includes(m.family)) {
+    if (moe) {
       const k = big(m.top_k), W = big(dExpert(m));
-      mlp = e * sb * k * (2n * h + 4n * W);
+      const ex = cast ? r : e;   // under autocast the experts run in the norm's output dtype
+      mlp = ex * sb * k * (2n * h + 4n * W);
       if (m.family === "qwen2_moe") mlp += 4n * e * sb * big(m.shared_intermediate) + e * sb * (h + 1n);
       router = 4n * sb * big(m.experts) + 4n * sb + 41n * sb * k;
     } else {
       mlp = (DECODERS.includes(m.family) ? 4n : 2n) * e * sb * I;
       router = 0n;
     }
-    return {
-      norm,
-      attention: att,
-      scores: e * as2b + drop * (mask + e) * as2b + (m.attn_softcap ? e * as2b : 0n),
-      mlp,
-      router,
-      masks: drop * 2n * mask * sbh,
-    };
+    let scores;
+    if (attention === "sdpa" && mathSdpa) {
+      const sm = e < 4n ? 4n : e;
+      scores = sm * as2b + drop * 2n * sm * as2b;
+    } else {
+      scores = e * as2b + drop * (mask + e) * as2b;
+    }
+    if (m.attn_softcap) scores += e * as2b;
+    return { norm, attention: att, scores, mlp, router, masks: drop * 2n * mask * sbh };
   }
 
   // estimator.smaller_layers_bytes: what a MoE model's other layer kind saves less than its largest layer.
-  function smallerLayersBytes(m, s, b, e, mask) {
+  function smallerLayersBytes(m, s, b, e, mask, r, cast) {
     const nMoe = big(nMoeLayers(m)), L = big(m.layers);
     if (!MOE_FAMILIES.includes(m.family) || nMoe === 0n || nMoe === L) return 0n;
-    const routed = layerTerms(m, s, b, e, mask, true), dense = layerTerms(m, s, b, e, mask, false);
-    const r = routed.mlp + routed.router, dd = dense.mlp + dense.router;
-    const top = r > dd ? r : dd;
-    return nMoe * (top - r) + (L - nMoe) * (top - dd);
+    const routed = layerTerms(m, s, b, e, mask, true, "sdpa", r, cast);
+    const dense = layerTerms(m, s, b, e, mask, false, "sdpa", r, cast);
+    const rr = routed.norm + routed.mlp + routed.router, dd = dense.norm + dense.mlp + dense.router;
+    const top = rr > dd ? rr : dd;
+    return nMoe * (top - rr) + (L - nMoe) * (top - dd);
   }
 
   // estimator.dropout_mask_bytes: a bool on CUDA, the activation dtype on CPU
   const maskBytes = (setup) => (setup.device === "cuda" ? 1n : big(D.precisions[setup.precision].activations));
 
-  // estimator.attention_scores_bytes: sdpa keeps the fp32 log-sum-exp; eager under CUDA autocast a fp32 softmax
+  // estimator.sdpa_math_path: SDPA on a CPU with attention dropout falls back to its math path
+  const sdpaMathPath = (m, setup) => setup.attention === "sdpa" && setup.device === "cpu" && !!m.dropout;
+
+  // estimator.attention_scores_bytes: sdpa keeps the fp32 log-sum-exp; eager's softmax in fp32 for the decoders
+  // and under autocast, the matmul after it a 16-bit copy
   function scoresBytes(m, s, b, setup, t) {
-    if (setup.attention === "sdpa" && !(setup.device === "cpu" && m.dropout)) return 4n * big(m.heads) * s * b;
+    if (setup.attention === "sdpa" && !sdpaMathPath(m, setup)) return 4n * big(m.heads) * s * b;
     const lay = D.precisions[setup.precision];
-    if (lay.cast && setup.device === "cuda") {
-      const e = big(lay.activations), as2b = big(m.heads) * s * s * b;
-      const adj = 4n * as2b + e * as2b + (m.dropout ? maskBytes(setup) * as2b : 0n);
-      return adj > t.scores ? adj : t.scores;
-    }
-    return t.scores;
+    const e = big(lay.activations), as2b = big(m.heads) * s * s * b;
+    const fp32Softmax = DECODERS.includes(m.family) || !!lay.cast;
+    if (setup.attention === "sdpa" || !fp32Softmax || e >= 4n) return t.scores;
+    const after = m.dropout ? (maskBytes(setup) + e) * as2b : e * as2b;
+    return 4n * as2b + after + (m.attn_softcap ? e * as2b : 0n);
   }
 
   // estimator.activation_function_extra_bytes: GPT-2's unfused gelu_new keeps three more tensors
@@ -244,30 +281,57 @@
     return (e + 2n * t) * s * b * big(dFF(m));
   }
 
-  // estimator.activation_terms
+  // estimator.activation_terms (the same keys)
   function activationTerms(m, setup) {
-    const e = big(D.precisions[setup.precision].activations);
+    const lay = D.precisions[setup.precision];
+    const e = big(lay.activations), r = lay.cast ? 4n : e, cast = !!lay.cast;
     const s = big(setup.seq), b = big(setup.batch), h = big(m.hidden), mask = maskBytes(setup);
-    const t = layerTerms(m, s, b, e, mask, undefined, setup.attention);
+    const t = layerTerms(m, s, b, e, mask, undefined, setup.attention, r, cast, sdpaMathPath(m, setup));
     t.scores = scoresBytes(m, s, b, setup, t);
     t.mlp += activationExtra(m, s, b, setup);
     const perLayer = t.norm + t.attention + t.scores + t.mlp + t.router + t.masks;
-    const smaller = smallerLayersBytes(m, s, b, e, mask);  // a MoE model's other layer kind
+    const smaller = smallerLayersBytes(m, s, b, e, mask, r, cast);  // a MoE model's other layer kind
+    const L = big(m.layers);
     let layers, recompute;
-    if (setup.checkpointing === "none") { layers = big(m.layers) * perLayer - smaller; recompute = 0n; }
+    if (setup.checkpointing === "none") { layers = L * perLayer - smaller; recompute = 0n; }
     else if (setup.checkpointing === "selective") {
-      layers = big(m.layers) * (perLayer - t.scores) + t.scores - smaller; recompute = t.scores;
-    } else { layers = big(m.layers) * e * s * b * h + perLayer; recompute = perLayer; }
-    const embedding = (m.dropout ? mask : 0n) * s * b * h + (m.family === "bert" ? e * s * b * h : 0n);
-    const head = 2n * e * s * b * h;
+      layers = L * (perLayer - t.scores) + t.scores - smaller; recompute = t.scores;
+    } else {
+      layers = L * r * s * b * h + perLayer; recompute = perLayer;
+      // GPT-2's eager blocks take the causal mask positionally: checkpoint keeps one (b, 1, s, s) mask
+      if (m.family === "gpt2" && setup.attention === "eager") layers += b * s * s * r;
+    }
+    const embMask = m.dropout ? (setup.device === "cuda" ? 1n : r) : 0n;
+    const indices = 8n * s * b * (2n + (m.type_vocab ? 1n : 0n)) + (m.positions ? 8n * s : 0n);
+    const rotary = DECODERS.includes(m.family) ? 2n * s * big(dHead(m)) * r : 0n;
+    const embedding = embMask * s * b * h + (m.family === "bert" ? r * s * b * h : 0n) + indices + rotary;
+    const head = normBytes(m, e, r, cast, 1n) * s * b * h;
     let logits = 4n * s * b * big(m.vocab);
     if (m.logit_softcap) logits += e * s * b * big(m.vocab);  // Gemma 2: the tanh of the soft-capping
-    return { total: layers + embedding + head + logits, embedding, recompute, logprobs: logits };
+    return { layers_bytes: layers, embedding_bytes: embedding, head_bytes: head, logits_bytes: logits,
+             per_layer_bytes: perLayer, recompute_bytes: recompute,
+             layer_input_bytes: setup.checkpointing === "full" ? r * s * b * h : 0n,
+             total_bytes: layers + embedding + head + logits };
   }
 
   const sum = (o) => Object.values(o).reduce((a, x) => a + x, 0n);
   const max = (a, b) => (a > b ? a : b);
   const countOf = (m) => parameterShapes(m).reduce((acc, s) => acc + numel(s), 0n);
+
+  const lookupOnly = (m) => (m.tied_embeddings ? 0n : big(m.vocab) * big(m.hidden)) + big(m.positions) * big(m.hidden)
+    + big(m.type_vocab) * big(m.hidden);
+
+  // estimator.cast_parameters: [cached, saved], the parameters autocast casts and caches (not the embedding
+  // lookups, norms or experts), and those a matmul saves for backward (not the biases either)
+  function castParameters(m) {
+    const shapes = parameterShapes(m);
+    let cached = shapes.reduce((acc, x) => acc + numel(x), 0n) - lookupOnly(m), saved = cached;
+    for (const x of shapes) {
+      if (x.kind === "expert" || x.kind === "norm") { cached -= numel(x); saved -= numel(x); }
+      else if (x.kind === "bias") saved -= numel(x);
+    }
+    return [cached, saved];
+  }
 
   // estimator.phases: live bytes at each phase of one step, term by term
   function phases(m, setup, shapes, n, per, acts) {
@@ -278,18 +342,27 @@
     const ddp = z < 2 && setup.gpus > 1 ? n * big(lay.grads) : 0n;
     const one = countOf(Object.assign({}, m, { layers: 1 }));
     const layer = countOf(Object.assign({}, m, { layers: 2 })) - one, root = one - layer;
-    const lookup = (m.tied_embeddings ? 0n : big(m.vocab) * big(m.hidden)) + big(m.positions) * big(m.hidden)
-      + big(m.type_vocab) * big(m.hidden);
-    const matmul = n - lookup;
-    const e = big(lay.activations), s = big(setup.seq), b = big(setup.batch), V = big(m.vocab);
+    const [cached, saved] = castParameters(m);
+    const e = big(lay.activations), s = big(setup.seq), b = big(setup.batch), V = big(m.vocab), h = big(m.hidden);
     const logits = e * s * b * V, lossTmp = 8n * s * b * V;
     const as2b = big(m.heads) * s * s * b;
     const scoresGrad = setup.attention === "eager" ? (lay.cast && setup.device === "cuda" ? 4n : e) * as2b : 0n;
-    const working = e * s * b * big(m.hidden) + max(2n * e * s * b * big(dFF(m)), 2n * scoresGrad);
-    const act = acts.total - acts.recompute, actEnd = acts.embedding;
-    const recompute = acts.recompute, logprobs = acts.logprobs;
-    const cast = big(lay.cast) * matmul;
-    const castSaved = setup.checkpointing === "full" ? big(lay.cast) * V * big(m.hidden) : cast;
+    let mlpGrads = 2n * e * s * b * big(dFF(m));
+    if (MOE_FAMILIES.includes(m.family) && nMoeLayers(m)) {  // the experts' (token, expert) pairs, in their dtype
+      const ex = lay.cast ? 4n : e;
+      mlpGrads = max(mlpGrads, 2n * ex * s * b * big(m.top_k) * big(dExpert(m)));
+    }
+    const working = e * s * b * h + max(mlpGrads, 2n * scoresGrad);
+    const act = acts.total_bytes - acts.recompute_bytes;
+    const actEnd = acts.embedding_bytes + acts.layer_input_bytes;
+    const recompute = acts.recompute_bytes, logprobs = acts.logits_bytes;
+    const castB = big(lay.cast);
+    const cast = castB * cached;
+    const fullCkpt = setup.checkpointing === "full";
+    const castSaved = fullCkpt ? castB * V * h : castB * saved;
+    // a rebuilt layer runs under autocast again: its weights are cast and cached again
+    const castRebuilt = fullCkpt && lay.cast ? castB * (castParameters(Object.assign({}, m, { layers: 2 }))[0]
+      - castParameters(Object.assign({}, m, { layers: 1 }))[0]) : 0n;
     const gather = z >= 3 ? big(lay.gather || lay.weights) * (root + 2n * layer) : 0n;
     const unitGrad = big(lay.unit_grad || lay.grads);
     const rootGrad = z >= 2 ? root * unitGrad : 0n;
@@ -302,10 +375,21 @@
                     loss_temporaries: 0n, working_set: 0n, ddp_buckets: ddp, gathered_params: gather,
                     reduce_buffers: reduce };
     if (lossTmp >= recompute - logprobs + firstGrads + working) early.loss_temporaries = lossTmp;
-    else { early.activations = act - logprobs + recompute; early.grads = firstGrads; early.working_set = working; }
+    else {
+      early.activations = act - logprobs + recompute;
+      early.grads = firstGrads;
+      early.working_set = working;
+      early.cast_weights = castSaved + castRebuilt;
+    }
     const late = { params: P, optimizer: O, cast_weights: 0n, activations: actEnd, grads: G + rootGrad,
                    working_set: working, ddp_buckets: ddp, gathered_params: gather, reduce_buffers: reduce };
-    const bwd = sum(early) >= sum(late) ? early : late;
+    // under checkpointing the first layer is rebuilt before its backward, live with every gradient but its own
+    const layerGrads = recompute ? (z >= 2 ? ceilDiv(layer * big(lay.grads), N) : layer * big(lay.grads)) : 0n;
+    const rebuilt = Object.assign({}, late, { activations: actEnd + recompute,
+      grads: late.grads - (layerGrads < G ? layerGrads : G), cast_weights: castRebuilt });
+    const points = [[early, "start"], [late, "end"]].concat(recompute ? [[rebuilt, "first layer rebuilt"]] : []);
+    let [bwd, point] = points[0];
+    for (const [terms, name] of points.slice(1)) if (sum(terms) > sum(bwd)) [bwd, point] = [terms, name];
     const updateElems = z >= 1 ? ceilDiv(n, N) : n;
     const largest = shapes.reduce((acc, x) => max(acc, numel(x)), 0n);
     const updateBytes = big(lay.master || lay.weights);
@@ -324,7 +408,7 @@
     const out = { forward: fwd, backward: bwd, optimizer: opt, between_steps: between };
     const totals = {};
     for (const [k, v] of Object.entries(out)) totals[k] = sum(v);
-    return { terms: out, totals, impl };
+    return { terms: out, totals, impl, point, castSaved };
   }
 
   function estimate(m, setup) {
@@ -366,7 +450,7 @@
       optimizer: setup.zero >= 1 ? ceilDiv(full.optimizer, N) : full.optimizer,
     };
     const acts = activationTerms(m, setup);
-    per.activations = acts.total;
+    per.activations = acts.total_bytes;
     per.total = per.params + per.grads + per.optimizer + per.activations;
     const ph = phases(m, setup, shapes, n, per, acts);
     let peakPhase = "forward";
@@ -383,7 +467,7 @@
       return { gpu: gpu.name, capacity: cap, dtypeOk, fits: dtypeOk && room,
                verdict: dtypeOk ? (room ? "fits" : "does not fit") : `no ${lay.compute}` };
     });
-    return { parameters: n, per, phases: ph, peak, peakPhase, headroom, fits };
+    return { parameters: n, per, acts, phases: ph, peak, peakPhase, headroom, fits };
   }
 
   // ---- the form ----------------------------------------------------------------------------
@@ -473,14 +557,19 @@
       peak.dataset.phase = res.peakPhase;
       peak.textContent = grouped(res.peak);
       $("hb-out-peak-gib").textContent = `${gib(res.peak)} (${PHASE_LABELS[res.peakPhase]})`;
+      const strings = (o) => JSON.stringify(Object.fromEntries(Object.entries(o).map(([k, x]) => [k, x.toString()])));
+      $("hb-out-activations").dataset.terms = strings(res.acts);
       for (const [k, v] of Object.entries(res.phases.totals)) {
         const cell = $(`hb-phase-${k}`);
         cell.dataset.bytes = v.toString();
+        cell.dataset.terms = strings(res.phases.terms[k]);
         cell.textContent = gib(v);
         $(`hb-phase-${k}-terms`).textContent = Object.entries(res.phases.terms[k])
           .filter(([, x]) => x > 0n).map(([t, x]) => `${TERM_LABELS[t]} ${gib(x)}`).join("; ");
       }
       $("hb-impl-used").textContent = res.phases.impl;
+      $("hb-backward-point").textContent = `its ${res.phases.point}`;
+      $("hb-phase-backward").dataset.castSaved = res.phases.castSaved.toString();
       const head = $("hb-out-headroom");
       head.dataset.bytes = res.headroom.toString();
       head.textContent = setup.context_bytes !== null ? `${gib(res.headroom)} (given)`
