@@ -204,6 +204,49 @@ def breakdown(name: str, context_bytes: int | None = None) -> dict:
             "batch": BATCH, "source": m.source, "setups": setups}
 
 
+# Sizing rows beyond one data-parallel GPU and full training: (key, model, label, set-up). Layouts: the
+# Megatron/DeepSpeed bf16-master for the parallel runs; a bf16 base for LoRA (PEFT keeps its adapters fp32).
+BEYOND = (
+    ("lora", "llama-2-7b", "LoRA r=16 on q, v (bf16 base)",
+     {"precision": "bf16", "lora_rank": 16, "lora_targets": ("q_proj", "v_proj")}),
+    ("qlora", "llama-2-7b", "QLoRA r=16 on every projection (NF4 base)",
+     {"precision": "bf16", "lora_rank": 16, "base_quant": "nf4",
+      "lora_targets": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}),
+    ("offload", "llama-2-7b", "full training, optimizer offloaded to the host",
+     {"precision": "bf16-mixed", "checkpointing": "full", "offload": ("optimizer",)}),
+    ("qlora70", "llama-2-70b", "QLoRA r=16 on every projection (NF4 base), full checkpointing",
+     {"precision": "bf16", "lora_rank": 16, "base_quant": "nf4", "checkpointing": "full",
+      "lora_targets": ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}),
+    ("tp", "llama-2-70b", "TP 8 + sequence parallel, ZeRO-1 over 8, full checkpointing",
+     {"precision": "bf16-master", "tp": 8, "sequence_parallel": True, "zero": 1, "gpus": 8, "checkpointing": "full"}),
+    ("tp_pp", "llama-2-70b", "TP 8 + SP, PP 4 (1F1B, 16 micro-batches), ZeRO-1 over 8",
+     {"precision": "bf16-master", "tp": 8, "sequence_parallel": True, "pp": 4, "microbatches": 16,
+      "zero": 1, "gpus": 8}),
+)
+
+
+def beyond(context_bytes: int | None = None) -> dict:
+    """The BEYOND rows through the estimator: per rank, the peak and the smallest card that holds it."""
+    out = {}
+    for key, name, label, extra in BEYOND:
+        m = BUILTIN[name]
+        seq = min(SEQ, m.context) if m.context else SEQ
+        est = estimator.estimate(estimator.Setup(optimizer="adamw", batch=BATCH, seq=seq, context_bytes=context_bytes,
+                                                 **extra), shape=m)
+        fitting = [f for f in est["fits"] if f["fits"]]
+        off = est["offload"]
+        ranks = extra.get("tp", 1) * extra.get("pp", 1) * extra.get("gpus", 1)
+        out[key] = {"model": name, "label": label, "seq": seq, "ranks": ranks,
+                    "per_device_bytes": est["per_device_bytes"], "peak_bytes": est["peak_bytes"],
+                    "peak_phase_label": est["phases"][est["peak_phase"]]["label"],
+                    "trainable_parameters": est["trainable_parameters"], "parameters": est["parameters"],
+                    "smallest_fit_label": min(fitting, key=lambda f: f["capacity_bytes"])["gpu"] if fitting
+                    else "none listed",
+                    "host_bytes": off["host_bytes"] if off else None,
+                    "transfer_seconds": off["transfer_seconds_per_step"] if off else None}
+    return out
+
+
 def _check(c: str, x: dict) -> dict:
     """One measured run beside the estimator: each term's ratio, and the peak against the sum of the terms."""
     terms = {t: {"label": TERM_LABELS[t], **v, "ratio": v["measured_bytes"] / v["predicted_bytes"]}
@@ -252,6 +295,7 @@ def summarize(data: dict) -> dict:
         "batch": BATCH,
         "setups": {key: label for key, label, _ in SETUPS},
         "models": {name: breakdown(name, context) for name in MODELS},
+        "beyond": beyond(context),
         "gpus": [{"name": n, "capacity_bytes": c, "capacity_mib": c // estimator.MIB, "dtypes": list(d),
                   "dtypes_label": ", ".join(d), "source": s,
                   # what a training step may use: the reported total less the CUDA context
