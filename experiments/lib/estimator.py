@@ -1129,17 +1129,9 @@ def check_parallel(m: ModelShape, setup: Setup) -> None:
 
 
 def rank_summary(m: ModelShape, setup: Setup) -> dict:
-    """One rank's tensors (the first pipeline stage, or the last if it holds more) and what ``phases`` needs:
+    """One rank's tensors (the first pipeline stage) and what ``phases`` needs:
     trainable elements, ZeRO-3 units, autocast's cast parameters, whether it holds the head."""
-    stages = [0] if setup.pp == 1 else [0, setup.pp - 1]
-    best = None
-    for stage in stages:
-        tensors = rank_tensors(m, setup, stage)
-        size = sum(formulas.numel(x) for _, x, _ in tensors)
-        if best is None or size > best[1]:
-            best = (stage, size, tensors)
-    stage, _, tensors = best
-    stage = 0   # activations: the first stage holds the most micro-batches in flight (activation_terms)
+    stage = 0   # the first stage holds the most micro-batches in flight (activation_terms)
     tensors = rank_tensors(m, setup, 0)
     layers = stage_layers(m.layers, setup.pp, 0)
 
@@ -1163,11 +1155,13 @@ def rank_summary(m: ModelShape, setup: Setup) -> dict:
         return True
 
     layer_tr = count(lambda n, x, k: in_layer(n) and trainable(k))
-    head = setup.pp == 1 or stage == setup.pp - 1
-    all_train = sum(formulas.numel(x) for name, x, kind in rank_tensors(m, replace(setup, tp=1, pp=1, ep=1, sequence_parallel=False), 0)
-                    if kind != "base")
+    if setup.lora_rank:   # the adapters of the whole model, as PEFT counts its trainable parameters
+        whole = rank_tensors(m, replace(setup, tp=1, pp=1, ep=1, sequence_parallel=False), 0)
+        all_train = sum(formulas.numel(x) for _, x, kind in whole if kind != "base")
+    else:
+        all_train = parameter_count(m)
     return {
-        "tensors": tensors, "stage": stage, "stage_layers": len(layers), "head": head and setup.pp == 1,
+        "tensors": tensors, "stage": stage, "stage_layers": len(layers), "head": setup.pp == 1,
         "lora": setup.lora_rank > 0,
         "trainable": count(lambda n, x, k: trainable(k)), "trainable_total": all_train,
         "layer": layer_tr if setup.lora_rank else count(lambda n, x, k: in_layer(n)),
