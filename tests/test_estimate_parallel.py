@@ -2,14 +2,13 @@
 against a case computed by hand from its published rule."""
 from __future__ import annotations
 
-import subprocess
-import sys
 from dataclasses import replace
 
 import pytest
 
 from experiments.lib import estimator
 from experiments.lib.model_shapes import BUILTIN, ModelShape
+from generator.estimate import main as estimate_main
 
 pytestmark = pytest.mark.fast
 
@@ -125,9 +124,9 @@ def test_offload_moves_bytes_to_the_host() -> None:
     (["--offload", "disk"], "offload"), (["--offload", "optimizer", "--device", "cpu"], "offload"),
     (["--pcie-gb-s", "0"], "pcie_gb_s"), (["--cp", "2", "--attention", "eager"], "context parallelism"),
 ])
-def test_bad_parallel_input_is_one_line(args: list[str], field: str) -> None:
-    out = subprocess.run([sys.executable, "-m", "generator", "estimate", "--model", "llama-2-7b", *args],
-                         capture_output=True, text=True)
-    assert out.returncode == 2 and out.stdout == ""
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and field in lines[0], out.stderr
+def test_bad_parallel_input_is_one_line(args: list[str], field: str, capsys) -> None:
+    assert estimate_main(["--model", "llama-2-7b", *args]) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    lines = out.err.strip().splitlines()
+    assert len(lines) == 1 and field in lines[0], out.err
