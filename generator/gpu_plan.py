@@ -150,7 +150,7 @@ STEPS: tuple[Step, ...] = (
     Step("optimizer_8bit", 6, 12,
          "bitsandbytes is not on the GPU host: the fp32 AdamW side only (its import error recorded), 200 steps of an "
          "85 k-param MLP over the digits, launch-bound ~0.4 s, one step under the tracker and the profiler ~0.3 s, "
-         "timing 0.3 s; +5 fixed (quick here, with the 8-bit side: ~8 s)"),
+         "timing 0.3 s; +5 fixed (quick here, with the 8-bit side: 18.6 s on the shared 2-core CPU)"),
     Step("weight_decay", 11, 22,
          "= full: 5 optimizers x 2000 steps x 2 launch-bound updates of tiny tensors (~250 us a step) ~2.5 s, "
          "164 M noise samples drawn on the CPU ~1.5 s, a 110 M-param transformer built on the CPU ~0.7 s; +5 fixed "
