@@ -46,6 +46,9 @@ def test_pipeline_first_stage_holds_pp_microbatches() -> None:
     inter = estimator.activation_terms(m, estimator.Setup(pp=4, microbatches=8, schedule="interleaved",
                                                           virtual_stages=2, **kw))
     assert inter["inflight_microbatches"] == pytest.approx(4 * (1 + 3 / 8))
+    # GPipe: every micro-batch's forward before the first backward (Huang et al. 2019)
+    assert estimator.activation_terms(m, estimator.Setup(pp=4, microbatches=8, schedule="gpipe", **kw)
+                                      )["inflight_microbatches"] == 8
     assert per_layer_and_inputs > 0
 
 

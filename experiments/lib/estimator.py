@@ -156,7 +156,7 @@ CUDA_CONTEXT_SOURCE = "pytorch/pytorch issue #34323 (781 MiB after CUDA initiali
 # the embedding, the last the final norm and head: a tied head keeps its own copy of the embedding there). Context
 # parallelism splits the sequence across ``cp`` ranks (ring attention; Liu et al. 2023): every per-token tensor is
 # s / cp long, the weights are whole.
-SCHEDULES = ("1f1b", "interleaved")
+SCHEDULES = ("1f1b", "interleaved", "gpipe")
 ROW_PARALLEL = ("o_proj", "c_proj", "down_proj", "attention.output.dense", "output.dense")
 REPLICATED = ("mlp.gate.weight", "shared_expert_gate")   # MoE routers: every rank routes its tokens
 # LoRA (Hu et al. 2021): r x (in + out) adapter weights beside each targeted Linear, A (r, in) and B (out, r).
@@ -352,7 +352,7 @@ class Setup:
     sequence_parallel: bool = False  # with tp: the norms and dropouts split along the sequence too
     pp: int = 1                  # pipeline stages
     microbatches: int = 1        # micro-batches a step (pipeline parallelism); batch is one micro-batch
-    schedule: str = "1f1b"       # the pipeline schedule: 1f1b or interleaved
+    schedule: str = "1f1b"       # the pipeline schedule: 1f1b, interleaved or gpipe
     virtual_stages: int = 1      # the interleaved schedule's model chunks per stage
     cp: int = 1                  # context-parallel degree: the sequence split across cp ranks
     ep: int = 1                  # expert-parallel degree (a MoE model's experts across ep ranks)
@@ -774,7 +774,9 @@ def activation_terms(m: ModelShape, setup: Setup, mask_bytes: int | None = None)
         # 2.2.1; Korthikanti et al. 2022, section 4.2.3), and 1 + (pp - 1) / (pp v) times that under the
         # interleaved schedule with v virtual stages (Korthikanti et al. 2022, section 4.2.3); never more than
         # the micro-batches there are. The head and loss sit on the last stage, with one in flight.
-        if setup.schedule == "interleaved":
+        if setup.schedule == "gpipe":   # every micro-batch's forward before any backward (Huang et al. 2019)
+            inflight_num, inflight_den = setup.microbatches, 1
+        elif setup.schedule == "interleaved":
             v = setup.virtual_stages
             inflight_num = min(setup.pp * setup.pp * v + setup.pp * (setup.pp - 1), setup.microbatches * setup.pp * v)
             inflight_den = setup.pp * v
