@@ -295,7 +295,8 @@ def build_chapter_site(root: Path, data: dict[str, dict], pages: tuple[str, ...]
 # that runs a real experiment, builds the real site, prints PDFs or drives Chromium is outside it.
 FAST_FILES = {"test_formulas.py", "test_formatting.py", "test_estimate.py", "test_runner.py", "test_site.py",
               "test_cli.py", "test_pages_do_not_compute.py", "test_fingerprint.py", "test_budget_search.py",
-              "test_hosts_table.py", "test_errors.py", "test_properties.py", "test_estimate_input.py"}
+              "test_hosts_table.py", "test_errors.py", "test_properties.py", "test_estimate_input.py",
+              "test_artifacts.py"}
 FAST_CONTRACT_CHECKS = ("test_shape_of_the_module", "test_summarize_reaches_no_torch", "test_unit_check",
                         "test_every_experiment_is_checked")
 
