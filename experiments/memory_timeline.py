@@ -320,7 +320,10 @@ def estimated(model: dict, setup: str, device_type: str) -> dict:
     shape = ModelShape(family="gpt2", hidden=model["d_model"], layers=model["layers"], heads=model["heads"],
                        vocab=model["vocab"], positions=model["seq"], dropout=False, name="reference GPT")
     fields = dict(ESTIMATOR_SETUPS[setup])
-    batch = model["batch"] // model["micro_batches"] if fields.pop("micro", False) else model["batch"]
+    micro = fields.pop("micro", False)
+    batch = model["batch"] // model["micro_batches"] if micro else model["batch"]
+    if micro:   # accumulation: the earlier micro-batches' gradients are live through the later ones
+        fields["microbatches"] = model["micro_batches"]
     fields.setdefault("optimizer_impl", "foreach")
     est = estimator.estimate(estimator.Setup(optimizer="adamw", precision=fields.pop("precision", "fp32"),
                                              batch=batch, seq=model["seq"], attention="eager", device=device_type,
@@ -414,6 +417,18 @@ def summarize_modules(x: dict) -> dict | None:
             "top_child_phase_label": rows[top_child]["peak_phase_label"] if top_child else None}
 
 
+def scale_label(data: dict) -> str:
+    """The model and scale a caption names: what was measured, at what size.
+
+    A result from older code that lacks a field still renders: its caption says so."""
+    try:
+        m = data["model"]
+        return (f"{m['layers']}-layer GPT, d_model {m['d_model']}, {m['parameters']:,} params, "
+                f"seq {m['seq']}, batch {m['batch']}")
+    except (KeyError, IndexError, TypeError):
+        return "model size not recorded in this result"
+
+
 def summarize(data: dict) -> dict:
     model, dev = data["model"], data["device_type"]
     measured = data["setups"]
@@ -426,6 +441,7 @@ def summarize(data: dict) -> dict:
     worst_group = max(agree, key=lambda a: a["worst_share"])
     plain_s, accumulation = setups.get("plain"), setups.get("accumulation")
     return {
+        "scale_label": scale_label(data),
         "setups": setups,
         "categories": {c: {"label": LABELS[c], "color": COLORS[c]} for c in CATEGORIES},
         "tolerance_ratio": AGREEMENT_TOLERANCE_RATIO,

@@ -122,7 +122,7 @@ def parser() -> argparse.ArgumentParser:
                      help="with --tp: norms and dropouts split along the sequence too (Korthikanti et al. 2022)")
     par.add_argument("--pp", type=pos, default=1, help="pipeline stages (default 1)")
     par.add_argument("--microbatches", type=pos, default=1,
-                     help="micro-batches a step under pipeline parallelism; --batch is one micro-batch (default 1)")
+                     help="micro-batches a step (gradient accumulation, or a pipeline's); --batch is one (default 1)")
     par.add_argument("--schedule", default="1f1b", help="pipeline schedule: 1f1b, interleaved or gpipe (default 1f1b)")
     par.add_argument("--virtual-stages", type=pos, default=1,
                      help="model chunks per stage under the interleaved schedule (default 1)")

@@ -351,7 +351,7 @@ class Setup:
     tp: int = 1                  # tensor-parallel degree
     sequence_parallel: bool = False  # with tp: the norms and dropouts split along the sequence too
     pp: int = 1                  # pipeline stages
-    microbatches: int = 1        # micro-batches a step (pipeline parallelism); batch is one micro-batch
+    microbatches: int = 1        # micro-batches a step (gradient accumulation, a pipeline's); batch is one
     schedule: str = "1f1b"       # the pipeline schedule: 1f1b, interleaved or gpipe
     virtual_stages: int = 1      # the interleaved schedule's model chunks per stage
     cp: int = 1                  # context-parallel degree: the sequence split across cp ranks
@@ -899,6 +899,9 @@ def phases(setup: Setup, shape: ModelShape | None, shapes: Sequence[Sequence[int
     n = sum(formulas.numel(x) for x in shapes)
     P, G, O = per_device["params"], per_device["grads"], per_device["optimizer"]
     kept = 0 if setup.set_to_none else G
+    # gradient accumulation (and a pipeline's micro-batches): from the second micro-batch on, the gradients of
+    # the ones before are live through its forward and backward
+    accumulated = G if (not setup.set_to_none or setup.microbatches > 1) else 0
     ddp = n * lay.grads if z < 2 and N > 1 else 0
     if shape is not None:
         layer, root = unit_parameters(shape)
@@ -946,16 +949,16 @@ def phases(setup: Setup, shape: ModelShape | None, shapes: Sequence[Sequence[int
     unit_grad = lay.unit_grad or lay.grads
     root_grad = root * unit_grad if z >= 2 else 0       # the root unit's unsharded gradient, reduced at the end
     reduce = layer * unit_grad + (layer + root) * (lay.reduce or lay.grads) if z >= 2 else 0
-    first_grads = G if not setup.set_to_none else min(root * unit_grad, n * lay.grads)
-    fwd = {"params": P, "grads": kept, "optimizer": O, "cast_weights": cast, "activations": act,
+    first_grads = G if accumulated else min(root * unit_grad, n * lay.grads)
+    fwd = {"params": P, "grads": accumulated, "optimizer": O, "cast_weights": cast, "activations": act,
            "logits": logits, "ddp_buckets": ddp, "gathered_params": gather}
     # the logits the model returned are gone once the caller keeps only the loss (the usual loop, HF's Trainer)
     early = {"params": P, "optimizer": O, "cast_weights": cast_saved, "activations": act,
-             "grads": 0, "loss_temporaries": 0, "working_set": 0, "ddp_buckets": ddp, "gathered_params": gather,
+             "grads": accumulated, "loss_temporaries": 0, "working_set": 0, "ddp_buckets": ddp, "gathered_params": gather,
              "reduce_buffers": reduce}
     # the loss's temporaries come first; the head's gradient, the last layer rebuilt (checkpointing) and its
     # working set after them, once the loss's log-probabilities are freed
-    if loss_tmp >= recompute - logprobs + first_grads + working:
+    if loss_tmp >= recompute - logprobs + (first_grads - accumulated) + working:
         early["loss_temporaries"] = loss_tmp
     else:
         early["activations"] = act - logprobs + recompute
