@@ -282,7 +282,9 @@ def grads_unlike_params(named: list[tuple[str, torch.Tensor]]) -> dict:
 def measure(modules: list[nn.Module], step, dev: torch.device, cfg: Config, fsdp: bool = False) -> dict:
     named = [(f"{i}.{n}" if len(modules) > 1 else n, p) for i, m in enumerate(modules) for n, p in m.named_parameters()]
     params = [p for _, p in named]
-    opt = torch.optim.AdamW(params, lr=cfg.lr)
+    # the for-loop AdamW on every device: the foreach kernels refuse a list mixing DTensors with the plain
+    # tensors a plan leaves unsharded ("got mixed torch.Tensor and DTensor"), and CUDA would default to them
+    opt = torch.optim.AdamW(params, lr=cfg.lr, foreach=False)
     step()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -452,10 +454,11 @@ def import_parallel_apis() -> None:
 # ## Run: the single-device reference, then each world's cases, and the estimator's inputs
 
 # %%
-def estimator_inputs(name: str, cfg: Config) -> dict:
+def estimator_inputs(name: str, cfg: Config, device: str) -> dict:
     """What the estimator needs to size this case per rank (``Setup`` fields by their names)."""
-    base = {"optimizer": "adamw", "precision": "fp32", "batch": cfg.batch, "seq": cfg.seq, "device": "cpu",
-            "attention": "sdpa", "zero": 0, "gpus": 1}
+    base = {"optimizer": "adamw", "precision": "fp32", "optimizer_impl": "for-loop", "batch": cfg.batch,
+            "seq": cfg.seq, "device": "cuda" if device.startswith("cuda") else "cpu", "attention": "sdpa",
+            "zero": 0, "gpus": 1}
     if name == "single":
         return base
     if name in ("tp", "tp_sp"):
@@ -516,7 +519,7 @@ def run(cfg: Config, device: str) -> dict:
     # after the worlds: a CUDA context in this process would not survive the fork that starts CPU ranks
     cases["single"] = {"world_size": 1, "backend": None, "device": device, "ranks": [single(cfg, device)]}
     for c in cases:
-        cases[c]["estimator_inputs"] = estimator_inputs(c, cfg)
+        cases[c]["estimator_inputs"] = estimator_inputs(c, cfg, cases[c]["device"])
     return {
         "optimizer": "adamw", "precision": "fp32",
         "shape": model_shape(cfg).as_dict(),

@@ -112,6 +112,7 @@ def test_without_the_setup_fields_each_case_says_which_is_missing(data: dict, mo
         gpus: int = 1
         attention: str = "sdpa"
         device: str = "cpu"
+        optimizer_impl: str = "default"
 
     asked = []
 
@@ -145,6 +146,7 @@ def test_with_the_setup_fields_the_prediction_and_ratios_appear(data: dict, monk
         gpus: int = 1
         attention: str = "sdpa"
         device: str = "cpu"
+        optimizer_impl: str = "default"
         tp: int = 1
         sequence_parallel: bool = False
         pp: int = 1
