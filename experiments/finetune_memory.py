@@ -128,7 +128,7 @@ def quantize_nf4(model: torch.nn.Module, device: str) -> list[int]:
     import bitsandbytes as bnb
 
     numels = []
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if not isinstance(child, torch.nn.Linear) or child_name == "lm_head":
                 continue
@@ -271,6 +271,7 @@ def measure_case(cfg: Config, device: str, kind: str, rank: int = 0, targets: st
         "phases": phases,
     }
 
+
 def linear_probe(cfg: Config, device: str) -> dict:
     """What one linear layer saves for backward when its input needs a gradient, with its weight trainable
     and frozen (the frozen base of LoRA): the weight's gradient is what needs the input."""
@@ -322,21 +323,15 @@ def measure_offload(cfg: Config, device: str, variant: str) -> dict:
             opt.zero_grad(set_to_none=True)
             with torch.no_grad():
                 for c, p in zip(host, model.parameters()):
-                    p.copy_(c, non_blocking=cuda)
+                    p.copy_(c)
         else:
             opt.step()
             opt.zero_grad(set_to_none=True)
 
     def one_step(tracker=None) -> dict:
         out = {}
-        for phase, fn in (("forward", None), ("backward", None), ("optimizer", None)):
-            if phase == "forward":
-                loss = forward()
-            elif phase == "backward":
-                loss.backward()
-                del loss
-            else:
-                step()
+
+        def close(phase: str) -> None:
             if cuda:
                 torch.cuda.synchronize(device)
                 out[phase] = {"cuda_max_allocated_bytes": int(torch.cuda.max_memory_allocated(device))}
@@ -344,6 +339,14 @@ def measure_offload(cfg: Config, device: str, variant: str) -> dict:
             elif tracker is not None:
                 out[phase] = {"cuda_max_allocated_bytes": None, "tracked_peak_bytes": tracker.peak().total}
                 tracker.reset_peak()
+
+        loss = forward()
+        close("forward")
+        loss.backward()
+        del loss
+        close("backward")
+        step()
+        close("optimizer")
         return out
 
     one_step()  # creates the optimizer state
