@@ -335,7 +335,23 @@ def case_tp(cfg: Config, dev: torch.device, rank: int, sp: bool) -> dict:
         loss.backward()
         return loss.detach()
 
-    return {"role": f"tp rank {mesh.get_local_rank()}", **measure([model], step, dev, cfg)}
+    out = {"role": f"tp rank {mesh.get_local_rank()}", **measure([model], step, dev, cfg)}
+    out["foreach_adamw_error"] = foreach_probe(model, step, cfg)
+    return out
+
+
+def foreach_probe(model: nn.Module, step, cfg: Config) -> str | None:
+    """One step of AdamW with ``foreach=True`` (the default on CUDA) on the parallelized model: the
+    error it raises on this torch, or None if it runs."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, foreach=True)
+    step()
+    try:
+        opt.step()
+        return None
+    except (RuntimeError, NotImplementedError) as exc:
+        return first_line(exc)
+    finally:
+        opt.zero_grad(set_to_none=True)
 
 
 def stage_modules(model: GPT, n_stages: int) -> list[nn.Sequential]:
@@ -645,6 +661,9 @@ def _case_summary(name: str, case: dict, data: dict, alone: dict | None) -> dict
         for pname, v in r["grads_unlike_params"].items():
             unlike.setdefault(pname, v)
     out["grads_unlike_params"] = unlike
+    probed = [r for r in ranks if "foreach_adamw_error" in r]   # the TP case tries foreach AdamW once
+    out["foreach_adamw"] = {"probed": bool(probed),
+                            "error": next((r["foreach_adamw_error"] for r in probed if r["foreach_adamw_error"]), None)}
     out["grads_over_params_ratio"] = top["grads_bytes"] / top["params_bytes"]
     return out
 

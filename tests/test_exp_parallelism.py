@@ -211,3 +211,12 @@ def test_live_saved_counter_follows_micro_batches_in_flight() -> None:
             loss.backward()
     # the fourth forward saves anew what the first one released: counted in the total, not above the peak
     assert (c.total_bytes, c.peak_live_bytes, c.live_bytes) == (4 * per, 3 * per, 0)
+
+
+def test_the_foreach_adamw_probe_is_recorded_for_tensor_parallel(data: dict, summary: dict) -> None:
+    probe = summary["cases"]["tp"]["foreach_adamw"]
+    assert probe["probed"] is True
+    errors = {r["foreach_adamw_error"] for r in ranks(data, "tp")}
+    assert errors == {probe["error"]}                      # both ranks agree
+    assert probe["error"] is None or "DTensor" in probe["error"]   # a plain tensor beside DTensors, if refused
+    assert "foreach_adamw_error" not in ranks(data, "pp_1f1b")[0]
