@@ -177,3 +177,34 @@ def test_page_says_when_the_experiment_did_not_run(tmp_path, monkeypatch) -> Non
     out = build_chapter_site(tmp_path, {NAME: got}, ("09-error-ledger.md",), stubs=STUBS)
     text = re.sub(r"\s+", " ", site_text(out, "09-error-ledger/index.html"))
     assert "Not run on this host." in text and got["reason"] in text
+
+
+def test_the_peak_model_on_the_test_profile(data) -> None:
+    """The cases measured in this run (a 13-54 k-parameter model): activations inside issue 17's 5 %; the peak
+    within 5 % either way. At this toy size the for-loop optimizer step's few-KiB temporaries (3x the largest
+    tensor here, about 2x at the quick profile's size, where the targets are checked: the next test) and the
+    buffers weigh more than the 3 % the target allows below."""
+    s = ev.summarize(data)
+    for c in s["cases"].values():
+        assert c["activations_ok"], (c["label"], c["terms"]["activations"]["ratio"])
+        assert abs(c["peak_error_ratio"]) <= 0.05, (c["label"], c["peak_error_ratio"])
+        for t in ("params", "grads", "optimizer"):
+            assert c["terms"][t]["ratio"] == 1.0
+
+
+def test_the_committed_ledger_is_never_low() -> None:
+    """This host's committed quick result through today's estimator: no case more than 3 % below its measured
+    peak, activations within 5 % everywhere; a case outside the targets is above, on the safe side."""
+    import json
+
+    from conftest import REPO
+
+    for path in sorted((REPO / "results").glob("*/estimator_validation.json")):
+        s = ev.summarize(json.loads(path.read_text())["data"])
+        if not s["ran"]:
+            continue
+        assert s["predicted_count"] == s["case_count"] > 0
+        assert s["activations_ok_count"] == s["predicted_count"], path
+        for c in s["cases"].values():
+            assert c["peak_error_ratio"] >= -ev.TARGET_PEAK_BELOW, (path, c["label"], c["peak_error_ratio"])
+        assert all(o["peak_ratio"] > 1 for o in s["outside"].values()), s["outside"]
