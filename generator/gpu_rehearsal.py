@@ -71,6 +71,9 @@ def second_host(committed: Path, unpacked: Path, slug: str, site_results: Path) 
         env = json.loads(path.read_text(encoding="utf-8"))
         env["host"]["slug"] = new
         (site_results / new / path.name).write_text(json.dumps(env, indent=1) + "\n", encoding="utf-8")
+    for files in sorted((unpacked / "results" / slug).glob("*.files")):   # the files kept beside results
+        if files.is_dir():
+            shutil.copytree(files, site_results / new / files.name)
     return new
 
 
