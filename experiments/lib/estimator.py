@@ -226,7 +226,8 @@ def rank_tensors(m: ModelShape, setup: Setup, stage: int) -> list[tuple[str, tup
         if ".experts." in name:
             split = (ceil_div(shape[0], setup.ep),) + shape[1:]
         if t > 1 and len(shape) >= 1 and not any(k in name for k in NORM_NAMES) and not any(
-                k in name for k in REPLICATED) and "position" not in name and "token_type" not in name:
+                k in name for k in REPLICATED) and "position" not in name and "wpe" not in name \
+                and "token_type" not in name:
             row = any(f"{k}." in name for k in ROW_PARALLEL)
             if len(split) == 1:
                 if not row:
@@ -691,7 +692,7 @@ def activation_function_extra_bytes(m: ModelShape, s: int, b: int, setup: Setup)
     return (e + 2 * t) * s * b * m.d_ff
 
 
-def activation_terms(m: ModelShape, setup: Setup, mask_bytes: int | None = None) -> dict[str, int]:
+def activation_terms(m: ModelShape, setup: Setup, mask_bytes: int | None = None, stage: int = 0) -> dict[str, int]:
     """Per-device activation bytes saved for backward, by term.
 
     Beyond the layers: the token ids the embedding keeps and the labels the loss keeps (int64; GPT-2's
@@ -731,7 +732,7 @@ def activation_terms(m: ModelShape, setup: Setup, mask_bytes: int | None = None)
     smaller = smaller_layers_bytes(m, s, b, e, mask_bytes, r, cast)   # what its other layers save less
     if t > 1:
         smaller = ceil_div(smaller, t)
-    n_layers = len(stage_layers(m.layers, setup.pp, 0))   # the first pipeline stage's layers
+    n_layers = len(stage_layers(m.layers, setup.pp, stage))   # the pipeline stage's layers
     if n_layers != m.layers:
         smaller = smaller * n_layers // m.layers
     m = replace(m, layers=n_layers)
@@ -769,11 +770,29 @@ def activation_terms(m: ModelShape, setup: Setup, mask_bytes: int | None = None)
         if setup.checkpointing == "full":
             layers = ceil_div(layers - recompute, t) + recompute
     inflight = 1
+    if setup.pp > 1 and stage == setup.pp - 1:
+        # the last stage holds the head and the loss, and runs each micro-batch's backward right after its
+        # forward under 1F1B: one in flight; under GPipe all of them (Huang et al. 2019); under the interleaved
+        # schedule its warm-up of (v - 1) pp chunk-micro-batches plus one (Megatron-LM's schedules.py,
+        # ``num_warmup_microbatches``), (1 + (v - 1) pp) / v micro-batches of its layers
+        v = setup.virtual_stages
+        if setup.schedule == "gpipe":
+            inflight_num, inflight_den = setup.microbatches, 1
+        elif setup.schedule == "interleaved":
+            inflight_num, inflight_den = min(1 + (v - 1) * setup.pp, setup.microbatches * v), v
+        else:
+            inflight_num, inflight_den = 1, 1
+        indices = 8 * s * b   # the labels the loss keeps
+        stored = ceil_div((layers - recompute + head + logits + indices) * inflight_num, inflight_den) + recompute
+        return {"layers_bytes": stored - head - logits - indices, "embedding_bytes": indices, "head_bytes": head,
+                "logits_bytes": logits, "per_layer_bytes": per_layer, "recompute_bytes": recompute,
+                "layer_input_bytes": layer_input, "inflight_microbatches": inflight_num / inflight_den,
+                "stage_layers": m.layers, "total_bytes": stored}
     if setup.pp > 1:
         # the first stage holds the most micro-batches in flight: pp under 1F1B (Narayanan et al. 2021, section
         # 2.2.1; Korthikanti et al. 2022, section 4.2.3), and 1 + (pp - 1) / (pp v) times that under the
         # interleaved schedule with v virtual stages (Korthikanti et al. 2022, section 4.2.3); never more than
-        # the micro-batches there are. The head and loss sit on the last stage, with one in flight.
+        # the micro-batches there are. The head and loss sit on the last stage.
         if setup.schedule == "gpipe":   # every micro-batch's forward before any backward (Huang et al. 2019)
             inflight_num, inflight_den = setup.microbatches, 1
         elif setup.schedule == "interleaved":
@@ -1053,28 +1072,38 @@ def estimate(setup: Setup, shape: ModelShape | None = None, params: int | None =
     trainable = n_params
     if shape is not None:
         check_parallel(shape, setup)
-    if sharded:
-        rank = rank_summary(shape, setup)
-        tensors = rank["tensors"]
-        if setup.lora_rank:
-            full, per_device = finetune_state_bytes(tensors, setup)
+    def one_rank(stage: int) -> tuple:
+        rank = None
+        if sharded:
+            rank = rank_summary(shape, setup, stage)
+            tensors = rank["tensors"]
+            if setup.lora_rank:
+                full, per_device = finetune_state_bytes(tensors, setup)
+            else:
+                full, per_device = model_state_bytes([x for _, x, _ in tensors], setup.optimizer, setup.precision,
+                                                     setup.zero, setup.gpus)
+            train_shapes = [x for _, x, kind in tensors if kind != "base"]
         else:
-            full, per_device = model_state_bytes([x for _, x, _ in tensors], setup.optimizer, setup.precision,
-                                                 setup.zero, setup.gpus)
-        train_shapes = [x for _, x, kind in tensors if kind != "base"]
+            full, per_device = model_state_bytes(shapes, setup.optimizer, setup.precision, setup.zero, setup.gpus)
+            train_shapes = shapes
+        acts = activation_terms(shape, setup, stage=stage) if shape is not None else None
+        per_device["activations"] = acts["total_bytes"] if acts else 0
+        per_device["total"] = sum(per_device.values())
+        by_phase = phases(setup, shape, train_shapes, per_device, acts, rank)
+        offload = offload_terms(setup, per_device, by_phase, acts, shape, rank) if setup.offload else None
+        if offload:
+            by_phase = offload["phases"]
+        peak_phase = max(by_phase, key=lambda k: by_phase[k]["total_bytes"])
+        return (by_phase[peak_phase]["total_bytes"], peak_phase, by_phase, full, per_device, acts, rank, offload,
+                train_shapes)
+
+    # the most loaded rank: under pipeline parallelism the first stage (the most micro-batches in flight) or the
+    # last (the head, the logits and the loss), whichever peaks higher
+    candidates = [one_rank(0)] + ([one_rank(setup.pp - 1)] if setup.pp > 1 else [])
+    peak, peak_phase, by_phase, full, per_device, acts, rank, offload, train_shapes = max(
+        candidates, key=lambda c: c[0])
+    if sharded:
         trainable = sum(formulas.numel(x) for x in train_shapes)
-    else:
-        full, per_device = model_state_bytes(shapes, setup.optimizer, setup.precision, setup.zero, setup.gpus)
-        train_shapes = shapes
-    acts = activation_terms(shape, setup) if shape is not None else None
-    per_device["activations"] = acts["total_bytes"] if acts else 0
-    per_device["total"] = sum(per_device.values())
-    by_phase = phases(setup, shape, train_shapes, per_device, acts, rank)
-    offload = offload_terms(setup, per_device, by_phase, acts, shape, rank) if setup.offload else None
-    if offload:
-        by_phase = offload["phases"]
-    peak_phase = max(by_phase, key=lambda k: by_phase[k]["total_bytes"])
-    peak = by_phase[peak_phase]["total_bytes"]
     if setup.context_bytes is not None:     # measured on the reader's host (the hardware chapter shows it)
         headroom, headroom_source = setup.context_bytes, "given (--context-mib)"
     elif setup.device == "cuda":
@@ -1133,12 +1162,11 @@ def check_parallel(m: ModelShape, setup: Setup) -> None:
                                 f"(its Linear modules: {', '.join(sorted(names))})")
 
 
-def rank_summary(m: ModelShape, setup: Setup) -> dict:
-    """One rank's tensors (the first pipeline stage) and what ``phases`` needs:
-    trainable elements, ZeRO-3 units, autocast's cast parameters, whether it holds the head."""
-    stage = 0   # the first stage holds the most micro-batches in flight (activation_terms)
-    tensors = rank_tensors(m, setup, 0)
-    layers = stage_layers(m.layers, setup.pp, 0)
+def rank_summary(m: ModelShape, setup: Setup, stage: int = 0) -> dict:
+    """One rank's tensors (of pipeline ``stage``) and what ``phases`` needs: trainable elements, ZeRO-3 units,
+    autocast's cast parameters, whether it holds the head."""
+    tensors = rank_tensors(m, setup, stage)
+    layers = stage_layers(m.layers, setup.pp, stage)
 
     def count(pred) -> int:
         return sum(formulas.numel(x) for name, x, kind in tensors if pred(name, x, kind))
@@ -1166,7 +1194,7 @@ def rank_summary(m: ModelShape, setup: Setup) -> dict:
     else:
         all_train = parameter_count(m)
     return {
-        "tensors": tensors, "stage": stage, "stage_layers": len(layers), "head": setup.pp == 1,
+        "tensors": tensors, "stage": stage, "stage_layers": len(layers), "head": stage == setup.pp - 1,
         "lora": setup.lora_rank > 0,
         "trainable": count(lambda n, x, k: trainable(k)), "trainable_total": all_train,
         "layer": layer_tr if setup.lora_rank else count(lambda n, x, k: in_layer(n)),
