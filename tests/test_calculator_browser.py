@@ -7,9 +7,11 @@ form for each and reads every number back.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import http.server
 import json
+import re
 import shutil
 import threading
 from pathlib import Path
@@ -18,15 +20,19 @@ import pytest
 
 from conftest import REPO, build_site
 from experiments.lib import estimator
-from experiments.lib.model_shapes import BUILTIN, GEMMA_NORM_FAMILIES, MOE_FAMILIES, TIED_DEFAULT
+from experiments.lib.model_shapes import BUILTIN, GEMMA_NORM_FAMILIES, MOE_FAMILIES, TIED_DEFAULT, ModelShape
 from generator.estimate import main as estimate_main
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = Path("/usr/bin/chromium")
 
 # (model or typed shape, set-up): every built-in, every optimizer, precision layout, checkpointing, ZeRO stage,
-# attention, device kind and optimizer implementation, and zero_grad both ways.
-D = dict(attention="sdpa", device="cuda", optimizer_impl="default", set_to_none=True, context_mib=None)
+# attention, device kind and optimizer implementation, zero_grad both ways, and every field beyond data parallel
+# (tensor, sequence, pipeline, context and expert parallelism), of fine-tuning (LoRA, QLoRA) and of offload.
+# The set-ups give every field as the CLI takes it (pcie_gb_s None: the CLI's default, the form's field empty).
+D = dict(attention="sdpa", device="cuda", optimizer_impl="default", set_to_none=True, context_mib=None, tp=1,
+         sequence_parallel=False, pp=1, microbatches=1, schedule="1f1b", virtual_stages=1, cp=1, ep=1, lora_rank=0,
+         lora_targets="q_proj,v_proj", base_quant="none", offload="", pcie_gb_s=None)
 VECTORS = [
     ("bert-base", dict(optimizer="adamw", precision="fp32", batch=8, seq=512, checkpointing="none", zero=0, gpus=1,
                        **{**D, "attention": "eager"})),
@@ -115,15 +121,55 @@ VECTORS = [
     ({"family": "phi3", "hidden": 768, "layers": 2, "heads": 12, "kv_heads": 4, "intermediate": 2048,
       "vocab": 32064, "untied": True},
      dict(optimizer="adamw", precision="bf16-mixed", batch=2, seq=1024, checkpointing="full", zero=0, gpus=1, **D)),
+    # beyond data parallel: tensor (+ sequence) parallel, pipelines under both schedules, context and expert parallel
+    ("llama-2-7b", dict(optimizer="adamw", precision="bf16-mixed", batch=1, seq=4096, checkpointing="full", zero=1,
+                        gpus=4, **{**D, "tp": 2, "sequence_parallel": True})),
+    ("llama-3-8b", dict(optimizer="adamw", precision="bf16-master", batch=2, seq=2048, checkpointing="selective",
+                        zero=0, gpus=2, **{**D, "tp": 4, "pp": 4, "microbatches": 8})),
+    ({"family": "llama", "hidden": 512, "layers": 8, "heads": 8, "kv_heads": 4, "intermediate": 1376, "vocab": 32000,
+      "untied": True},
+     dict(optimizer="adam", precision="fp16-mixed", batch=4, seq=1024, checkpointing="none", zero=2, gpus=2,
+          **{**D, "pp": 2, "microbatches": 4, "schedule": "interleaved", "virtual_stages": 2, "cp": 2})),
+    ("gpt2-xl", dict(optimizer="adamw", precision="bf16-mixed", batch=2, seq=1024, checkpointing="none", zero=0,
+                     gpus=1, **{**D, "cp": 4, "offload": "activations", "pcie_gb_s": 12.5})),
+    ({"family": "mixtral", "hidden": 512, "layers": 4, "heads": 8, "kv_heads": 2, "intermediate": 1792,
+      "vocab": 32000, "experts": 8, "top_k": 2, "untied": True},
+     dict(optimizer="adamw", precision="bf16-mixed", batch=2, seq=1024, checkpointing="full", zero=3, gpus=2,
+          **{**D, "tp": 2, "ep": 4, "offload": "parameters"})),
+    ({"family": "qwen2_moe", "hidden": 512, "layers": 2, "heads": 8, "kv_heads": 8, "intermediate": 1408,
+      "vocab": 32000, "experts": 16, "top_k": 4, "moe_intermediate": 256, "shared_intermediate": 1024,
+      "untied": True},
+     dict(optimizer="adamw", precision="fp32", batch=2, seq=512, checkpointing="selective", zero=1, gpus=2,
+          **{**D, "tp": 2, "sequence_parallel": True, "ep": 2, "offload": "optimizer,activations"})),
+    # fine-tuning: LoRA under autocast, QLoRA's NF4 base in pure bf16 (the fp32 copy of A's input), GPT-2's Conv1D
+    # targets split by tensor parallel over two stages, BERT's and Phi-3's module names
+    ("llama-2-7b", dict(optimizer="adamw", precision="bf16-mixed", batch=4, seq=2048, checkpointing="none", zero=0,
+                        gpus=1, **{**D, "lora_rank": 16, "lora_targets": "q_proj,k_proj,v_proj,o_proj"})),
+    ("llama-2-70b", dict(optimizer="adamw", precision="bf16", batch=1, seq=4096, checkpointing="full", zero=0,
+                         gpus=1, **{**D, "lora_rank": 64, "base_quant": "nf4",
+                                    "lora_targets": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"})),
+    # (an odd vocabulary: the tied Conv1D-layout embedding splits by rows; fewer micro-batches than stages)
+    ({"family": "gpt2", "hidden": 256, "layers": 4, "heads": 4, "kv_heads": 0, "intermediate": 0, "vocab": 5001,
+      "untied": False},
+     dict(optimizer="adamw", precision="fp32", batch=2, seq=256, checkpointing="none", zero=0, gpus=1,
+          **{**D, "tp": 2, "pp": 2, "microbatches": 1, "lora_rank": 8, "lora_targets": "c_attn,c_fc"})),
+    ("bert-base", dict(optimizer="adamw", precision="fp16-mixed", batch=8, seq=512, checkpointing="none", zero=0,
+                       gpus=1, **{**D, "lora_rank": 8, "lora_targets": "query,value", "offload": "optimizer"})),
+    ({"family": "phi3", "hidden": 768, "layers": 2, "heads": 12, "kv_heads": 4, "intermediate": 2048,
+      "vocab": 32064, "untied": True},
+     dict(optimizer="sgd", precision="bf16-mixed", batch=2, seq=1024, checkpointing="full", zero=0, gpus=1,
+          **{**D, "tp": 2, "lora_rank": 4, "lora_targets": "qkv_proj,gate_up_proj", "base_quant": "nf4"})),
 ]
 SHAPE_EXTRAS = ("head_dim", "experts", "top_k", "moe_intermediate", "shared_intermediate")  # 0 when left out
-OPTIONS = ("optimizer", "precision", "checkpointing", "zero", "attention", "device", "optimizer_impl")
+OPTIONS = ("optimizer", "precision", "checkpointing", "zero", "attention", "device", "optimizer_impl", "schedule",
+           "base_quant")
+FLAGS = {"set_to_none": ("--keep-grads", False), "sequence_parallel": ("--sequence-parallel", True)}
 
 
 def cli_argv(model, setup: dict) -> list[str]:
-    argv = ["--json"] + [x for k, v in setup.items() if k != "set_to_none" and v is not None
+    argv = ["--json"] + [x for k, v in setup.items() if k not in FLAGS and v is not None
                          for x in (f"--{k.replace('_', '-')}", str(v))]
-    argv += [] if setup["set_to_none"] else ["--keep-grads"]
+    argv += [flag for k, (flag, when) in FLAGS.items() if setup[k] == when]
     if isinstance(model, str):
         return argv + ["--model", model]
     argv += ["--family", model["family"]]
@@ -215,6 +261,12 @@ def fill(pg, model, setup: dict) -> None:
                                                  "device", "batch", "seq", "gpus")}
     values.update({"hb-impl": setup["optimizer_impl"], "hb-keep-grads": not setup["set_to_none"],
                    "hb-context": "" if setup["context_mib"] is None else str(setup["context_mib"])})
+    values.update({f"hb-{k.replace('_', '-')}": str(setup[k]) for k in ("tp", "pp", "microbatches", "schedule",
+                                                                        "virtual_stages", "cp", "ep", "lora_rank",
+                                                                        "lora_targets", "base_quant")})
+    values.update({f"hb-offload-{part}": part in setup["offload"].split(",") for part in estimator.OFFLOAD})
+    values.update({"hb-sequence-parallel": setup["sequence_parallel"],
+                   "hb-pcie": "" if setup["pcie_gb_s"] is None else str(setup["pcie_gb_s"])})
     steps.append((values, "hb-calc"))
     pg.evaluate(FILL, [steps])
 
@@ -222,6 +274,9 @@ def fill(pg, model, setup: dict) -> None:
 def read(pg) -> dict:
     return pg.evaluate("""() => ({
         parameters: document.getElementById('hb-parameters').dataset.value,
+        trainable: document.getElementById('hb-trainable').dataset.value,
+        rank: JSON.parse(document.getElementById('hb-out-rank').dataset.json),
+        offload: JSON.parse(document.getElementById('hb-out-offload').dataset.json),
         per: Object.fromEntries(['params', 'grads', 'optimizer', 'activations', 'total'].map(
             k => [k, document.getElementById('hb-out-' + k).dataset.bytes])),
         fits: [...document.querySelectorAll('#hb-fits li')].map(li => [li.dataset.gpu, li.dataset.fits === 'true',
@@ -238,6 +293,15 @@ def read(pg) -> dict:
         headroom: document.getElementById('hb-out-headroom').dataset.bytes,
         error: document.getElementById('hb-error').hidden ? '' : document.getElementById('hb-error').textContent,
     })""")
+
+
+def exact(value):
+    """The page's numbers as Python has them: BigInts travel as decimal strings."""
+    if isinstance(value, dict):
+        return {k: exact(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [exact(v) for v in value]
+    return int(value) if isinstance(value, str) and re.fullmatch(r"-?\d+", value) else value
 
 
 @pytest.mark.parametrize("i", range(len(VECTORS)))
@@ -257,21 +321,76 @@ def test_calculator_equals_cli(page, capsys, i: int) -> None:
         {k: v["terms_bytes"] for k, v in want["phases"].items()}
     assert f"worst point of backward ({got['point']})" == want["phases"]["backward"]["label"]
     assert int(got["cast_saved"]) == want["phases"]["backward"]["cast_saved_bytes"]
-    assert {k: int(v) for k, v in got["activation_terms"].items()} == want["activation_terms_bytes"]
+    assert exact(got["activation_terms"]) == want["activation_terms_bytes"]
+    assert int(got["trainable"]) == want["trainable_parameters"]
+    assert exact(got["rank"]) == want["rank"] and exact(got["offload"]) == want["offload"]
     assert int(got["headroom"]) == want["headroom_bytes"]
     assert not errors and not outside
 
 
-def test_vectors_cover_every_option() -> None:
-    used = {k: {s[k] for _, s in VECTORS} for k in OPTIONS + ("set_to_none",)}
+# Shapes the form cannot type, read from a config: GPT-2's gelu_new (transformers' unfused GELU, its positional
+# causal mask under checkpointing, the fp32 mask promoting CPU-autocast scores) and MoE models with dense layers
+# (mlp_only_layers, decoder_sparse_step), also cut into pipeline stages. The page's estimate() against Python's.
+CONFIG_SHAPES = [
+    (ModelShape(family="gpt2", hidden=256, layers=4, heads=4, vocab=5001, positions=1024, hidden_act="gelu_new"),
+     dict(precision="bf16-mixed", attention="eager", device="cpu", checkpointing="full", batch=2, seq=512)),
+    (ModelShape(family="gpt2", hidden=256, layers=4, heads=4, vocab=5001, positions=1024, hidden_act="gelu_new"),
+     dict(precision="fp16-mixed", attention="eager", checkpointing="selective", batch=2, seq=512, tp=2)),
+    (ModelShape(family="qwen3_moe", hidden=512, layers=6, heads=8, kv_heads=4, intermediate=1536, vocab=32000,
+                head_dim=64, experts=8, top_k=2, moe_intermediate=256, dense_layers=(0, 3), tied_embeddings=False),
+     dict(precision="bf16-mixed", checkpointing="none", batch=2, seq=1024)),
+    (ModelShape(family="qwen3_moe", hidden=512, layers=6, heads=8, kv_heads=4, intermediate=1536, vocab=32000,
+                head_dim=64, experts=8, top_k=2, moe_intermediate=256, dense_layers=(0, 3), tied_embeddings=False),
+     dict(precision="bf16-mixed", checkpointing="selective", batch=2, seq=1024, pp=3, microbatches=6, tp=2,
+          sequence_parallel=True)),
+    (ModelShape(family="qwen2_moe", hidden=512, layers=4, heads=8, vocab=32000, intermediate=1408, experts=16,
+                top_k=4, moe_intermediate=256, shared_intermediate=1024, sparse_step=2, tied_embeddings=False),
+     dict(precision="fp32", checkpointing="full", batch=2, seq=512, pp=2, microbatches=4, schedule="interleaved",
+          virtual_stages=2, ep=2, offload=("activations",))),
+]
+
+
+def test_calculator_estimate_equals_python_on_config_shapes(page) -> None:
+    pg, errors, _ = page
+    for shape, fields in CONFIG_SHAPES:
+        setup = estimator.Setup(**fields)
+        want = estimator.estimate(setup, shape=shape)
+        got = exact(json.loads(pg.evaluate("""([shape, setup]) => {
+            const C = window.hbCalculator, r = C.estimate(C.withDefaults(shape), setup);
+            return JSON.stringify({ per: r.per, peak: r.peak, phases: r.phases.terms, acts: r.acts, rank: r.rank,
+                                    offload: r.offload, parameters: r.parameters, trainable: r.trainable },
+                                  (k, x) => (typeof x === 'bigint' ? x.toString() : x));
+        }""", [shape.as_dict(), dataclasses.asdict(setup)])))
+        assert got["per"] == want["per_device_bytes"] and got["peak"] == want["peak_bytes"], (shape, fields)
+        assert got["phases"] == {k: v["terms_bytes"] for k, v in want["phases"].items()}, (shape, fields)
+        assert got["acts"] == want["activation_terms_bytes"], (shape, fields)
+        assert (got["rank"], got["offload"]) == (want["rank"], want["offload"]), (shape, fields)
+        assert (got["parameters"], got["trainable"]) == (want["parameters"], want["trainable_parameters"])
+        # each shape reaches what only a config gives: gelu_new's paths, or layers of both kinds
+        if shape.family == "gpt2":
+            plain = estimator.estimate(setup, shape=dataclasses.replace(shape, hidden_act=""))
+            assert plain["activation_terms_bytes"]["layers_bytes"] < want["activation_terms_bytes"]["layers_bytes"]
+        else:
+            assert 0 < shape.n_moe_layers < shape.layers
+    assert not errors
+
+
+def test_vectors_cover_every_option(capsys) -> None:
+    used = {k: {s[k] for _, s in VECTORS} for k in OPTIONS + tuple(FLAGS)}
     assert {s["context_mib"] is None for _, s in VECTORS} == {True, False}
+    assert {s["pcie_gb_s"] is None for _, s in VECTORS} == {True, False}
     assert used == {"optimizer": set(estimator.OPTIMIZERS), "precision": set(estimator.PRECISIONS),
                     "checkpointing": set(estimator.CHECKPOINTING), "zero": {0, 1, 2, 3},
                     "attention": set(estimator.ATTENTION), "device": set(estimator.DEVICES),
-                    "optimizer_impl": set(estimator.OPTIMIZER_IMPLS), "set_to_none": {True, False}}
-    peaks = {estimator.estimate(estimator.Setup(**{k: v for k, v in s.items() if k != "context_mib"}),
-                                shape=BUILTIN[m])["peak_phase"] for m, s in VECTORS if isinstance(m, str)}
-    assert len(peaks) >= 2   # the vectors reach more than one phase's peak
+                    "optimizer_impl": set(estimator.OPTIMIZER_IMPLS), "schedule": set(estimator.SCHEDULES),
+                    "base_quant": set(estimator.BASE_QUANT), "set_to_none": {True, False},
+                    "sequence_parallel": {True, False}}
+    for key in ("tp", "pp", "microbatches", "virtual_stages", "cp", "ep", "lora_rank"):   # each field set off its default
+        assert {s[key] for _, s in VECTORS} - {D[key]}, key
+    assert {x for _, s in VECTORS for x in s["lora_targets"].split(",")} >= {"q_proj", "c_attn", "query", "qkv_proj"}
+    assert {x for _, s in VECTORS for x in s["offload"].split(",") if x} == set(estimator.OFFLOAD)
+    peaks = {cli(cli_argv(m, s), capsys)["peak_phase"] for m, s in VECTORS}
+    assert len(peaks) >= 3   # the vectors reach more than one phase's peak
     assert {m for m, _ in VECTORS if isinstance(m, str)} == set(BUILTIN)
     typed = {m["family"] for m, _ in VECTORS if isinstance(m, dict)}
     assert {"gpt2", "bert", "llama", "qwen3", "gemma2"} <= typed and len(typed & set(MOE_FAMILIES)) >= 2
@@ -292,20 +411,35 @@ def test_vectors_reach_every_activation_path(capsys) -> None:
             paths.add(f"{shape['family']} layer rebuilt under autocast")
         if lay.cast and setup["checkpointing"] != "none" and shape["family"] in MOE_FAMILIES:
             paths.add("MoE under autocast with checkpointing")
-        if lay.cast and setup["attention"] == "eager" and setup["device"] == "cpu":
-            paths.add("fp32 eager softmax under CPU autocast")
         if lay.master and shape["family"] in GEMMA_NORM_FAMILIES:
             paths.add("GemmaRMSNorm with a master copy")
-        if (shape["family"], setup["attention"], setup["checkpointing"]) == ("gpt2", "eager", "full") and lay.cast:
-            paths.add("GPT-2's causal mask kept by checkpoint under autocast")
     assert {"start", "start (loss temporaries)", "end", "first layer rebuilt"} <= points, points
     assert paths >= {"sdpa math path, 16-bit inputs", "sdpa math path, fp32", "gpt2 layer rebuilt under autocast",
                      "mixtral layer rebuilt under autocast", "MoE under autocast with checkpointing",
-                     "fp32 eager softmax under CPU autocast", "GemmaRMSNorm with a master copy",
-                     "GPT-2's causal mask kept by checkpoint under autocast"}, paths
+                     "GemmaRMSNorm with a master copy"}, paths
 
 
-def test_calculator_reports_bad_input(page) -> None:
+def test_calculator_repeats_the_estimators_constants() -> None:
+    """calculator.js types the constants calculator_inputs() does not carry; they must be the estimator's."""
+    from experiments.lib import model_shapes
+
+    js = (REPO / "docs" / "assets" / "calculator.js").read_text(encoding="utf-8")
+
+    def const(name: str) -> str:
+        found = re.search(rf"const {name} = (.*?);\n", js, re.S)
+        assert found, f"calculator.js has no const {name}"
+        return found.group(1)
+
+    for name in ("SCHEDULES", "ROW_PARALLEL", "REPLICATED", "NORM_NAMES", "BASE_QUANT", "OFFLOAD"):
+        assert json.loads(const(name)) == list(getattr(estimator, name)), name
+    assert json.loads(const("GEMMA_NORM_FAMILIES")) == list(model_shapes.GEMMA_NORM_FAMILIES)
+    assert re.fullmatch(r"(\d+)n, NF4_BLOCK2 = (\d+)n", const("NF4_BLOCK")).groups() == \
+        (str(estimator.NF4_BLOCK), str(estimator.NF4_BLOCK2))
+    assert float(const("PCIE_GB_S")) == estimator.PCIE_GB_S and json.loads(const("PCIE_SOURCE")) == estimator.PCIE_SOURCE
+    assert float(const("MAX_SIZE")) == estimator.MAX_SIZE
+
+
+def test_calculator_reports_bad_input(page, capsys) -> None:
     pg, errors, _ = page
     fill(pg, "bert-base", dict(optimizer="adamw", precision="fp32", batch=1, seq=1024, checkpointing="none", zero=0,
                                gpus=1, **D))
@@ -320,6 +454,15 @@ def test_calculator_reports_bad_input(page) -> None:
     with pytest.raises(estimator.EstimateError) as exc:
         estimator.Setup(precision="fsdp2-bf16", zero=1, gpus=2)
     assert read(pg)["error"] == str(exc.value)
+    # the fields beyond data parallel: the same one line as the CLI's
+    for fields in (dict(tp=3), dict(lora_rank=8, lora_targets="c_attn,q_proj"), dict(cp=3),
+                   dict(pp=2, microbatches=3, schedule="interleaved"), dict(lora_rank=4, precision="bf16-master"),
+                   dict(base_quant="nf4"), dict(sequence_parallel=True), dict(ep=2), dict(pp=40)):
+        setup = {**D, **dict(optimizer="adamw", precision="bf16-mixed", batch=1, seq=1024, checkpointing="none",
+                             zero=0, gpus=1), **fields}
+        fill(pg, "llama-2-7b", setup)
+        assert estimate_main(cli_argv("llama-2-7b", setup)) == 2
+        assert read(pg)["error"] == capsys.readouterr().err.strip().removeprefix("handbook estimate: error: ")
     assert not errors
 
 
@@ -332,4 +475,6 @@ def test_default_model_matches_cli_defaults(page, capsys) -> None:
     got = read(pg)
     assert {k: int(v) for k, v in got["per"].items()} == want["per_device_bytes"]
     assert int(got["parameters"]) == want["parameters"]
+    assert pg.input_value("#hb-lora-targets") == ",".join(estimator.Setup().lora_targets)  # the Setup's default
+    assert got["rank"] is None and got["offload"] is None
     assert not errors and not outside
