@@ -18,7 +18,8 @@ def site(tmp_path_factory):
     data = {"sharding": two_ranks(), "named_models": test_profile_data("named_models"),
             "activation_memory": test_profile_data("activation_memory")}  # autocast's weight copies
     out = build_chapter_site(root, data, PAGES, ("_cheatsheet/07-will-it-fit.md",), ("assets/calculator.js",),
-                             stubs={"03-activations.md": "# Activations\n"})
+                             stubs={"03-activations.md": "# Activations\n", "10-parallelism.md": "# Parallelism\n",
+                                    "11-fine-tuning.md": "# Fine-tuning\n"})
     summary = {"sharding": sharding.summarize(data["sharding"]), "named_models": named_models.summarize(data["named_models"]),
                "activation_memory": activation_memory.summarize(data["activation_memory"])}
     return out, data, summary
@@ -58,6 +59,10 @@ def test_named_models_page(site) -> None:
     for g in n["gpus"]:
         assert g["source"] in text and f"{grouped(g['capacity_mib'])} MiB" in text
     assert "40,960 MiB" in text and bytes_(n["headroom_bytes"]) in text and n["leaves_out"] in text
+    # beyond data parallel and full training: each row's per-rank peak and trainable count
+    for x in n["beyond"].values():
+        assert x["label"] in text and bytes_(x["peak_bytes"]) in text and grouped(x["trainable_parameters"]) in text
+    assert bytes_(n["beyond"]["offload"]["host_bytes"]) in text
     v = n["validation"]["none"]["terms"]
     assert bytes_(v["optimizer"]["measured_bytes"]) in text and ratio(v["activations"]["ratio"], 4) in text
     assert "bf16 autocast activations after forward" in " ".join(text.split())  # labels from the summary
