@@ -227,6 +227,18 @@ KIND_LABELS = {"layer_norm": "LayerNorm inputs and statistics", "linear_inputs":
 LOSS_TOLERANCE_SHARE = 0.05
 
 
+def scale_label(data: dict) -> str:
+    """The model and scale a caption names: what was measured, at what size.
+
+    A result from older code that lacks a field still renders: its caption says so."""
+    try:
+        m = data["model"]
+        return (f"{m['layers']}-layer transformer, hidden {m['hidden']}, {m['params']:,} params, batch {m['batch']}, "
+                f"on UCI digits")
+    except (KeyError, IndexError, TypeError):
+        return "model size not recorded in this result"
+
+
 def summarize(data: dict) -> dict:
     s = data["schemes"]
     base = s["none"]
@@ -249,7 +261,8 @@ def summarize(data: dict) -> dict:
             d["best_kind"], d["best_kind_label"] = best, KIND_LABELS[best]
         out[name] = d
     int8 = s["int8_tensor"]["by_kind"]
-    return {"schemes": out, "kind_labels": KIND_LABELS, "loss_tolerance_share": LOSS_TOLERANCE_SHARE,
+    return {"scale_label": scale_label(data), "schemes": out, "kind_labels": KIND_LABELS,
+            "loss_tolerance_share": LOSS_TOLERANCE_SHARE,
             "int8_kinds_by_error": sorted(int8, key=lambda k: int8[k]["rel_error_norm_ratio"], reverse=True)}
 
 # %% [markdown]

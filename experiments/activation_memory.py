@@ -386,6 +386,17 @@ def summarize_weight_cache(m: dict) -> dict:
             "bytes_per_weight": cast_bytes / weights if weights else 0.0}
 
 
+def scale_label(data: dict) -> str:
+    """The model and scale a caption names: what was measured, at what size.
+
+    A result from older code that lacks a field still renders: its caption says so."""
+    try:
+        s = data["shape"]
+        return f"one GPT layer, hidden {s['hidden']}, {s['heads']} heads, seq {s['seq']}, batch {s['batch']}"
+    except (KeyError, IndexError, TypeError):
+        return "model size not recorded in this result"
+
+
 def summarize(data: dict) -> dict:
     shape = data["shape"]
     s, b, h, a = shape["seq"], shape["batch"], shape["hidden"], shape["heads"]
@@ -396,6 +407,7 @@ def summarize(data: dict) -> dict:
         shares.append({"activations_and_temporaries_bytes": transient,
                                "activation_share": transient / r["peak"]["total_bytes"]})
     return {
+        "scale_label": scale_label(data),
         "shape": {"sbh": s * b * h, "as_over_h": a * s / h},
         "paper_terms_16bit_bytes": korthikanti_activation_terms(s, b, h, a),
         "dropout_masks_are_bool": data["dropout_mask_dtype"] == "bool",

@@ -204,6 +204,18 @@ LABELS = {"none": "keep in place", "mmap_files": "memory-mapped files",
           "save_on_cpu_pinned": "pinned host memory (save_on_cpu)"}
 
 
+def scale_label(data: dict) -> str:
+    """The model and scale a caption names: what was measured, at what size.
+
+    A result from older code that lacks a field still renders: its caption says so."""
+    try:
+        m = data["model"]
+        return (f"{m['layers']}-layer GPT, hidden {m['hidden']}, {m['params']:,} params, "
+                f"seq {m['seq']}, batch {m['batch']}")
+    except (KeyError, IndexError, TypeError):
+        return "model size not recorded in this result"
+
+
 def summarize(data: dict) -> dict:
     v = data["variants"]
     base = v["none"]
@@ -223,6 +235,7 @@ def summarize(data: dict) -> dict:
         }
     shown = "save_on_cpu_pinned" if cuda else "mmap_files"
     out = {"variants": derived, "shown_variant": shown, "shown_label": LABELS[shown], "cuda": cuda,
+           "shown": derived[shown],  # the host's own offload, for tables that read one path on every host
            "mmap_disk_bytes_per_s": v["mmap_files"]["disk_written_bytes"]
            / max(1e-9, derived["mmap_files"]["extra_time_ms"] / 1e3) if derived["mmap_files"]["extra_time_ms"] > 0
            else None}
@@ -236,6 +249,7 @@ def summarize(data: dict) -> dict:
                                 / max(1e-9, predicted_ms)}
     else:
         out["cuda_transfer"] = None
+    out["scale_label"] = scale_label(data)
     return out
 
 # %% [markdown]

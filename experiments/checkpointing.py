@@ -314,6 +314,18 @@ def half_iqr_ms(timing: dict) -> float:
     return timing["iqr_ms"] / 2
 
 
+def scale_label(data: dict) -> str:
+    """The model and scale a caption names: what was measured, at what size.
+
+    A result from older code that lacks a field still renders: its caption says so."""
+    try:
+        m = data["model"]
+        return (f"{m['layers']}-layer GPT, hidden {m['hidden']}, {m['params']:,} params, "
+                f"seq {m['seq']}, batch {m['batch']}")
+    except (KeyError, IndexError, TypeError):
+        return "model size not recorded in this result"
+
+
 def summarize(data: dict) -> dict:
     p = data["policies"]
     base = p["none"]
@@ -337,6 +349,7 @@ def summarize(data: dict) -> dict:
     sq, full = p[sqrt_name], p["every_layer"]
     pre, nopre = data["rng"]["preserve"]["time"], data["rng"]["no_preserve"]["time"]
     return {
+        "scale_label": scale_label(data),
         "policies": derived,
         "sqrt_k_policy": sqrt_name,
         # segments of k = sqrt(N) against checkpointing every layer (k = 1): which peak is higher

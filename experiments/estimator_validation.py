@@ -437,12 +437,17 @@ def _case(data: dict, key: str, x: dict) -> dict:
 
 
 def scale_label(data: dict) -> str:
-    """The model and scale a caption names: what was measured, at what size."""
-    if not data["ran"]:
-        return "not measured on this host"
-    sizes = [c["parameters"] for c in data["cases"].values()]
-    return (f"{len(data['hf_configs'])} transformers families ({', '.join(data['hf_configs'])}), "
-            f"{min(sizes):,}–{max(sizes):,} params, seq {data['seq']}, batch {data['batch']}")
+    """The model and scale a caption names: what was measured, at what size.
+
+    A result from older code that lacks a field still renders: its caption says so."""
+    try:
+        if not data["ran"]:
+            return "not measured on this host"
+        sizes = [c["parameters"] for c in data["cases"].values()]
+        return (f"{len(data['hf_configs'])} transformers families ({', '.join(data['hf_configs'])}), "
+                f"{min(sizes):,}–{max(sizes):,} params, seq {data['seq']}, batch {data['batch']}")
+    except (KeyError, IndexError, TypeError):
+        return "model size not recorded in this result"
 
 
 def summarize(data: dict) -> dict:

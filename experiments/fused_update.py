@@ -357,6 +357,17 @@ def max_live_grad_bytes(events: list) -> int:
     return max(sum(e["live_grad_bytes_by_layer"].values()) for e in events)
 
 
+def scale_label(data: dict) -> str:
+    """The model and scale a caption names: what was measured, at what size.
+
+    A result from older code that lacks a field still renders: its caption says so."""
+    try:
+        widths = "→".join(str(w) for w in data["widths"])
+        return f"{len(data['layers'])}-layer MLP ({widths}), batch {data['batch']}"
+    except (KeyError, IndexError, TypeError):
+        return "model size not recorded in this result"
+
+
 def summarize(data: dict) -> dict:
     """Savings of the fused step, in-place differences, update extras, verdicts and labels."""
     fused = {}
@@ -392,6 +403,7 @@ def summarize(data: dict) -> dict:
                      "weights_equal_in_place": u["max_abs_diff_in_place"] == 0.0}
                for key, u in data["updates"].items()}
     return {
+        "scale_label": scale_label(data),
         "fused": fused,
         # Vanilla keeps every gradient until optimizer.step(); fused keeps the one being applied.
         "predicted_vanilla_grad_bytes": data["param_bytes"],

@@ -473,6 +473,18 @@ def summarize_amp(x: dict) -> dict:
     }
 
 
+def scale_label(data: dict) -> str:
+    """The model and scale a caption names: what was measured, at what size.
+
+    A result from older code that lacks a field still renders: its caption says so."""
+    try:
+        m = data["mem_model"]
+        return (f"{m['depth']}-layer MLP, width {m['width']}, batch {data['mem_batch']} (memory), "
+                f"batch {data['batch']} (correctness)")
+    except (KeyError, IndexError, TypeError):
+        return "model size not recorded in this result"
+
+
 def summarize(data: dict) -> dict:
     rows = data["correctness"]
     accumulated = [{"dtype": r["dtype"], "k": r["k"], "micro_batch": r["micro_batch"],
@@ -486,11 +498,15 @@ def summarize(data: dict) -> dict:
     memory = []
     for r in data["memory"]:
         predicted = predicted_saved_activations_bytes(r["micro_batch"], mm["depth"], mm["width"], mm["classes"])
-        memory.append({"micro_batch": r["micro_batch"], "predicted_saved_activations_bytes": predicted,
+        one = data["memory"][0]  # the whole batch at once (k = 1)
+        memory.append({"micro_batch": r["micro_batch"], "k": r["k"], "predicted_saved_activations_bytes": predicted,
                        "activations_over_predicted_ratio": r["peak_activations_bytes"] / predicted,
-                       "step_time_half_iqr_ms": r["step_time_iqr_ms"] / 2})
+                       "step_time_half_iqr_ms": r["step_time_iqr_ms"] / 2,
+                       "peak_ratio_vs_one_batch": r["peak_total_bytes"] / one["peak_total_bytes"],
+                       "time_ratio_vs_one_batch": r["step_time_ms"] / one["step_time_ms"]})
     scaled = [name for name, x in data["amp"].items() if x["scaler"]]
     return {
+        "scale_label": scale_label(data),
         "correctness": accumulated,
         "max_rel_diff": {d: max(r["rel_diff"] for r in accumulated if r["dtype"] == d) for d in dtypes},
         "breakers": summarize_breakers(data["breakers"]),
@@ -498,6 +514,7 @@ def summarize(data: dict) -> dict:
         # the autocast dtype run with a GradScaler (fp16 on every device), null if none was
         "amp_scaler_variant": scaled[0] if scaled else None,
         "memory": memory,
+        "most_accumulated": memory[-1],  # the most micro-batches per step: what accumulation buys and costs
     }
 
 

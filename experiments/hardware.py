@@ -584,6 +584,19 @@ def _cpu_load_summary(data: dict) -> dict:
             "busy": is_busy, "busy_label": "yes" if is_busy else "no"}
 
 
+def scale_label(data: dict) -> str:
+    """The model and scale a caption names: what was measured, at what size.
+
+    A result from older code that lacks a field still renders: its caption says so."""
+    try:
+        largest = data["matmul"]["fp32"]["points"][-1] if data["matmul"]["fp32"].get("points") else None
+        step = data["train_step"]
+        shape = f"matmuls up to {largest['m']}×{largest['n']}×{largest['k']}, " if largest else ""
+        return f"{shape}a {step['blocks']}-block MLP step, width {step['width']}, {step['params']:,} params"
+    except (KeyError, IndexError, TypeError):
+        return "model size not recorded in this result"
+
+
 def summarize(data: dict) -> dict:
     mm, bw, ts = data["matmul"], data["bandwidth"]["points"], data["train_step"]
     largest_bw = bw[-1]
@@ -600,6 +613,7 @@ def summarize(data: dict) -> dict:
     achieved = ts["counted_flops"] / (ts["step_median_ms"] * 1e-3) / 1e9
     predicted_state = pred["params_bytes"] + pred["grads_bytes"] + pred["optimizer_bytes"]
     return {
+        "scale_label": scale_label(data),
         "rate_unit": "TFLOP/s" if tera else "GFLOP/s",
         "best_dtype": best_dtype,
         "best": matmul[best_dtype],

@@ -413,9 +413,21 @@ def summarize_grad_scaler(gs: dict) -> dict:
             "final_scale": final, "final_scale_log2": math.log2(final)}
 
 
+def scale_label(data: dict) -> str:
+    """The model and scale a caption names: what was measured, at what size.
+
+    A result from older code that lacks a field still renders: its caption says so."""
+    try:
+        m = data["model"]
+        return f"{m['layers']}-layer GPT, hidden {m['hidden']}, seq {m['seq']}, batch {m['batch']}"
+    except (KeyError, IndexError, TypeError):
+        return "model size not recorded in this result"
+
+
 def summarize(data: dict) -> dict:
     formats = summarize_formats(data["formats"])
     return {
+        "scale_label": scale_label(data),
         "formats": formats,
         "formula_mismatch": [data["formats"][n]["dtype"] for n, x in formats.items() if not x["formula_matches_format"]],
         # formats whose torch.finfo eps is not the spacing of the format at 1.0

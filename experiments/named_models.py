@@ -278,10 +278,15 @@ def zero_paper_case() -> dict:
 
 
 def scale_label(data: dict) -> str:
-    """The model and scale a caption names: what was measured, at what size."""
-    s = data["shape"]
-    return (f"named models at full size (estimator); checked on a {s['layers']}-layer GPT, hidden {s['hidden']}, "
-            f"seq {s['seq']}, batch {s['batch']}")
+    """The model and scale a caption names: what was measured, at what size.
+
+    A result from older code that lacks a field still renders: its caption says so."""
+    try:
+        s = data["shape"]
+        return (f"named models at full size (estimator); checked on a {s['layers']}-layer GPT, hidden {s['hidden']}, "
+                f"seq {s['seq']}, batch {s['batch']}")
+    except (KeyError, IndexError, TypeError):
+        return "model size not recorded in this result"
 
 
 def summarize(data: dict) -> dict:

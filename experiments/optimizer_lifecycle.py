@@ -269,9 +269,20 @@ def summarize_state(x: dict) -> dict:
     }
 
 
+def scale_label(data: dict) -> str:
+    """The model and scale a caption names: what was measured, at what size.
+
+    A result from older code that lacks a field still renders: its caption says so."""
+    try:
+        return f"{len(data['model']['shapes']) // 2}-layer MLP, {data['model']['numel']:,} params"
+    except (KeyError, IndexError, TypeError):
+        return "model size not recorded in this result"
+
+
 def summarize(data: dict) -> dict:
     state = data["state"]
     return {
+        "scale_label": scale_label(data),
         "state": {name: summarize_state(x) for name, x in state.items()},
         # the largest difference after reloading, over every optimizer of the state table
         "resume_max_abs_diff_all_optimizers": max(x["resume_max_abs_diff"] for x in state.values()),

@@ -299,12 +299,25 @@ def summarize_precision(regime: str, x: dict) -> dict:
             "ratio": total / predicted_total}
 
 
+def scale_label(data: dict) -> str:
+    """The model and scale a caption names: what was measured, at what size.
+
+    A result from older code that lacks a field still renders: its caption says so."""
+    try:
+        m = data["model"]
+        return (f"{m['layers']}-layer GPT, d_model {m['d_model']}, {m['parameters']:,} params, "
+                f"seq {m['seq']}, batch {m['batch']}")
+    except (KeyError, IndexError, TypeError):
+        return "model size not recorded in this result"
+
+
 def summarize(data: dict) -> dict:
     optimizers = data["optimizers"]
     first = next(iter(optimizers.values()))
     buffers = model_buffer_bytes(data["model"])
     zeros = data["zero_grad"]["zeros"]["grad_bytes_between_steps"]
     return {
+        "scale_label": scale_label(data),
         "implementations": [impl for impl in IMPLEMENTATIONS if impl in first],
         "buffers_bytes": buffers,
         "optimizers": {name: {impl: summarize_step(x, buffers) for impl, x in impls.items()}

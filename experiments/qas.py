@@ -245,6 +245,16 @@ def _run(cfg: Config, device: str) -> dict:
 LABELS = {"fp32": "fp32", "int8": "int8 graph, no QAS", "int8_qas": "int8 graph with QAS"}
 
 
+def scale_label(data: dict) -> str:
+    """The model and scale a caption names: what was measured, at what size.
+
+    A result from older code that lacks a field still renders: its caption says so."""
+    try:
+        return f"{len(data['layers'])}-layer int8 CNN ({', '.join(data['layers'])}) on UCI digits"
+    except (KeyError, IndexError, TypeError):
+        return "model size not recorded in this result"
+
+
 def summarize(data: dict) -> dict:
     """Per layer, each graph's ratio against fp32's; final accuracies and gains; the s_W**2 factor."""
     layers, modes = data["layers"], data["modes"]
@@ -261,6 +271,7 @@ def summarize(data: dict) -> dict:
             "int8_measured_over_predicted_ratio": s["int8_measured_ratio"] / s["int8_predicted_ratio"],
         }
     return {
+        "scale_label": scale_label(data),
         "labels": {m: LABELS[m] for m in modes},
         "final_test_accuracy": final,
         "accuracy_gain_over_warmup": {m: final[m] - data["warmup_test_accuracy"] for m in modes},

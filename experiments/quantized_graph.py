@@ -225,6 +225,17 @@ def bits_for(value: int) -> int:
     return int(value).bit_length() + 1
 
 
+def scale_label(data: dict) -> str:
+    """The model and scale a caption names: what was measured, at what size.
+
+    A result from older code that lacks a field still renders: its caption says so."""
+    try:
+        return (f"one linear layer (reduction {data['linear_reduction_length']}) and one conv layer "
+                f"(reduction {data['conv_reduction_length']})")
+    except (KeyError, IndexError, TypeError):
+        return "model size not recorded in this result"
+
+
 def summarize(data: dict) -> dict:
     """The best clipping range, the accumulator bits needed and predicted, int32's capacity, labels."""
     qmax = data["int8_max"]
@@ -249,6 +260,7 @@ def summarize(data: dict) -> dict:
     by_length = sorted(accumulator, key=lambda r: r["reduction_length"])
     rows = [x for per_layer in data["layers"].values() for x in per_layer.values()]
     return {
+        "scale_label": scale_label(data),
         "labels": LABELS,
         # How many worst-case int8 products ((-128)**2 = 2**14 each) an int32 accumulator holds: its largest
         # value is 2**31 - 1, so 2**17 - 1 of them.

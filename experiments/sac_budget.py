@@ -195,6 +195,18 @@ def _run(cfg: Config, device: str) -> dict:
 # it saved less than allowed, recomputing more than it had to).
 
 # %%
+def scale_label(data: dict) -> str:
+    """The model and scale a caption names: what was measured, at what size.
+
+    A result from older code that lacks a field still renders: its caption says so."""
+    try:
+        m = data["model"]
+        return (f"{m['layers']}-layer GPT, hidden {m['hidden']}, {m['params']:,} params, "
+                f"seq {m['seq']}, batch {m['batch']}")
+    except (KeyError, IndexError, TypeError):
+        return "model size not recorded in this result"
+
+
 def summarize(data: dict) -> dict:
     b = data["budgets"]
     lo, hi = b[key(0.0)]["saved_bytes"], b[key(1.0)]["saved_bytes"]
@@ -226,7 +238,8 @@ def summarize(data: dict) -> dict:
         for name, row in [*b.items(), *data["hand_picked"].items()]:
             (out.get(name) or hand[name])["peak_ratio_vs_eager"] = \
                 row["cuda_max_allocated_bytes"] / eager["cuda_max_allocated_bytes"]
-    return {"budgets": out, "hand_picked": hand, "middle_key": middle, "cuda": cuda, "eager_time_half_iqr_ms": eager["time"]["iqr_ms"] / 2,
+    return {"scale_label": scale_label(data), "budgets": out, "hand_picked": hand, "middle_key": middle,
+            "middle": out[middle], "cuda": cuda, "eager_time_half_iqr_ms": eager["time"]["iqr_ms"] / 2,
             "default_saves_less_than_eager": hi < eager["saved_bytes"],
             "all_within_promise": all(r["within_promise"] for r in out.values()),
             "max_grad_diff": max(r["max_abs_grad_diff_vs_eager"] for r in b.values())}

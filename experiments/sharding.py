@@ -326,6 +326,18 @@ def _mode_summary(mode: str, ranks: list, data: dict, world_size: int) -> dict:
     return out
 
 
+def scale_label(data: dict) -> str:
+    """The model and scale a caption names: what was measured, at what size.
+
+    A result from older code that lacks a field still renders: its caption says so."""
+    try:
+        params = sum(estimator.formulas.numel(s) for s in data["tensor_shapes"])
+        return (f"{len(data['tensor_shapes']) // 2}-layer MLP, {params:,} params, "
+                f"{' and '.join(str(w) for w in data['world_sizes'])} ranks")
+    except (KeyError, IndexError, TypeError):
+        return "model size not recorded in this result"
+
+
 def summarize(data: dict) -> dict:
     full, _ = estimator.model_state_bytes(data["tensor_shapes"], data["optimizer"], data["precision"], 0, 1)
     worlds = [{"world_size": w["world_size"], "device": w["device"], "backend": w["backend"],
@@ -338,6 +350,7 @@ def summarize(data: dict) -> dict:
                   "peak_vs_ddp_ratio": row["peak_max_bytes"] / ddp["peak_max_bytes"]}
            for mode, row in largest["modes"].items()}
     return {
+        "scale_label": scale_label(data),
         "labels": {mode: LABELS[mode] for mode in largest["modes"]},
         "parameters": sum(estimator.formulas.numel(s) for s in data["tensor_shapes"]),
         "param_bytes": full["params"],

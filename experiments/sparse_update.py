@@ -335,6 +335,16 @@ def option_labels(option_ids: list[str]) -> dict:
     return {o: {"label": o.replace("_", " "), "short": o.replace("weight_", "W ")} for o in option_ids}
 
 
+def scale_label(data: dict) -> str:
+    """The model and scale a caption names: what was measured, at what size.
+
+    A result from older code that lacks a field still renders: its caption says so."""
+    try:
+        return f"MobileNetV2-like CNN, {len(data['units'])} units, on UCI digits"
+    except (KeyError, IndexError, TypeError):
+        return "model size not recorded in this result"
+
+
 def summarize(data: dict) -> dict:
     """Costs and benefits per option, the cost model against measurement, the frontier table with labels."""
     options, path_list = search_options(data)
@@ -383,6 +393,7 @@ def summarize(data: dict) -> dict:
     near_full = [s for s in searches if s["accuracy"] >= full["accuracy"] - NEAR_FULL_ACCURACY]
     stock = data["stock_torch_conv"]
     return {
+        "scale_label": scale_label(data),
         "option_labels": labels,
         "layers": layers,
         "frontier": frontier,

@@ -291,6 +291,18 @@ def _run(cfg: Config, device: str) -> dict:
 # ## What the pages show, derived from what was measured
 
 # %%
+def scale_label(data: dict) -> str:
+    """The model and scale a caption names: what was measured, at what size.
+
+    A result from older code that lacks a field still renders: its caption says so."""
+    try:
+        m, seqs = data["model"], list(data["frontier"])
+        return (f"{m['layers']}-layer GPT, hidden {m['hidden']}, {m['params']:,} params, "
+                f"seq {seqs[0]}–{seqs[-1]} at the largest batch that fits")
+    except (KeyError, IndexError, TypeError):
+        return "model size not recorded in this result"
+
+
 def summarize(data: dict) -> dict:
     f = data["frontier"]
     first = next(iter(f.values()))
@@ -308,6 +320,7 @@ def summarize(data: dict) -> dict:
     pad, pack = pp["padded"], pp["packed"]
     longest_key = list(f)[-1]
     return {
+        "scale_label": scale_label(data),
         "frontier": points,
         "longest_seq_key": longest_key,
         "tokens_fall_at_longest_ratio": points[longest_key]["tokens_ratio_vs_shortest"],

@@ -395,6 +395,17 @@ def summarize_noisy(kind: str, block: dict, hyper: dict) -> dict:
             "effective_over_nominal_max": max(measured) if measured else None}
 
 
+def scale_label(data: dict) -> str:
+    """The model and scale a caption names: what was measured, at what size.
+
+    A result from older code that lacks a field still renders: its caption says so."""
+    try:
+        return (f"single parameters over {data['hyper']['steps']} steps; parameter groups of a "
+                f"{data['groups']['total_params']:,}-param transformer")
+    except (KeyError, IndexError, TypeError):
+        return "model size not recorded in this result"
+
+
 def summarize(data: dict) -> dict:
     hyper, tr, groups = data["hyper"], data["trajectories"], data["groups"]
     steps, nominal = hyper["steps"], hyper["lr"] * hyper["weight_decay"]
@@ -410,6 +421,7 @@ def summarize(data: dict) -> dict:
 
     total = groups["total_params"]
     return {
+        "scale_label": scale_label(data),
         "labels": {kind: LABELS[kind] for kind in data["one_step"]["zero_grad"]},
         "one_step": {case: summarize_one_step(rows, hyper) for case, rows in data["one_step"].items()},
         "trajectories": {
