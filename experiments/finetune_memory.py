@@ -429,7 +429,7 @@ def run(cfg: Config, device: str) -> dict:
 PHASES = ("forward", "backward", "optimizer")
 TERMS = ("params", "grads", "optimizer", "activations")
 TERM_LABELS = {"params": "weights", "grads": "gradients", "optimizer": "optimizer state",
-               "activations": "saved activations"}
+               "activations": "saved for backward (autocast's weight copies included)"}
 PHASE_LABELS = {"forward": "forward pass", "backward": "backward pass", "optimizer": "optimizer step"}
 KIND_LABELS = {"full": "full fine-tuning", "lora": "LoRA", "qlora": "QLoRA"}
 TARGET_LABELS = {"qv": "q, v", "all-linear": "all linear"}
@@ -496,7 +496,10 @@ def predict(data: dict, x: dict, offload: tuple[str, ...] = (), device: str | No
             "host_bytes": moved.get("host_bytes"), "pinned_host_bytes": moved.get("pinned_host_bytes"),
             "transfer_bytes_per_step": moved.get("transfer_bytes_per_step"),
             "transfer_s_per_step": moved.get("transfer_seconds_per_step"), "pcie_gb_s": moved.get("pcie_gb_s"),
-            "terms": {t: per_device.get(t) for t in TERMS},
+            # the measurement counts every tensor saved for backward, autocast's 16-bit weight copies among them
+            "terms": {**{t: per_device.get(t) for t in TERMS},
+                      "activations": per_device.get("activations", 0)
+                      + ((est.get("phases") or {}).get("backward") or {}).get("cast_saved_bytes", 0)},
             "trainable_params": est.get("trainable_parameters"),
             "peak_bytes": est.get("peak_bytes", per_device.get("total")),
             "per_device_total_bytes": per_device.get("total")}

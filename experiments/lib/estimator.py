@@ -465,7 +465,7 @@ def optimizer_bytes(optimizer: str, shapes: Sequence[Sequence[int]], state_elem_
 def layer_activation_terms(m: ModelShape, s: int, b: int, e: int, mask_bytes: int = 1,
                            routed: bool | None = None, attention: str = "sdpa", r: int | None = None,
                            cast: bool = False, math_sdpa: bool = False,
-                           saves: dict[str, int] | None = None) -> dict[str, int]:
+                           saves: dict[str, int] | None = None, mlp_e: int | None = None) -> dict[str, int]:
     """Bytes one transformer layer saves for backward (no checkpointing).
 
     Korthikanti et al. 2022, section 4.1, with 16-bit activations (e = 2),
@@ -540,7 +540,7 @@ def layer_activation_terms(m: ModelShape, s: int, b: int, e: int, mask_bytes: in
     drop = 1 if m.dropout else 0
     if routed is None:
         kinds = [k for k in (True, False) if (m.n_moe_layers if k else m.layers - m.n_moe_layers)]
-        return max((layer_activation_terms(m, s, b, e, mask_bytes, k, attention, r, cast, math_sdpa, saves)
+        return max((layer_activation_terms(m, s, b, e, mask_bytes, k, attention, r, cast, math_sdpa, saves, mlp_e)
                     for k in kinds),
                    key=lambda t: (sum(t.values()), t["router_bytes"]))
     moe = bool(routed and m.family in MOE_FAMILIES)
@@ -553,10 +553,12 @@ def layer_activation_terms(m: ModelShape, s: int, b: int, e: int, mask_bytes: in
         qkv_in, keep_o, keep_down = saves["qkv"], saves["o"], saves["down"]
         if not moe:
             mlp_in = saves["mlp_in"]
+    fz = saves is not None   # LoRA: the norms' weights are frozen
     if m.family in SANDWICH_FAMILIES:     # two more norms, before residual adds: no Linear reads them
-        norm = (norm_bytes(m, e, r, cast, qkv_in) + norm_bytes(m, e, r, cast, mlp_in) + 2 * norm_bytes(m, e, r, cast, 0)) * sbh
+        norm = (norm_bytes(m, e, r, cast, qkv_in, fz) + norm_bytes(m, e, r, cast, mlp_in, fz)
+                + 2 * norm_bytes(m, e, r, cast, 0, fz)) * sbh
     else:
-        norm = (norm_bytes(m, e, r, cast, qkv_in) + norm_bytes(m, e, r, cast, mlp_in)) * sbh
+        norm = (norm_bytes(m, e, r, cast, qkv_in, fz) + norm_bytes(m, e, r, cast, mlp_in, fz)) * sbh
     if m.family in QK_NORM_FAMILIES:  # over d, on the projections' outputs (dtype e): fp32 copy + normalised
         norm += (8 if m.family in GEMMA_NORM_FAMILIES else 4 + e) * sb * (a + kv) * d
     if attention == "sdpa" and math_sdpa and e < 4:
@@ -565,7 +567,13 @@ def layer_activation_terms(m: ModelShape, s: int, b: int, e: int, mask_bytes: in
     else:
         # Q (a heads), K, V (kv heads; eager: repeated to a heads), the attention output
         att = e * sb * d * (2 * a + 2 * (a if attention == "eager" else kv))
-    if not keep_o:   # the attention output, kept only by the output projection
+    if saves is not None and cast and keep_o:
+        # under autocast PEFT hands an adapter its input cast to the adapter's fp32 (``_cast_input_dtype``), and
+        # autocast casts that back to 16 bits for A's matmul: a 16-bit copy of the attention output of its own
+        att += e * sb * d * a
+    if not keep_o and (attention == "eager" or math_sdpa):
+        # eager's attention output is kept only by the output projection; a fused SDPA kernel keeps its output
+        # for its own backward either way
         att -= e * sb * d * a
     if m.family in FUSED_FAMILIES and attention == "sdpa":
         att += e * sb * d * (2 * a + kv)
@@ -577,9 +585,12 @@ def layer_activation_terms(m: ModelShape, s: int, b: int, e: int, mask_bytes: in
             mlp += 4 * e * T * m.shared_intermediate + e * T * (h + 1)
         router = 4 * T * m.experts + 4 * T + 41 * T * k
     else:
-        mlp = (4 if m.family in DECODERS else 2 - (1 - keep_down)) * e * sb * I
-        if m.family in DECODERS and not keep_down:   # the product, kept only by the down projection
-            mlp -= e * sb * I
+        if m.family in DECODERS:
+            # the gate's output, its activation, the up projection's output (in what the projections return:
+            # mlp_e), and the product, kept only by the down projection (a 16-bit cast of it under autocast)
+            mlp = 3 * (e if mlp_e is None else mlp_e) * sb * I + keep_down * e * sb * I
+        else:
+            mlp = (2 - (1 - keep_down)) * e * sb * I
         router = 0
     if attention == "sdpa" and math_sdpa:
         sm = 4 if e < 4 else e      # fp32 from 16-bit inputs; dropout's mask and output of its dtype
@@ -598,7 +609,7 @@ def layer_activation_terms(m: ModelShape, s: int, b: int, e: int, mask_bytes: in
     }
 
 
-def norm_bytes(m: ModelShape, e: int, r: int, cast: bool, readers: int) -> int:
+def norm_bytes(m: ModelShape, e: int, r: int, cast: bool, readers: int, frozen: bool = False) -> int:
     """Bytes one norm keeps per element of its input: its own saved tensors and its output as its readers keep it.
 
     * GPT-2's and BERT's LayerNorm (one fused kernel) keeps its input (r, the residual stream's dtype);
@@ -608,8 +619,12 @@ def norm_bytes(m: ModelShape, e: int, r: int, cast: bool, readers: int) -> int:
     Its output (r) is kept once by whatever reads it, unless nothing does (Gemma 2's norms before a residual
     add); under autocast each Linear that reads it keeps its own 16-bit copy (autocast casts activations per op;
     only the weights' casts are cached), ``readers`` x e: Q, K and V apart are three.
+    A frozen norm weight (LoRA) needs no gradient, so the RMSNorms keep only their fp32 input (the weight's
+    ``mul`` keeps the weight, not the normalised tensor); a LayerNorm keeps its input either way.
     """
-    if m.family in GEMMA_NORM_FAMILIES:
+    if m.family in DECODERS and frozen:
+        own = 4
+    elif m.family in GEMMA_NORM_FAMILIES:
         own = 8
     elif m.family in DECODERS:
         own = 4 + r
@@ -715,8 +730,12 @@ def activation_terms(m: ModelShape, setup: Setup, mask_bytes: int | None = None,
     t, sp = setup.tp, setup.sequence_parallel
     if mask_bytes is None:
         mask_bytes = dropout_mask_bytes(setup)
+    lora = setup.lora_rank > 0
+    # bitsandbytes' Linear4bit computes in bf16 and returns its output in its input's dtype (``Linear4bit.forward``:
+    # ``.to(inp_dtype)``): under autocast the quantised projections' outputs are fp32 (r)
+    mlp_e = r if setup.base_quant == "nf4" else None
     layer = layer_activation_terms(m, s, b, e, mask_bytes, attention=setup.attention, r=r, cast=cast,
-                                   math_sdpa=sdpa_math_path(m, setup), saves=linear_saves(m, setup))
+                                   math_sdpa=sdpa_math_path(m, setup), saves=linear_saves(m, setup), mlp_e=mlp_e)
     layer = {**layer, "scores_bytes": attention_scores_bytes(m, s, b, setup, layer),  # the attention implementation
              "mlp_bytes": layer["mlp_bytes"] + activation_function_extra_bytes(m, s, b, setup)
              + adapter_activation_bytes(m, setup, s, b)}
@@ -752,10 +771,15 @@ def activation_terms(m: ModelShape, setup: Setup, mask_bytes: int | None = None,
             # gelu_new, a detail of transformers' classes: applied to shapes read from a GPT-2 config.
             layers += b * s * s * r
     emb_mask = (1 if setup.device == "cuda" else r) if m.dropout else 0   # the embeddings' output is in r
-    indices = 8 * s * b * (2 + (1 if m.type_vocab else 0)) + (8 * s if m.positions else 0)
+    # the token ids the embedding keeps for its weight's gradient (none when frozen: LoRA), the loss's labels
+    indices = 8 * s * b * ((0 if lora else 1 + (1 if m.type_vocab else 0)) + 1) + (8 * s if m.positions and not lora else 0)
     rotary = 2 * s * m.d_head * r if m.family in DECODERS else 0
     hidden = emb_mask * s * b * h + (r * s * b * h if m.family == "bert" else 0)
-    head = norm_bytes(m, e, r, cast, 1) * s * b * h
+    head_readers = 0 if lora and "lm_head" not in setup.lora_targets else 1   # a frozen head keeps no input
+    head = norm_bytes(m, e, r, cast, head_readers, lora) * s * b * h
+    if lora and stage == 0:
+        # the frozen embeddings' output needs no gradient, so the first layer's first norm keeps nothing
+        layers -= norm_bytes(m, e, r, cast, 0, True) * s * b * h // (t if t > 1 and sp else 1)
     logits = 4 * s * b * m.vocab
     if m.logit_softcap:  # Gemma 2: tanh(logits / cap) * cap keeps the tanh output, e bytes per logit
         logits += e * s * b * m.vocab
