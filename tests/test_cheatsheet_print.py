@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from generator.site.formatting import bytes_, grouped
-
-from test_reader import primary_summary
+from generator.site.results import load_all, pick_primary
+from generator.site.summaries import summarize
 
 MM = 72 / 25.4  # PDF points per millimetre
 
@@ -30,6 +30,14 @@ def _page_text(pdf: Path, page: int, layout: bool = False) -> str:
 def _pages(pdf: Path) -> int:
     info = subprocess.run(["pdfinfo", str(pdf)], capture_output=True, text=True, check=True).stdout
     return int(re.search(r"^Pages:\s+(\d+)", info, re.M).group(1))
+
+
+@pytest.fixture(scope="module")
+def summaries(built_site: Path) -> dict:
+    """The summaries of the two experiments these checks read, from the results the sheet was built from."""
+    hosts = load_all(built_site.parent / "results")
+    runs = hosts[pick_primary(hosts, Path("/nonexistent"), None)].runs
+    return {n: summarize(n, runs[n].good["data"], n) for n in ("optimizer_state", "named_models")}
 
 
 @pytest.fixture(scope="module")
@@ -62,31 +70,31 @@ def test_one_amp_loop(sheet: dict) -> None:
     assert "scaler.unscale_(optimizer)" in text and "/ k" in text
 
 
-def test_page_one_says_where_and_at_what_scale(sheet: dict) -> None:
-    ref = primary_summary("optimizer_state")["scale_label"]
+def test_page_one_says_where_and_at_what_scale(sheet: dict, summaries: dict) -> None:
+    ref = summaries["optimizer_state"]["scale_label"]
     first = sheet["text"][0]
     assert "Measured on" in first and ref in first
     assert "time ratios were measured at this scale only" in first
 
 
-def test_page_one_carries_the_rules(sheet: dict) -> None:
+def test_page_one_carries_the_rules(sheet: dict, summaries: dict) -> None:
     first = sheet["text"][0]
     for heading in ("Update rules", "Gradient accumulation and the AMP loop", "Bytes per parameter",
                     "The peak rule", "Activations per layer", "Checkpointing", "Number formats"):
         assert heading in first, heading
-    regimes = primary_summary("optimizer_state")["precision"]
+    regimes = summaries["optimizer_state"]["precision"]
     assert "amp-autocast" in first and "mixed-master" in first and "pure-bf16" in first
     assert f"{regimes['mixed-master']['total_bytes_per_param']:.1f}" in first
 
 
-def test_page_two_carries_the_sizing(sheet: dict) -> None:
+def test_page_two_carries_the_sizing(sheet: dict, summaries: dict) -> None:
     second = sheet["text"][1]
     assert "When to use what" in second and "when it is the right choice" in second
     for technique in ("gradient accumulation", "selective checkpointing", "full checkpointing", "autocast (bf16)",
                       "master weights", "8-bit optimizer state", "ZeRO-1", "ZeRO-2", "ZeRO-3", "activation offload",
                       "LoRA"):
         assert technique in second, technique
-    n = primary_summary("named_models")
+    n = summaries["named_models"]
     assert "Will it fit?" in second and bytes_(n["models"]["llama-2-7b"]["setups"]["zero3"]["peak_bytes"]) in second
     rows = _page_text(sheet["pdf"], 2, layout=True)
     for g in n["gpus"]:  # card capacities as the driver reports them, and what is left after the context
