@@ -197,7 +197,7 @@
 
   // ---- beyond data parallel, fine-tuning, offload (estimator.py: SCHEDULES ... PCIE_SOURCE; a test compares
   // these constants with the Python ones) --------------------------------------------------------------------
-  const SCHEDULES = ["1f1b", "interleaved"];
+  const SCHEDULES = ["1f1b", "interleaved", "gpipe"];
   const ROW_PARALLEL = ["o_proj", "c_proj", "down_proj", "attention.output.dense", "output.dense"];
   const REPLICATED = ["mlp.gate.weight", "shared_expert_gate"];
   const NORM_NAMES = ["norm", "ln_", "LayerNorm"];
@@ -250,7 +250,7 @@
       let split = shape;
       if (name.includes(".experts.")) split = [cdiv(shape[0], setup.ep)].concat(shape.slice(1));
       if (t > 1 && shape.length >= 1 && !isNorm(name) && !REPLICATED.some((k) => name.includes(k))
-          && !name.includes("position") && !name.includes("token_type")) {
+          && !name.includes("position") && !name.includes("wpe") && !name.includes("token_type")) {
         const row = ROW_PARALLEL.some((k) => name.includes(`${k}.`));
         if (split.length === 1) {
           if (!row) split = [cdiv(split[0], t)];
@@ -468,8 +468,8 @@
     return (e + 2n * t) * s * b * big(dFF(m));
   }
 
-  // estimator.activation_terms (the same keys)
-  function activationTerms(m, setup) {
+  // estimator.activation_terms (the same keys), for one pipeline stage
+  function activationTerms(m, setup, stage = 0) {
     const lay = D.precisions[setup.precision];
     const e = big(lay.activations), r = lay.cast ? 4n : e, cast = !!lay.cast;
     // context parallelism: s / cp tokens a rank
@@ -486,7 +486,7 @@
     const perLayer = t.norm + t.attention + t.scores + t.mlp + t.router + t.masks;
     let smaller = smallerLayersBytes(m, s, b, e, mask, r, cast);  // a MoE model's other layer kind
     if (tp > 1n) smaller = ceilDiv(smaller, tp);
-    const [first, end] = stageLayers(m.layers, setup.pp, 0);   // the first pipeline stage's layers
+    const [first, end] = stageLayers(m.layers, setup.pp, stage);   // the pipeline stage's layers
     const nLayers = end - first;
     if (nLayers !== m.layers) smaller = (smaller * big(nLayers)) / big(m.layers);
     const L = big(nLayers);
@@ -516,13 +516,27 @@
       layerInput = ceilDiv(layerInput, tp);
       if (setup.checkpointing === "full") layers = ceilDiv(layers - recompute, tp) + recompute;
     }
-    if (setup.pp > 1) {
+    const pp = setup.pp, v = setup.virtual_stages, mb = setup.microbatches;
+    if (pp > 1 && stage === pp - 1) {
+      // the last stage holds the head and the loss: one micro-batch in flight under 1F1B, all under GPipe, the
+      // interleaved schedule's warm-up plus one
+      let num = 1, den = 1;
+      if (setup.schedule === "gpipe") num = mb;
+      else if (setup.schedule === "interleaved") [num, den] = [Math.min(1 + (v - 1) * pp, mb * v), v];
+      const labels = 8n * s * b;   // the labels the loss keeps
+      const stored = ceilDiv((layers - recompute + head + logits + labels) * big(num), big(den)) + recompute;
+      return { layers_bytes: stored - head - logits - labels, embedding_bytes: labels, head_bytes: head,
+               logits_bytes: logits, per_layer_bytes: perLayer, recompute_bytes: recompute,
+               layer_input_bytes: layerInput, inflight_microbatches: num / den, stage_layers: nLayers,
+               total_bytes: stored };
+    }
+    if (pp > 1) {
       // the first stage holds the most micro-batches in flight: pp under 1F1B, more under the interleaved
-      // schedule, never more than there are; the head and loss sit on the last stage
-      const pp = setup.pp, v = setup.virtual_stages;
-      const [num, den] = setup.schedule === "interleaved"
-        ? [Math.min(pp * pp * v + pp * (pp - 1), setup.microbatches * pp * v), pp * v]
-        : [Math.min(pp, setup.microbatches), 1];
+      // schedule, never more than there are; every one under GPipe
+      let num, den;
+      if (setup.schedule === "gpipe") [num, den] = [mb, 1];
+      else if (setup.schedule === "interleaved") [num, den] = [Math.min(pp * pp * v + pp * (pp - 1), mb * pp * v), pp * v];
+      else [num, den] = [Math.min(pp, mb), 1];
       const stored = ceilDiv((layers - recompute + embedding) * big(num), big(den)) + recompute;
       return { layers_bytes: stored - embedding, embedding_bytes: embedding, head_bytes: 0n, logits_bytes: 0n,
                per_layer_bytes: perLayer, recompute_bytes: recompute, layer_input_bytes: layerInput,
@@ -551,10 +565,10 @@
     return [cached, saved];
   }
 
-  // estimator.rank_summary: one rank of the first pipeline stage, what phases needs
-  function rankSummary(m, setup) {
-    const tensors = rankTensors(m, setup, 0);
-    const [first, end] = stageLayers(m.layers, setup.pp, 0);
+  // estimator.rank_summary: one rank of a pipeline stage, what phases needs
+  function rankSummary(m, setup, stage) {
+    const tensors = rankTensors(m, setup, stage);
+    const [first, end] = stageLayers(m.layers, setup.pp, stage);
     const count = (pred) => tensors.reduce((acc, [n, x, k]) => (pred(n, x, k) ? acc + numel(x) : acc), 0n);
     const inLayer = (name) => layerOf(name) === first;
     const trainable = (kind) => kind !== "base";
@@ -566,10 +580,12 @@
       if (nf4 && kind === "base" && quantised(name, x)) return false;  // bitsandbytes dequantises on its own
       return true;
     }
+    // the adapters of the whole model, as PEFT counts its trainable parameters; or every parameter
     const whole = Object.assign({}, setup, { tp: 1, pp: 1, ep: 1, sequence_parallel: false });
-    const allTrain = rankTensors(m, whole, 0).reduce((acc, [, x, k]) => (k !== "base" ? acc + numel(x) : acc), 0n);
+    const allTrain = setup.lora_rank
+      ? rankTensors(m, whole, 0).reduce((acc, [, x, k]) => (k !== "base" ? acc + numel(x) : acc), 0n) : countOf(m);
     return {
-      tensors, stage: 0, stage_layers: end - first, head: setup.pp === 1, lora: setup.lora_rank > 0,
+      tensors, stage, stage_layers: end - first, head: stage === setup.pp - 1, lora: setup.lora_rank > 0,
       trainable: count((n, x, k) => trainable(k)), trainable_total: allTrain,
       layer: setup.lora_rank ? count((n, x, k) => inLayer(n) && trainable(k)) : count((n) => inLayer(n)),
       root: count((n, x, k) => layerOf(n) === null && (trainable(k) || !setup.lora_rank)),
@@ -586,6 +602,9 @@
     let n = shapes.reduce((acc, x) => acc + numel(x), 0n);
     const P = per.params, G = per.grads, O = per.optimizer;
     const kept = setup.set_to_none ? 0n : G;
+    // gradient accumulation (and a pipeline's micro-batches): from the second micro-batch on, the gradients of
+    // the ones before are live through its forward and backward
+    const accumulated = !setup.set_to_none || setup.microbatches > 1 ? G : 0n;
     let ddp = z < 2 && setup.gpus > 1 ? n * big(lay.grads) : 0n;
     const one = countOf(Object.assign({}, m, { layers: 1 }));
     let layer = countOf(Object.assign({}, m, { layers: 2 })) - one, root = one - layer;
@@ -625,13 +644,13 @@
     const rootGrad = z >= 2 ? root * unitGrad : 0n;
     const reduce = z >= 2 ? layer * unitGrad + (layer + root) * big(lay.reduce || lay.grads) : 0n;
     const allGrads = n * big(lay.grads);
-    const firstGrads = !setup.set_to_none ? G : (root * unitGrad < allGrads ? root * unitGrad : allGrads);
-    const fwd = { params: P, grads: kept, optimizer: O, cast_weights: cast, activations: act, logits,
+    const firstGrads = accumulated ? G : (root * unitGrad < allGrads ? root * unitGrad : allGrads);
+    const fwd = { params: P, grads: accumulated, optimizer: O, cast_weights: cast, activations: act, logits,
                   ddp_buckets: ddp, gathered_params: gather };
-    const early = { params: P, optimizer: O, cast_weights: castSaved, activations: act, grads: 0n,
+    const early = { params: P, optimizer: O, cast_weights: castSaved, activations: act, grads: accumulated,
                     loss_temporaries: 0n, working_set: 0n, ddp_buckets: ddp, gathered_params: gather,
                     reduce_buffers: reduce };
-    if (lossTmp >= recompute - logprobs + firstGrads + working) early.loss_temporaries = lossTmp;
+    if (lossTmp >= recompute - logprobs + (firstGrads - accumulated) + working) early.loss_temporaries = lossTmp;
     else {
       early.activations = act - logprobs + recompute;
       early.grads = firstGrads;
@@ -800,35 +819,44 @@
     const shapes = tensorShapes(m);
     const n = shapes.reduce((acc, s) => acc + numel(s), 0n);
     const sharded = setup.tp > 1 || setup.pp > 1 || setup.ep > 1 || setup.lora_rank > 0;
-    let full, per, trainShapes, rank = null, trainable = n;
-    if (sharded) {
-      rank = rankSummary(m, setup);
-      if (setup.lora_rank) [full, per] = finetuneStateBytes(rank.tensors, setup);
-      else {
-        const held = rank.tensors.map(([, x]) => x), count = held.reduce((acc, x) => acc + numel(x), 0n);
-        full = { params: count * big(lay.weights), grads: count * big(lay.grads),
-                 optimizer: optimizerBytes(setup.optimizer, held, big(lay.state)) + count * big(lay.master) };
+    function oneRank(stage) {
+      let full, per, trainShapes, rank = null;
+      if (sharded) {
+        rank = rankSummary(m, setup, stage);
+        if (setup.lora_rank) [full, per] = finetuneStateBytes(rank.tensors, setup);
+        else {
+          const held = rank.tensors.map(([, x]) => x), count = held.reduce((acc, x) => acc + numel(x), 0n);
+          full = { params: count * big(lay.weights), grads: count * big(lay.grads),
+                   optimizer: optimizerBytes(setup.optimizer, held, big(lay.state)) + count * big(lay.master) };
+          per = zeroSplit(full, setup);
+        }
+        trainShapes = rank.tensors.filter(([, , kind]) => kind !== "base").map(([, x]) => x);
+      } else {
+        full = { params: n * big(lay.weights), grads: n * big(lay.grads),
+                 optimizer: optimizerBytes(setup.optimizer, shapes, big(lay.state)) + n * big(lay.master) };
         per = zeroSplit(full, setup);
+        trainShapes = shapes;
       }
-      trainShapes = rank.tensors.filter(([, , kind]) => kind !== "base").map(([, x]) => x);
-      trainable = rank.trainable_total;
-    } else {
-      full = { params: n * big(lay.weights), grads: n * big(lay.grads),
-               optimizer: optimizerBytes(setup.optimizer, shapes, big(lay.state)) + n * big(lay.master) };
-      per = zeroSplit(full, setup);
-      trainShapes = shapes;
+      const acts = activationTerms(m, setup, stage);
+      per.activations = acts.total_bytes;
+      per.total = per.params + per.grads + per.optimizer + per.activations;
+      const ph = phases(m, setup, trainShapes, per, acts, rank);
+      const offload = setup.offload.length ? offloadTerms(setup, per, ph.terms, acts, rank) : null;
+      if (offload) ph.terms = offload.terms;
+      ph.totals = {};
+      for (const [k, v] of Object.entries(ph.terms)) ph.totals[k] = sum(v);
+      let peakPhase = "forward";
+      for (const k of Object.keys(ph.totals)) if (ph.totals[k] > ph.totals[peakPhase]) peakPhase = k;
+      return { peak: ph.totals[peakPhase], peakPhase, ph, per, acts, rank, offload };
     }
-    const acts = activationTerms(m, setup);
-    per.activations = acts.total_bytes;
-    per.total = per.params + per.grads + per.optimizer + per.activations;
-    const ph = phases(m, setup, trainShapes, per, acts, rank);
-    const offload = setup.offload.length ? offloadTerms(setup, per, ph.terms, acts, rank) : null;
-    if (offload) ph.terms = offload.terms;
-    ph.totals = {};
-    for (const [k, v] of Object.entries(ph.terms)) ph.totals[k] = sum(v);
-    let peakPhase = "forward";
-    for (const k of Object.keys(ph.totals)) if (ph.totals[k] > ph.totals[peakPhase]) peakPhase = k;
-    const peak = ph.totals[peakPhase];
+    // the most loaded rank: under pipeline parallelism the first stage or the last, whichever peaks higher
+    let best = oneRank(0);
+    if (setup.pp > 1) {
+      const last = oneRank(setup.pp - 1);
+      if (last.peak > best.peak) best = last;
+    }
+    const { peak, peakPhase, ph, per, acts, rank, offload } = best;
+    const trainable = sharded ? rank.trainable_total : n;
     const headroom = setup.context_bytes !== null ? big(setup.context_bytes)
       : (setup.device === "cuda" ? big(D.cuda_context_bytes) : 0n);
     const fits = D.gpus.map((gpu) => {
