@@ -501,7 +501,7 @@ def predict(data: dict, x: dict, offload: tuple[str, ...] = (), device: str | No
                       "activations": per_device.get("activations", 0)
                       + ((est.get("phases") or {}).get("backward") or {}).get("cast_saved_bytes", 0)},
             "trainable_params": est.get("trainable_parameters"),
-            "peak_bytes": est.get("peak_bytes", per_device.get("total")),
+            "peak_bytes": est.get("peak_bytes", per_device.get("total")), "peak_phase": est.get("peak_phase"),
             "per_device_total_bytes": per_device.get("total")}
 
 
@@ -611,6 +611,8 @@ def _offload(data: dict, full: dict | None) -> dict:
             p = predict(data, full, offload, device="cuda")
             out["estimates"][name] = {"label": OFFLOAD_LABELS[name], "predicted": p["available"],
                                       "reason": p["reason"], "peak_bytes": p.get("peak_bytes"),
+                                      "peak_phase_label": PHASE_LABELS.get(p.get("peak_phase"), p.get("peak_phase"))
+                                      or "—",
                                       "host_bytes": p.get("host_bytes"), "pinned_host_bytes": p.get("pinned_host_bytes"),
                                       "transfer_bytes_per_step": p.get("transfer_bytes_per_step"),
                                       "transfer_ms_per_step": None if p.get("transfer_s_per_step") is None
