@@ -62,6 +62,8 @@ def test_every_table_and_figure_names_host_and_scale(built_site: Path, primary: 
     tables, figures = TABLE.findall(article), FIGURE.findall(article)
     assert tables or figures, f"{chapter}: no table or figure found (did the page change its markup?)"
     assert len(tables) == article.count("<table>"), f"{chapter}: a table the check did not parse"
+    leaked = [_text(p) for p in re.findall(r"<p>(.*?)</p>", article, re.S) if _text(p).endswith(" |")]
+    assert not leaked, f"{chapter}: a table row printed as text (a line break inside a row?): {leaked[0][:120]!r}"
     for i, (body, caption, kind, text) in enumerate(tables):
         head = _text(body.split("</tr>")[0])[:80]
         assert caption, f"{chapter}: table {i} ({head}) has no caption right after it"
