@@ -239,7 +239,8 @@ def summarize(data: dict) -> dict:
             (out.get(name) or hand[name])["peak_ratio_vs_eager"] = \
                 row["cuda_max_allocated_bytes"] / eager["cuda_max_allocated_bytes"]
     return {"scale_label": scale_label(data), "budgets": out, "hand_picked": hand, "middle_key": middle,
-            "middle": out[middle], "cuda": cuda, "eager_time_half_iqr_ms": eager["time"]["iqr_ms"] / 2,
+            "middle": {**out[middle], "max_abs_grad_diff_vs_eager": b[middle]["max_abs_grad_diff_vs_eager"]},
+            "cuda": cuda, "eager_time_half_iqr_ms": eager["time"]["iqr_ms"] / 2,
             "default_saves_less_than_eager": hi < eager["saved_bytes"],
             "all_within_promise": all(r["within_promise"] for r in out.values()),
             "max_grad_diff": max(r["max_abs_grad_diff_vs_eager"] for r in b.values())}

@@ -114,7 +114,8 @@ ROWS: list[dict[str, Any]] = [
     {"technique": "compile with an activation-memory budget", "experiments": ["sac_budget"],
      "saves": "saved bytes {summary.sac_budget.middle.saved_ratio_vs_eager|ratio} of eager ({summary.sac_budget.middle.label|text})",
      "costs": "time {summary.sac_budget.middle.time_ratio_vs_eager|ratio} here (recomputation)",
-     "changes": "nothing (the same graph, recomputed)",
+     "changes": "the same training: largest gradient difference from eager "
+                "{summary.sac_budget.middle.max_abs_grad_diff_vs_eager|sci}",
      "when": "before writing a checkpointing policy by hand"},
     {"technique": "LoRA", "experiments": ["finetune_memory"],
      "saves": "peak {summary.finetune_memory.lora_peak_min_ratio|ratio}–{summary.finetune_memory.lora_peak_max_ratio|ratio} "
