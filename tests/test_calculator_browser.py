@@ -174,6 +174,15 @@ VECTORS = [
           **{**D, "tp": 2, "pp": 2, "microbatches": 1, "lora_rank": 8, "lora_targets": "c_attn,c_fc"})),
     ("bert-base", dict(optimizer="adamw", precision="fp16-mixed", batch=8, seq=512, checkpointing="none", zero=0,
                        gpus=1, **{**D, "lora_rank": 8, "lora_targets": "query,value", "offload": "optimizer"})),
+    # LoRA's default targets under eager attention (the attention output dropped with o_proj frozen), and under
+    # tensor + sequence parallel (the first layer's frozen norm split along the sequence)
+    ({"family": "llama", "hidden": 512, "layers": 4, "heads": 8, "kv_heads": 4, "intermediate": 1376,
+      "vocab": 32000, "untied": True},
+     dict(optimizer="adamw", precision="fp16-mixed", batch=2, seq=1024, checkpointing="none", zero=0, gpus=1,
+          **{**D, "attention": "eager", "lora_rank": 16})),
+    ("llama-3-8b", dict(optimizer="adamw", precision="bf16-mixed", batch=1, seq=8192, checkpointing="selective",
+                        zero=0, gpus=1, **{**D, "tp": 4, "sequence_parallel": True, "lora_rank": 32,
+                                           "lora_targets": "q_proj,k_proj,v_proj,o_proj,down_proj"})),
     ({"family": "phi3", "hidden": 768, "layers": 2, "heads": 12, "kv_heads": 4, "intermediate": 2048,
       "vocab": 32064, "untied": True},
      dict(optimizer="sgd", precision="bf16-mixed", batch=2, seq=1024, checkpointing="full", zero=0, gpus=1,

@@ -357,21 +357,25 @@
   }
 
   // estimator.norm_bytes: what one norm keeps per element of its input, its own tensors and its output as its
-  // readers keep it (r: the residual stream's dtype; under autocast each Linear reading it keeps its own e copy)
-  function normBytes(m, e, r, cast, readers) {
-    const own = GEMMA_NORM_FAMILIES.includes(m.family) ? 8n : DECODERS.includes(m.family) ? 4n + r : r;
+  // readers keep it (r: the residual stream's dtype; under autocast each Linear reading it keeps its own e copy);
+  // a frozen RMSNorm (LoRA) keeps only its fp32 input
+  function normBytes(m, e, r, cast, readers, frozen = false) {
+    let own;
+    if (DECODERS.includes(m.family) && frozen) own = 4n;
+    else own = GEMMA_NORM_FAMILIES.includes(m.family) ? 8n : DECODERS.includes(m.family) ? 4n + r : r;
     return own + (readers === 0n ? 0n : cast ? readers * e : r);
   }
 
   // One layer's saved bytes (estimator.layer_activation_terms): routed picks a MoE or a dense layer; undefined,
   // the larger of the model's kinds. r: the residual stream's bytes; cast: autocast; mathSdpa: SDPA's math path;
-  // saves: under LoRA, which Linear layers keep their input (linearSaves).
+  // saves: under LoRA, which Linear layers keep their input (linearSaves); mlpE: the bytes of what the MLP's
+  // projections return (null: e).
   function layerTerms(m, s, b, e, mask, routed, attention = "sdpa", r = e, cast = false, mathSdpa = false,
-                      saves = null) {
+                      saves = null, mlpE = null) {
     if (routed === undefined) {
       const nMoe = nMoeLayers(m);
       const kinds = [true, false].filter((k) => (k ? nMoe : m.layers - nMoe) > 0);
-      const all = kinds.map((k) => layerTerms(m, s, b, e, mask, k, attention, r, cast, mathSdpa, saves));
+      const all = kinds.map((k) => layerTerms(m, s, b, e, mask, k, attention, r, cast, mathSdpa, saves, mlpE));
       const size = (t) => Object.values(t).reduce((x, y) => x + y, 0n);
       return all.reduce((best, t) => (size(t) > size(best) || (size(t) === size(best) && t.router > best.router)
         ? t : best));
@@ -392,8 +396,9 @@
       keepDown = saves.down;
       if (!moe) mlpIn = big(saves.mlp_in);
     }
-    let norm = normBytes(m, e, r, cast, qkvIn) + normBytes(m, e, r, cast, mlpIn);
-    if (SANDWICH_FAMILIES.includes(m.family)) norm += 2n * normBytes(m, e, r, cast, 0n);  // before residual adds
+    const fz = saves !== null;   // LoRA: the norms' weights are frozen
+    let norm = normBytes(m, e, r, cast, qkvIn, fz) + normBytes(m, e, r, cast, mlpIn, fz);
+    if (SANDWICH_FAMILIES.includes(m.family)) norm += 2n * normBytes(m, e, r, cast, 0n, fz);  // before residual adds
     norm *= sbh;
     if (QK_NORM_FAMILIES.includes(m.family)) {
       norm += (GEMMA_NORM_FAMILIES.includes(m.family) ? 8n : 4n + e) * sb * (a + kv) * d;
@@ -405,7 +410,10 @@
       // Q, K, V (eager: K and V repeated to every head), the attention output
       att = e * sb * d * (2n * a + 2n * (attention === "eager" ? a : kv));
     }
-    if (!keepO) att -= e * sb * d * a;   // the attention output, kept only by the output projection
+    // under autocast PEFT hands an adapter its input in fp32 and autocast casts it back: a 16-bit copy of its own
+    if (saves !== null && cast && keepO) att += e * sb * d * a;
+    // eager's attention output is kept only by the output projection; a fused SDPA kernel keeps it either way
+    if (!keepO && (attention === "eager" || mathSdpa)) att -= e * sb * d * a;
     if (fused && attention === "sdpa") att += e * sb * d * (2n * a + kv);  // Phi-3's fused qkv buffer
     let mlp, router;
     if (moe) {
@@ -415,8 +423,10 @@
       if (m.family === "qwen2_moe") mlp += 4n * e * sb * big(m.shared_intermediate) + e * sb * (h + 1n);
       router = 4n * sb * big(m.experts) + 4n * sb + 41n * sb * k;
     } else {
-      mlp = (DECODERS.includes(m.family) ? 4n : 2n - big(1 - keepDown)) * e * sb * I;
-      if (DECODERS.includes(m.family) && !keepDown) mlp -= e * sb * I;   // the product, kept by down_proj only
+      // decoders: the gate's output, its activation, the up projection's output (mlpE), and the product, kept
+      // only by the down projection
+      if (DECODERS.includes(m.family)) mlp = 3n * (mlpE === null ? e : mlpE) * sb * I + big(keepDown) * e * sb * I;
+      else mlp = (2n - big(1 - keepDown)) * e * sb * I;
       router = 0n;
     }
     let scores;
@@ -475,8 +485,11 @@
     // context parallelism: s / cp tokens a rank
     const s = ceilDiv(big(setup.seq), big(setup.cp)), b = big(setup.batch), h = big(m.hidden), mask = maskBytes(setup);
     const tp = big(setup.tp), sp = setup.sequence_parallel;
+    const lora = setup.lora_rank > 0;
+    // bitsandbytes' Linear4bit returns its input's dtype: under autocast the quantised projections' outputs are r
+    const mlpE = setup.base_quant === "nf4" ? r : null;
     const t = layerTerms(m, s, b, e, mask, undefined, setup.attention, r, cast, sdpaMathPath(m, setup),
-                         linearSaves(m, setup));
+                         linearSaves(m, setup), mlpE);
     t.scores = scoresBytes(m, s, b, setup, t);
     t.mlp += activationExtra(m, s, b, setup) + adapterActivationBytes(m, setup, s, b);
     if (tp > 1n) {  // tensor parallelism splits what lies between the column- and row-parallel projections
@@ -500,10 +513,14 @@
       if (m.family === "gpt2" && setup.attention === "eager" && m.hidden_act === "gelu_new") layers += b * s * s * r;
     }
     const embMask = m.dropout ? (setup.device === "cuda" ? 1n : r) : 0n;
-    const indices = 8n * s * b * (2n + (m.type_vocab ? 1n : 0n)) + (m.positions ? 8n * s : 0n);
+    // the token ids the embedding keeps for its weight's gradient (none when frozen: LoRA), the loss's labels
+    const indices = 8n * s * b * ((lora ? 0n : 1n + (m.type_vocab ? 1n : 0n)) + 1n) + (m.positions && !lora ? 8n * s : 0n);
     const rotary = DECODERS.includes(m.family) ? 2n * s * big(dHead(m)) * r : 0n;
     let hidden = embMask * s * b * h + (m.family === "bert" ? r * s * b * h : 0n);
-    let head = normBytes(m, e, r, cast, 1n) * s * b * h;
+    const headReaders = lora && !setup.lora_targets.includes("lm_head") ? 0n : 1n;   // a frozen head keeps no input
+    let head = normBytes(m, e, r, cast, headReaders, lora) * s * b * h;
+    // the frozen embeddings' output needs no gradient, so the first layer's first norm keeps nothing
+    if (lora && stage === 0) layers -= (normBytes(m, e, r, cast, 0n, true) * s * b * h) / (tp > 1n && sp ? tp : 1n);
     let logits = 4n * s * b * big(m.vocab);
     if (m.logit_softcap) logits += e * s * b * big(m.vocab);  // Gemma 2: the tanh of the soft-capping
     if (tp > 1n) {  // the vocabulary-parallel head and loss split the logits; sequence parallelism the rest
