@@ -979,7 +979,9 @@
       trainable.textContent = grouped(res.trainable);
       const rank = $("hb-out-rank");
       rank.dataset.json = res.rank ? strings(res.rank) : "null";
-      rank.textContent = res.rank ? `pipeline stage ${res.rank.stage} of ${setup.pp}, ${res.rank.stage_layers} layers, `
+      const stage = setup.pp === 1 ? "the whole depth" : `pipeline stage ${res.rank.stage}`
+        + ` (the ${res.rank.stage === 0 ? "first" : "last"} of ${setup.pp}, the more loaded)`;
+      rank.textContent = res.rank ? `${stage}, ${res.rank.stage_layers} layers, `
         + `${grouped(res.rank.parameters_held)} parameters held, ${grouped(res.rank.trainable)} of them trained`
         : "the whole model on every device";
       const off = $("hb-out-offload");
