@@ -329,11 +329,27 @@ def pytest_configure(config) -> None:
         import tempfile
 
         os.environ[SHARED] = tempfile.mkdtemp(prefix="handbook-tests-")
+        keep_bytecode()
         if any((REPO / "results").glob("*/*.json")):
             _start_background_site(config)
+        if hasattr(config.option, "loadscopereorder"):  # xdist: hand out files in the workers' order (below)
+            config.option.loadscopereorder = False
     config.addinivalue_line("markers", "fast: the fast tier (make test-fast): formulas, runner, site on canned results")
     config.addinivalue_line("markers", f"cuda: tests that skip without CUDA (reason '{NEEDS_CUDA}...'); the GPU plan "
                                        f"runs them on the GPU host with pytest -m cuda")
+
+
+def keep_bytecode() -> None:
+    """Let this run, its workers and their subprocesses write Python's bytecode cache (``__pycache__``).
+
+    Where PYTHONDONTWRITEBYTECODE is set (some sandboxes set it), every worker rewrote the assertions of
+    every test file and of the pytest plugins' packages (hypothesis: about 170 modules) from source on
+    every run, and every subprocess that imports the experiments compiled them again: 6 s of CPU per
+    worker's collection here, 3 s with the cache. ``__pycache__`` is ignored by git, by the cache key
+    (``generator/fingerprint.py`` hashes syntax trees) and by the build's fingerprint.
+    """
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    sys.dont_write_bytecode = False
 
 
 def pytest_unconfigure(config) -> None:
@@ -359,6 +375,39 @@ def pytest_collection_modifyitems(config, items) -> None:
             item.add_marker(pytest.mark.fast)
         if needs_cuda(item):
             item.add_marker(pytest.mark.cuda)
+    if hasattr(config, "workerinput"):
+        longest_files_first(items, FILE_SECONDS)
+
+
+# ------------------------------------------------------------------------------------------- scheduling
+# `make test` runs on two workers (pytest-xdist, --dist loadfile: a whole file per worker). xdist hands out
+# files by their number of tests, most first, so a long file of one or a few tests (test_serve.py,
+# test_exp_sharding.py) started last and ran alone at the end while the other worker idled. Here the
+# workers collect the files longest first (each file's tests in their own order) and xdist keeps that order
+# (pytest_configure turns its reordering off), so the last files to start are short ones.
+# A file's seconds: what a worker spent on it in a run of the whole suite on the 2-core host (a quiet
+# moment; the larger of its wall and CPU time, per-test getrusage, rounded). They include the test-profile
+# runs a file is the first to ask for. test_reader.py needs the real site that builds in the background
+# from the start; it is listed below its 13 s so that it starts after the longest files, when the site
+# is there. A file not listed counts UNLISTED_FILE_S: list a new file when it takes more than a few seconds.
+FILE_SECONDS = {
+    "test_experiment_contract.py": 30, "test_faults.py": 16, "test_serve.py": 12, "test_runner.py": 10,
+    "test_calculator_browser.py": 7.5, "test_exp_sharding.py": 7, "test_reader.py": 6, "test_gpu_plan.py": 5,
+    "test_model_families.py": 4.5, "test_page_beyond_checkpointing.py": 3, "test_page_activations_precision.py": 3,
+    "test_site.py": 3, "test_exp_hardware.py": 3, "test_errors.py": 2.3, "test_page_optimizer_semantics.py": 2.2,
+    "test_exp_estimator_validation.py": 2, "test_exp_memory_timeline.py": 1.6, "test_artifacts.py": 1.6,
+    "test_properties.py": 1.3,
+}
+UNLISTED_FILE_S = 1.0
+
+
+def longest_files_first(items: list, seconds: dict[str, float]) -> None:
+    """Reorder ``items`` in place: whole files, longest first; ties (and unknown files) keep collection order."""
+    first: dict[str, int] = {}
+    for i, item in enumerate(items):
+        first.setdefault(Path(str(item.fspath)).name, i)
+    items.sort(key=lambda item: (-seconds.get(Path(str(item.fspath)).name, UNLISTED_FILE_S),
+                                 first[Path(str(item.fspath)).name]))
 
 
 _TEST_PROFILE_DATA: dict[str, str] = {}

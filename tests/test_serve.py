@@ -34,7 +34,7 @@ def wait_for(predicate, timeout_s: float, what: str):
         value = predicate()
         if value:
             return value
-        time.sleep(1)
+        time.sleep(0.2)  # a fetch of the local page costs milliseconds; a 1 s poll added up to 2 s to the test
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
