@@ -133,3 +133,10 @@ def test_bad_parallel_input_is_one_line(args: list[str], field: str, capsys) -> 
     assert out.out == ""
     lines = out.err.strip().splitlines()
     assert len(lines) == 1 and field in lines[0], out.err
+
+
+def test_model_parallel_estimates_say_they_may_be_low() -> None:
+    m = BUILTIN["llama-2-7b"]
+    assert estimator.MODEL_PARALLEL_NOTE in estimator.estimate(estimator.Setup(tp=2), shape=m)["notes"]
+    assert estimator.MODEL_PARALLEL_NOTE in estimator.estimate(estimator.Setup(pp=2), shape=m)["notes"]
+    assert estimator.MODEL_PARALLEL_NOTE not in estimator.estimate(estimator.Setup(zero=3, gpus=8), shape=m)["notes"]

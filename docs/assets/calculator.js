@@ -1018,7 +1018,8 @@
       head.textContent = setup.context_bytes !== null ? `${gib(res.headroom)} (given)`
         : (res.headroom ? `${gib(res.headroom)} (pytorch/pytorch issue #34323)` : "none (sized for a CPU)");
       const note = D.precision_notes[setup.precision];
-      $("hb-note").textContent = note ? `Note: ${note}.` : "";
+      const parallel = Math.max(setup.tp, setup.pp, setup.cp, setup.ep) > 1 ? D.model_parallel_note : "";
+      $("hb-note").textContent = [note, parallel].filter((x) => x).map((x) => `Note: ${x}.`).join(" ");
       const list = $("hb-fits");
       list.replaceChildren();
       for (const f of res.fits) {

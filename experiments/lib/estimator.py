@@ -157,6 +157,11 @@ CUDA_CONTEXT_SOURCE = "pytorch/pytorch issue #34323 (781 MiB after CUDA initiali
 # parallelism splits the sequence across ``cp`` ranks (ring attention; Liu et al. 2023): every per-token tensor is
 # s / cp long, the weights are whole.
 SCHEDULES = ("1f1b", "interleaved", "gpipe")
+# What the model-parallel estimate follows and what it leaves out (the parallelism chapter measures both)
+MODEL_PARALLEL_NOTE = ("model parallelism follows Megatron-LM's rules; the peak may be low: it leaves out the "
+                       "point-to-point and collective buffers, and torch's own tensor-parallel plan keeps more (an "
+                       "all-gathered input under sequence parallelism, a full-size gradient of a vocabulary-split "
+                       "embedding): see the parallelism chapter's measured per-rank peaks")
 ROW_PARALLEL = ("o_proj", "c_proj", "down_proj", "attention.output.dense", "output.dense")
 REPLICATED = ("mlp.gate.weight", "shared_expert_gate")   # MoE routers: every rank routes its tokens
 # LoRA (Hu et al. 2021): r x (in + out) adapter weights beside each targeted Linear, A (r, in) and B (out, r).
@@ -1149,7 +1154,8 @@ def estimate(setup: Setup, shape: ModelShape | None = None, params: int | None =
         "leaves_out": list(LEAVES_OUT),
         "notes": ([PRECISION_NOTES[setup.precision]] if setup.precision in PRECISION_NOTES else [])
         + ([] if shape is not None else ["no shape: activations, logits, ZeRO's gathered layers and buffers "
-                                         "are not estimated"]),
+                                         "are not estimated"])
+        + ([MODEL_PARALLEL_NOTE] if max(setup.tp, setup.pp, setup.cp, setup.ep) > 1 else []),
         "unsharded_bytes": full,
         "trainable_parameters": trainable if not sharded else rank["trainable_total"],
         "rank": None if rank is None else {k: v for k, v in rank.items() if k != "tensors"},
@@ -1294,6 +1300,7 @@ def calculator_inputs() -> dict:
         "shapes": {k: {**m.as_dict(), "parameters": parameter_count(m)} for k, m in BUILTIN.items()},
         "precisions": {k: v._asdict() for k, v in PRECISIONS.items()},
         "precision_notes": PRECISION_NOTES,
+        "model_parallel_note": MODEL_PARALLEL_NOTE,
         "optimizers": list(OPTIMIZERS),
         "attention": list(ATTENTION),
         "devices": list(DEVICES),
