@@ -322,6 +322,7 @@ def read(pg) -> dict:
         cast_saved: document.getElementById('hb-phase-backward').dataset.castSaved,
         activation_terms: JSON.parse(document.getElementById('hb-out-activations').dataset.terms),
         headroom: document.getElementById('hb-out-headroom').dataset.bytes,
+        notes: JSON.parse(document.getElementById('hb-note').dataset.json),
         error: document.getElementById('hb-error').hidden ? '' : document.getElementById('hb-error').textContent,
     })""")
 
@@ -355,6 +356,7 @@ def test_calculator_equals_cli(page, capsys, i: int) -> None:
     assert exact(got["activation_terms"]) == want["activation_terms_bytes"]
     assert int(got["trainable"]) == want["trainable_parameters"]
     assert exact(got["rank"]) == want["rank"] and exact(got["offload"]) == want["offload"]
+    assert got["notes"] == want["notes"]
     assert int(got["headroom"]) == want["headroom_bytes"]
     assert not errors and not outside
 

@@ -1019,7 +1019,9 @@
         : (res.headroom ? `${gib(res.headroom)} (pytorch/pytorch issue #34323)` : "none (sized for a CPU)");
       const note = D.precision_notes[setup.precision];
       const parallel = Math.max(setup.tp, setup.pp, setup.cp, setup.ep) > 1 ? D.model_parallel_note : "";
-      $("hb-note").textContent = [note, parallel].filter((x) => x).map((x) => `Note: ${x}.`).join(" ");
+      const notes = [note, parallel].filter((x) => x);   // the estimate's notes, as the CLI gives them
+      $("hb-note").dataset.json = JSON.stringify(notes);
+      $("hb-note").textContent = notes.map((x) => `Note: ${x}.`).join(" ");
       const list = $("hb-fits");
       list.replaceChildren();
       for (const f of res.fits) {
