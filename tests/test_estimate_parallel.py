@@ -140,3 +140,19 @@ def test_model_parallel_estimates_say_they_may_be_low() -> None:
     assert estimator.MODEL_PARALLEL_NOTE in estimator.estimate(estimator.Setup(tp=2), shape=m)["notes"]
     assert estimator.MODEL_PARALLEL_NOTE in estimator.estimate(estimator.Setup(pp=2), shape=m)["notes"]
     assert estimator.MODEL_PARALLEL_NOTE not in estimator.estimate(estimator.Setup(zero=3, gpus=8), shape=m)["notes"]
+
+
+def test_context_parallel_phases_use_the_local_sequence() -> None:
+    m = BUILTIN["llama-2-7b"]
+    four = estimator.estimate(estimator.Setup(seq=4096, cp=4), shape=m)["phases"]["forward"]["terms_bytes"]
+    one = estimator.estimate(estimator.Setup(seq=1024), shape=m)["phases"]["forward"]["terms_bytes"]
+    assert four["logits"] == one["logits"] == 2 * 1024 * m.vocab   # the returned 16-bit logits of s / cp tokens
+
+
+def test_parameter_offload_keeps_two_layers_on_the_device() -> None:
+    m = BUILTIN["llama-2-7b"]
+    layer, _ = estimator.unit_parameters(m)
+    r = estimator.estimate(estimator.Setup(precision="bf16-mixed", offload=("parameters",)), shape=m)
+    for ph in r["phases"].values():
+        assert ph["terms_bytes"]["gathered_units"] == 2 * layer * 4   # fp32 weights, a layer and the prefetched one
+        assert ph["terms_bytes"].get("params", 0) == 0

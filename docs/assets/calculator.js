@@ -626,7 +626,9 @@
     const one = countOf(Object.assign({}, m, { layers: 1 }));
     let layer = countOf(Object.assign({}, m, { layers: 2 })) - one, root = one - layer;
     let [cached, saved] = castParameters(m);
-    const e = big(lay.activations), s = big(setup.seq), b = big(setup.batch), V = big(m.vocab), h = big(m.hidden);
+    // s / cp tokens a rank (context parallelism)
+    const e = big(lay.activations), s = ceilDiv(big(setup.seq), big(setup.cp)), b = big(setup.batch), V = big(m.vocab),
+      h = big(m.hidden);
     let logits = e * s * b * V, lossTmp = 8n * s * b * V;
     const as2b = big(m.heads) * s * s * b;
     const scoresGrad = setup.attention === "eager" ? (lay.cast && setup.device === "cuda" ? 4n : e) * as2b : 0n;
@@ -703,7 +705,7 @@
   }
 
   // estimator.offload_terms: what offloading moves to the host, and the step's transfers
-  function offloadTerms(setup, per, terms, acts, rank) {
+  function offloadTerms(m, setup, per, terms, acts, rank) {
     const lay = D.precisions[setup.precision];
     let host = 0n, pinned = 0n, moved = 0n;
     const out = {};
@@ -718,7 +720,10 @@
     if (parts.includes("parameters")) {
       host += per.params + per.grads; pinned += per.params + per.grads;
       moved += per.params;   // a second copy up for backward
-      const keep = 2n * (rank ? rank.layer : 0n) * big(lay.gather || lay.weights);
+      // one layer gathered in compute and the next prefetched (the whole model's layer when nothing is split)
+      const one = countOf(Object.assign({}, m, { layers: 1 }));
+      const unit = rank ? rank.layer : countOf(Object.assign({}, m, { layers: 2 })) - one;
+      const keep = 2n * unit * big(lay.gather || lay.weights);
       drop("params"); drop("grads");
       for (const t of Object.values(out)) t.gathered_units = keep;
     }
@@ -858,7 +863,7 @@
       per.activations = acts.total_bytes;
       per.total = per.params + per.grads + per.optimizer + per.activations;
       const ph = phases(m, setup, trainShapes, per, acts, rank);
-      const offload = setup.offload.length ? offloadTerms(setup, per, ph.terms, acts, rank) : null;
+      const offload = setup.offload.length ? offloadTerms(m, setup, per, ph.terms, acts, rank) : null;
       if (offload) ph.terms = offload.terms;
       ph.totals = {};
       for (const [k, v] of Object.entries(ph.terms)) ph.totals[k] = sum(v);

@@ -167,12 +167,6 @@ REPLICATED = ("mlp.gate.weight", "shared_expert_gate")   # MoE routers: every ra
 # LoRA (Hu et al. 2021): r x (in + out) adapter weights beside each targeted Linear, A (r, in) and B (out, r).
 # PEFT keeps adapters in fp32 even on a 16-bit base (LoraConfig/get_peft_model ``autocast_adapter_dtype=True``,
 # its default: "will only cast adapter weights using float16 and bfloat16 to float32").
-LORA_TARGETS = {
-    "gpt2": ("c_attn", "c_proj", "c_fc"),
-    "bert": ("query", "key", "value", "dense"),
-    "phi3": ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"),
-}
-LORA_TARGETS_DEFAULT = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 BASE_QUANT = ("none", "nf4")
 # QLoRA (Dettmers et al. 2023, section 3): NF4 stores 4 bits a weight and one quantisation constant per block of
 # 64 weights; double quantisation stores those constants in 8 bits, with one fp32 constant per 256 of them:
@@ -954,7 +948,7 @@ def phases(setup: Setup, shape: ModelShape | None, shapes: Sequence[Sequence[int
     if shape is not None:
         layer, root = unit_parameters(shape)
         cached, saved = cast_parameters(shape)
-        e, s, b, V = lay.activations, setup.seq, setup.batch, shape.vocab
+        e, s, b, V = lay.activations, ceil_div(setup.seq, setup.cp), setup.batch, shape.vocab   # s / cp a rank
         logits, loss_tmp = e * s * b * V, 2 * 4 * s * b * V
         as2b = shape.heads * s * s * b
         scores_grad = (4 if lay.cast and setup.device == "cuda" else e) * as2b if setup.attention == "eager" else 0
@@ -1131,8 +1125,7 @@ def estimate(setup: Setup, shape: ModelShape | None = None, params: int | None =
     candidates = [one_rank(0)] + ([one_rank(setup.pp - 1)] if setup.pp > 1 else [])
     peak, peak_phase, by_phase, full, per_device, acts, rank, offload, train_shapes = max(
         candidates, key=lambda c: c[0])
-    if sharded:
-        trainable = sum(formulas.numel(x) for x in train_shapes)
+
     if setup.context_bytes is not None:     # measured on the reader's host (the hardware chapter shows it)
         headroom, headroom_source = setup.context_bytes, "given (--context-mib)"
     elif setup.device == "cuda":
@@ -1270,7 +1263,8 @@ def offload_terms(setup: Setup, per: dict[str, int], by_phase: dict, acts: dict 
         host += per["params"] + per["grads"]
         pinned += per["params"] + per["grads"]
         moved += per["params"]   # a second copy up for backward
-        unit = (rank["layer"] if rank else 0)
+        # one layer gathered in compute and the next prefetched (the whole model's layer when nothing is split)
+        unit = rank["layer"] if rank else (unit_parameters(m)[0] if m is not None else 0)
         keep = 2 * unit * (lay.gather or lay.weights) if m is not None else 0
         drop("params")
         drop("grads")
