@@ -39,7 +39,7 @@ from dataclasses import dataclass
 import torch
 
 from experiments.lib import estimator, formulas, model_shapes  # summarize only (torch-free)
-from experiments.lib.memory import MemoryTracker, grad_bytes, optimizer_state_bytes, param_bytes, tensor_bytes
+from experiments.lib.memory import MemoryTracker, close_phase, grad_bytes, optimizer_state_bytes, param_bytes
 from experiments.lib.saved import count_saved
 from experiments.lib.threads import cpu_threads
 
@@ -145,10 +145,6 @@ def _cast_weight_kind(params: set) -> callable:
     return kind
 
 
-def _snap(s) -> dict:
-    return s.as_dict()
-
-
 def measure_case(cfg: Config, device: str, family: str, precision: str, attention: str, checkpointing: bool) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -203,15 +199,12 @@ def measure_case(cfg: Config, device: str, family: str, precision: str, attentio
     # step 2, measured phase by phase
     tracker = MemoryTracker(device).track(model, opt, *([master] if master is not None else []))
     phases: dict[str, dict] = {}
-    cuda = dev_type == "cuda"
 
     def close(phase: str) -> None:
-        phases[phase] = {"peak": _snap(tracker.peak()), "end": _snap(tracker.current()),
-                         "cuda_max_allocated_bytes": int(torch.cuda.max_memory_allocated(device)) if cuda else None}
-        tracker.reset_peak()
+        phases[phase] = close_phase(tracker)
 
     with tracker:
-        before = _snap(tracker.current())
+        before = tracker.current().as_dict()
         tracker.reset_peak()
         loss = forward()
         close("forward")

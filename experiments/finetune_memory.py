@@ -44,7 +44,8 @@ from dataclasses import dataclass
 import torch
 
 from experiments.lib import estimator, model_shapes  # summarize only (torch-free)
-from experiments.lib.memory import MemoryTracker, grad_bytes, optimizer_state_bytes, param_bytes, tensor_bytes
+from experiments.lib.memory import (MemoryTracker, close_phase, grad_bytes, optimizer_state_bytes, param_bytes,
+                                    tensor_bytes)
 from experiments.lib.saved import count_saved
 from experiments.lib.threads import cpu_threads
 
@@ -162,10 +163,6 @@ def quant_constants(model: torch.nn.Module) -> dict[str, list[torch.Tensor]]:
     return out
 
 
-def _snap(s) -> dict:
-    return s.as_dict()
-
-
 def _build(cfg: Config, device: str, kind: str, rank: int, targets: str):
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -225,15 +222,12 @@ def measure_case(cfg: Config, device: str, kind: str, rank: int = 0, targets: st
     tracker = MemoryTracker(device).track(torch.nn.ParameterList(trainable), opt, *frozen, *model.buffers(),
                                           *constants["absmax"], *constants["code"])
     phases: dict[str, dict] = {}
-    cuda = dev_type == "cuda"
 
     def close(phase: str) -> None:
-        phases[phase] = {"peak": _snap(tracker.peak()), "end": _snap(tracker.current()),
-                         "cuda_max_allocated_bytes": int(torch.cuda.max_memory_allocated(device)) if cuda else None}
-        tracker.reset_peak()
+        phases[phase] = close_phase(tracker)
 
     with tracker:
-        before = _snap(tracker.current())
+        before = tracker.current().as_dict()
         tracker.reset_peak()
         loss = forward()
         close("forward")

@@ -45,6 +45,7 @@ from experiments.lib import artifacts, timeline
 from experiments.lib.gpt import GPT, CheckpointedCore, LayerShape
 from experiments.lib.memory import MemoryTracker, param_bytes
 from experiments.lib.threads import single_thread
+from experiments.lib.units import gpt_scale_label
 
 # The set-ups, in the order of the page's panels: (checkpointing, optimizer implementation,
 # micro-batches (0: Config.micro_batches), set_to_none, autocast, recorded steps (0: Config.zero_grad_steps)).
@@ -418,15 +419,8 @@ def summarize_modules(x: dict) -> dict | None:
 
 
 def scale_label(data: dict) -> str:
-    """The model and scale a caption names: what was measured, at what size.
-
-    A result from older code that lacks a field still renders: its caption says so."""
-    try:
-        m = data["model"]
-        return (f"{m['layers']}-layer GPT, d_model {m['d_model']}, {m['parameters']:,} params, "
-                f"seq {m['seq']}, batch {m['batch']}")
-    except (KeyError, IndexError, TypeError):
-        return "model size not recorded in this result"
+    """The model and scale a caption names: what was measured, at what size."""
+    return gpt_scale_label(data)
 
 
 def summarize(data: dict) -> dict:

@@ -32,6 +32,7 @@ from experiments.lib import formulas
 from experiments.lib.memory import MemoryTracker, grad_bytes, optimizer_state_bytes, param_bytes, tensor_bytes
 from experiments.lib.gpt import GPT, LayerShape
 from experiments.lib.threads import single_thread
+from experiments.lib.units import gpt_scale_label
 
 
 @dataclass(frozen=True)
@@ -300,15 +301,8 @@ def summarize_precision(regime: str, x: dict) -> dict:
 
 
 def scale_label(data: dict) -> str:
-    """The model and scale a caption names: what was measured, at what size.
-
-    A result from older code that lacks a field still renders: its caption says so."""
-    try:
-        m = data["model"]
-        return (f"{m['layers']}-layer GPT, d_model {m['d_model']}, {m['parameters']:,} params, "
-                f"seq {m['seq']}, batch {m['batch']}")
-    except (KeyError, IndexError, TypeError):
-        return "model size not recorded in this result"
+    """The model and scale a caption names: what was measured, at what size."""
+    return gpt_scale_label(data)
 
 
 def summarize(data: dict) -> dict:

@@ -175,6 +175,16 @@ class MemoryTracker:
         return out
 
 
+def close_phase(tracker: MemoryTracker) -> dict:
+    """One phase of a step just ended (forward, backward, the optimizer step): its peak, what is live at its end
+    (by category) and, on CUDA, ``max_memory_allocated``; then the tracker's peak starts over for the next phase."""
+    cuda = tracker.device.type == "cuda"
+    out = {"peak": tracker.peak().as_dict(), "end": tracker.current().as_dict(),
+           "cuda_max_allocated_bytes": int(torch.cuda.max_memory_allocated(tracker.device)) if cuda else None}
+    tracker.reset_peak()
+    return out
+
+
 def tensor_bytes(tensors: object) -> int:
     """Bytes of the distinct storages behind ``tensors`` (each storage counted once).
 

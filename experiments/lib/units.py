@@ -17,3 +17,14 @@ def iec_bytes(n: float) -> str:
             return f"{value:g} {unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+def gpt_scale_label(data: dict) -> str:
+    """The caption's scale for a result that records its reference GPT under ``data["model"]`` (layers, d_model,
+    parameters, seq, batch); a result from older code without those fields says so instead of failing."""
+    try:
+        m = data["model"]
+        return (f"{m['layers']}-layer GPT, d_model {m['d_model']}, {m['parameters']:,} params, "
+                f"seq {m['seq']}, batch {m['batch']}")
+    except (KeyError, IndexError, TypeError):
+        return "model size not recorded in this result"
